@@ -1,0 +1,1 @@
+"""nanofly stage."""

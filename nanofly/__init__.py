@@ -1,0 +1,8 @@
+"""nanofly: learned low-level control of nano quadrotors.
+
+Stages (data flows one way): ``nanofly.sim`` -> ``nanofly.train`` -> ``nanofly.export`` ->
+``nanofly.firmware_bridge``. Importing ``nanofly`` is cheap; each stage is imported on use.
+"""
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,3 @@
+from nanofly.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""The actor network and the self-describing policy file (``policy.pt``).
+
+A policy file is what every later stage reads (evaluation, export, the firmware bridge): it
+holds the actor weights plus everything needed to use them without the training code: the
+observation layout, the action mapping, the vehicle, the MDP and training configuration, the git
+commit and the evaluation metrics at save time. It is a plain ``torch.save`` of a dict of
+tensors and builtin types, so ``torch.load(weights_only=True)`` reads it safely.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+POLICY_FORMAT = "nanofly-policy"
+POLICY_FORMAT_VERSION = 1
+SUPPORTED_ACTIVATIONS = ("tanh",)
+
+
+class PolicyFileError(ValueError):
+    """A policy file is missing, corrupt, or describes something nanofly cannot run."""
+
+
+class Actor(nn.Module):
+    """MLP actor: observation -> normalized action in [-1, 1].
+
+    ``layer_sizes`` = [input, hidden..., output], e.g. [146, 64, 64, 4]. Every layer is a
+    ``Linear`` followed by ``tanh`` (the output too, which bounds actions to [-1, 1]). The
+    layers live in one ``nn.Sequential`` (``self.net``) so ONNX export sees a plain graph.
+    """
+
+    def __init__(self, layer_sizes: list[int] | tuple[int, ...], activation: str = "tanh"):
+        super().__init__()
+        if activation not in SUPPORTED_ACTIVATIONS:
+            raise PolicyFileError(
+                f"unsupported activation {activation!r}; supported: {SUPPORTED_ACTIVATIONS}")
+        if len(layer_sizes) < 2 or any(int(s) <= 0 for s in layer_sizes):
+            raise PolicyFileError(f"layer_sizes must be >= 2 positive ints, got {layer_sizes}")
+        self.layer_sizes = [int(s) for s in layer_sizes]
+        self.activation = activation
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def observation_dim(self) -> int:
+        return self.layer_sizes[0]
+
+    @property
+    def action_dim(self) -> int:
+        return self.layer_sizes[-1]
+
+    def linear_layers(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.net(observation)
+
+
+def git_commit(default: str = "unknown") -> str:
+    """The current git commit of the nanofly source tree, or ``default`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return default
+
+
+def save_policy(path: str | os.PathLike, actor: Actor, *, observation: dict[str, Any],
+                action: dict[str, Any], vehicle: dict[str, Any], mdp: dict[str, Any] | None = None,
+                train_config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                extra: dict[str, Any] | None = None) -> Path:
+    """Write a self-describing policy file atomically (temp file + rename).
+
+    ``observation``: the actor observation layout, e.g. ``{"dim": 146, "history_length": 32,
+    "layout": [["position_error", 3], ["rotation_matrix", 9], ...]}``.
+    ``action``: the action mapping, e.g. ``{"dim": 4, "mapping": "...", "hover_action": 0.334}``.
+    ``vehicle``: ``{"preset": name, "params": {...}}`` (the preset as plain data).
+    """
+    path = Path(path)
+    for name, tensor in actor.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise PolicyFileError(f"refusing to save: actor parameter {name!r} has NaN or Inf")
+    payload = {
+        "format": POLICY_FORMAT,
+        "format_version": POLICY_FORMAT_VERSION,
+        "actor": {
+            "layer_sizes": list(actor.layer_sizes),
+            "activation": actor.activation,
+            "output_activation": "tanh",
+            "state_dict": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
+        },
+        "observation": observation,
+        "action": action,
+        "vehicle": vehicle,
+        "mdp": mdp or {},
+        "train_config": train_config or {},
+        "git_commit": git_commit(),
+        "metrics": metrics or {},
+        "extra": extra or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".policy-", suffix=".pt.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_policy(path: str | os.PathLike) -> tuple[Actor, dict[str, Any]]:
+    """Read a policy file; returns ``(actor in eval mode, the whole payload dict)``.
+
+    Raises ``PolicyFileError`` with a message that says what is wrong: missing file, not a
+    nanofly policy, unsupported format version or activation, shape mismatch, NaN/Inf weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyFileError(f"{path}: no such policy file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise PolicyFileError(f"{path}: not a readable policy file ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise PolicyFileError(f"{path}: not a nanofly policy file (missing format tag)")
+    if payload.get("format_version") != POLICY_FORMAT_VERSION:
+        raise PolicyFileError(f"{path}: policy format version {payload.get('format_version')} "
+                              f"is not supported (expected {POLICY_FORMAT_VERSION})")
+    spec = payload.get("actor") or {}
+    activation = spec.get("activation")
+    if activation not in SUPPORTED_ACTIVATIONS or spec.get("output_activation") != "tanh":
+        raise PolicyFileError(f"{path}: unsupported activation {activation!r} / output "
+                              f"{spec.get('output_activation')!r}; nanofly runs tanh MLPs")
+    actor = Actor(spec["layer_sizes"], activation)
+    state = spec.get("state_dict") or {}
+    expected = actor.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise PolicyFileError(f"{path}: actor parameter {name!r} missing")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise PolicyFileError(f"{path}: actor parameter {name!r} has shape "
+                                  f"{tuple(state[name].shape)}, layer_sizes imply {tuple(tensor.shape)}")
+        if not torch.isfinite(state[name]).all():
+            raise PolicyFileError(f"{path}: actor parameter {name!r} has NaN or Inf values")
+    extra_keys = set(state) - set(expected)
+    if extra_keys:
+        raise PolicyFileError(f"{path}: unexpected actor parameters {sorted(extra_keys)}")
+    actor.load_state_dict(state)
+    actor.eval()
+    return actor, payload
+
+
+def init_actor(layer_sizes: list[int], seed: int) -> Actor:
+    """A freshly initialized actor (PyTorch default init), reproducible from ``seed``."""
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        actor = Actor(layer_sizes)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return actor
+
+
+def policy_summary(payload: dict[str, Any]) -> str:
+    sizes = payload["actor"]["layer_sizes"]
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    return (f"actor {'-'.join(map(str, sizes))} tanh ({n_params} parameters, "
+            f"{math.ceil(n_params * 4 / 1024)} KiB float32), vehicle "
+            f"{payload.get('vehicle', {}).get('preset', '?')}")
