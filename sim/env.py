@@ -1,0 +1,728 @@
+"""``VecEnv``: N quadrotors in the reference hover MDP, stepped together.
+
+The MDP is the one of "Learning to Fly in Seconds" (REFERENCE.md): random initial states with
+"guidance", a constant random disturbance force and torque per episode, Gaussian observation
+noise, an action history in the observation, the squared reward with weights that can change
+while running (curriculum), termination when the position error leaves a 0.6 m box, truncation
+after 500 steps, automatic reset.
+
+API (Gymnasium vector style, "same-step" autoreset): ``reset() -> (obs, info)`` and
+``step(actions) -> (obs, reward, terminated, truncated, info)``. When an episode ends in a step,
+the returned ``obs`` row is already the first observation of the next episode and the last one is
+in ``info["final_obs"]`` (rows where ``info["_final_obs"]`` is True), as Gymnasium does.
+``info["privileged_obs"]`` is the critic's observation.
+
+Arrays returned by ``reset``/``step`` are buffers owned by the environment and overwritten by the
+next call (no allocation per step); copy them if you keep them, or pass ``copy_outputs=True``.
+Do not write into the returned observation: its action-history part is the environment's
+history (kept in place because at large N the step is bound by memory traffic).
+
+Observation (actor), ``18 + 4 * history_length`` values (146 by default)::
+
+    [p - p_target (3) | R(q) row-major (9) | v - v_target (3) | w body (3) | last actions, newest
+     first (4 * history_length)]
+
+with Gaussian noise on the first 18 values. Privileged observation (28 values): the same first
+18 values without noise, the disturbance force and torque expressed as the accelerations they
+cause (force / mass in m/s^2, world frame; J^-1 torque in rad/s^2, body frame), and the rotor
+speeds normalized to [-1, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from . import dynamics as dyn
+from .presets import VehicleParams, get_preset
+from .rng import hash4, normal, seed_to_uint64, uniform
+
+STATE_PART = 18  # position error, rotation matrix, velocity error, angular velocity
+PRIVILEGED_DIM = STATE_PART + 6 + 4
+NOISE_POOL_SIZE = 1 << 16
+HISTORY_SLACK = 32  # steps between moves of the observation windows (see VecEnv.__init__)
+
+
+@dataclass
+class RewardWeights:
+    """The squared reward ``-scale * (position |p_err|^2 + orientation (1 - qw^2) +
+    linear_velocity |v_err|^2 + angular_velocity |w|^2 + action |a - a_hover|^2) + constant``;
+    a terminated step gets ``termination_penalty`` instead. Defaults: the paper's initial
+    (curriculum start) weights."""
+
+    scale: float = 0.5
+    constant: float = 2.0
+    position: float = 5.0
+    orientation: float = 5.0
+    linear_velocity: float = 0.01
+    angular_velocity: float = 0.0
+    action: float = 0.01
+    termination_penalty: float = 0.0
+
+    def as_array(self) -> np.ndarray:
+        values = np.array(dataclasses.astuple(self), dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"reward weights must be finite, got {self}")
+        return values
+
+
+# The evaluation metric of the reference: the curriculum's target weights.
+TARGET_REWARD_WEIGHTS = RewardWeights(position=40.0, orientation=5.0, linear_velocity=1.0,
+                                      action=1.0)
+
+
+@dataclass
+class MDPConfig:
+    """The hover MDP (defaults: the paper's). Lengths in m, angles in rad, times in s."""
+
+    dt: float = 0.01  # control period and RK4 step, s
+    episode_steps: int = 500  # truncation
+    history_length: int = 32  # past actions in the actor observation (0: ablation "no history")
+    # Initial state distribution.
+    guidance_probability: float = 0.1  # start exactly on target, level
+    init_max_position: float = 0.2  # uniform per axis around the target, m
+    init_max_angle: float = math.pi / 2  # uniform over rotations within this angle of level
+    init_max_linear_velocity: float = 1.0  # uniform per axis, m/s
+    init_max_angular_velocity: float = 1.0  # uniform per axis, rad/s
+    init_rotor_speed_normalized: float = 0.0  # in [-1, 1]; 0 is the middle of the speed range
+    # Disturbance: constant per episode, Gaussian per axis.
+    disturbance: bool = True
+    disturbance_force_std_per_weight: float = 1.0 / 20.0  # force std = this * m g, N
+    disturbance_torque_std_per_weight: float = 1.0 / 10000.0  # torque std = this * m g, N m
+    # Observation noise (Gaussian std), on the actor observation only.
+    observation_noise: bool = True
+    noise_position: float = 0.001  # m
+    noise_orientation: float = 0.001  # per rotation-matrix entry
+    noise_linear_velocity: float = 0.002  # m/s
+    noise_angular_velocity: float = 0.002  # rad/s
+    # Termination thresholds (per axis, on the error to the target).
+    termination_position: float = 0.6  # m
+    termination_linear_velocity: float = 1000.0  # m/s (effectively off, as in the paper)
+    termination_angular_velocity: float = 1000.0  # rad/s
+    rotor_delay: bool = True  # False: rotors reach the set point instantly (ablation)
+    # Domain randomization: relative half-ranges, factor ~ U(1 - r, 1 + r) per episode (0: off).
+    randomize_mass: float = 0.0
+    randomize_inertia: float = 0.0  # independent factor per principal axis
+    randomize_thrust: float = 0.0  # one factor on all thrust coefficients
+    randomize_rotor_time_constants: float = 0.0  # one factor on rising and falling
+
+    def validate(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"MDPConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(f.name, "must be a finite number")
+            if value < 0:
+                fail(f.name, "must be >= 0")
+        if self.dt <= 0:
+            fail("dt", "must be > 0 s")
+        if int(self.episode_steps) != self.episode_steps or self.episode_steps < 1:
+            fail("episode_steps", "must be a positive integer")
+        if int(self.history_length) != self.history_length:
+            fail("history_length", "must be an integer")
+        if self.guidance_probability > 1:
+            fail("guidance_probability", "must be in [0, 1]")
+        if self.init_max_angle > math.pi:
+            fail("init_max_angle", "must be in [0, pi] rad")
+        if not -1 <= self.init_rotor_speed_normalized <= 1:
+            fail("init_rotor_speed_normalized", "must be in [-1, 1]")
+        for name in ("randomize_mass", "randomize_inertia", "randomize_thrust",
+                     "randomize_rotor_time_constants"):
+            if getattr(self, name) >= 1:
+                fail(name, "relative half-range must be < 1 (parameters must stay positive)")
+        if self.termination_position <= 0:
+            fail("termination_position", "must be > 0 m")
+
+    @property
+    def observation_dim(self) -> int:
+        return STATE_PART + 4 * int(self.history_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def observation_layout(history_length: int) -> list[tuple[str, int]]:
+    """(name, size) of each part of the actor observation, in order."""
+    layout = [("position_error", 3), ("rotation_matrix", 9), ("linear_velocity_error", 3),
+              ("angular_velocity", 3)]
+    if history_length:
+        layout.append(("action_history_newest_first", 4 * history_length))
+    return layout
+
+
+PRIVILEGED_LAYOUT = [("position_error", 3), ("rotation_matrix", 9),
+                     ("linear_velocity_error", 3), ("angular_velocity", 3),
+                     ("disturbance_linear_acceleration", 3),
+                     ("disturbance_angular_acceleration", 3), ("rotor_speed_normalized", 4)]
+
+
+# Indices into the float64 ``cfg`` array the kernels take (one array instead of 30 arguments).
+(CFG_NOISE_P, CFG_NOISE_R, CFG_NOISE_V, CFG_NOISE_W, CFG_TERM_P, CFG_TERM_V, CFG_TERM_W,
+ CFG_EPISODE_STEPS, CFG_GUIDANCE, CFG_INIT_P, CFG_INIT_ANGLE, CFG_INIT_V, CFG_INIT_W,
+ CFG_INIT_ROTOR, CFG_DIST_F_STD, CFG_DIST_T_STD, CFG_DR_MASS, CFG_DR_INERTIA, CFG_DR_THRUST,
+ CFG_DR_TAU, CFG_SMIN, CFG_SMAX, CFG_HOVER_ACTION, CFG_ROTOR_DELAY, CFG_MASS, CFG_JXX, CFG_JYY,
+ CFG_JZZ, CFG_C0, CFG_C1, CFG_C2, CFG_TAU_RISE, CFG_TAU_FALL, NUM_CFG) = range(34)
+
+# Reward weight indices (RewardWeights field order).
+W_SCALE, W_CONSTANT, W_P, W_Q, W_V, W_W, W_A, W_TERM = range(8)
+
+# Draw indices for the per-episode random numbers (hash counter c); orientation tries use 100+.
+_D_GUIDE, _D_POS, _D_VEL, _D_ANGVEL, _D_DR, _D_FORCE, _D_TORQUE, _D_ORI = 0, 1, 4, 7, 10, 14, 20, 100
+
+
+@njit(cache=True)
+def _apply_actions(actions, blocks, n, rotor_delay, smin, smax, clipped):
+    """Check, clip and write (N, 4) actions into the blocks. Returns the first row with a
+    non-finite action, or -1 (then nothing has been stepped yet)."""
+    for i in range(n):
+        for k in range(4):
+            if not math.isfinite(actions[i, k]):
+                return i
+    half_span = (smax - smin) * 0.5
+    for i in range(n):
+        o = (i // dyn.BLOCK) * (dyn.BLOCK_ROWS * dyn.BLOCK) + (i % dyn.BLOCK)
+        for k in range(4):
+            a = min(max(actions[i, k], -1.0), 1.0)
+            clipped[i, k] = a
+            blocks[o + (dyn.ROW_ACTION + k) * dyn.BLOCK] = a
+            if not rotor_delay:  # ablation: the rotor is at its set point at once
+                blocks[o + (dyn.ROW_STATE + 13 + k) * dyn.BLOCK] = smin + (a + 1.0) * half_span
+    return -1
+
+
+@njit(cache=True)
+def _reset_env(i, blocks, cfg, seed, episode, target_p, target_v):
+    """Draw episode ``episode[i]``'s initial state, vehicle parameters and disturbance."""
+    e = episode[i]
+    o = (i // dyn.BLOCK) * (dyn.BLOCK_ROWS * dyn.BLOCK) + (i % dyn.BLOCK)
+    B = dyn.BLOCK
+    guided = uniform(seed, i, e, _D_GUIDE) < cfg[CFG_GUIDANCE]
+    qw, qx, qy, qz = 1.0, 0.0, 0.0, 0.0
+    for k in range(3):
+        offset = 0.0
+        if not guided:
+            offset = (2.0 * uniform(seed, i, e, _D_POS + k) - 1.0) * cfg[CFG_INIT_P]
+        blocks[o + (0 + k) * B] = target_p[i, k] + offset
+        blocks[o + (7 + k) * B] = target_v[i, k] + (
+            2.0 * uniform(seed, i, e, _D_VEL + k) - 1.0) * cfg[CFG_INIT_V]
+        blocks[o + (10 + k) * B] = (2.0 * uniform(seed, i, e, _D_ANGVEL + k) - 1.0) * cfg[CFG_INIT_W]
+    if not guided and cfg[CFG_INIT_ANGLE] > 0.0:
+        # Uniform rotation (Shoemake), rejected until within the maximum angle of level.
+        cos_half_max = math.cos(0.5 * cfg[CFG_INIT_ANGLE])
+        for t in range(10000):
+            u1 = uniform(seed, i, e, _D_ORI + 3 * t)
+            u2 = uniform(seed, i, e, _D_ORI + 3 * t + 1)
+            u3 = uniform(seed, i, e, _D_ORI + 3 * t + 2)
+            a = math.sqrt(1.0 - u1)
+            b = math.sqrt(u1)
+            cw = a * math.sin(2.0 * math.pi * u2)
+            cx = a * math.cos(2.0 * math.pi * u2)
+            cy = b * math.sin(2.0 * math.pi * u3)
+            cz = b * math.cos(2.0 * math.pi * u3)
+            if cw < 0.0:  # q and -q are the same rotation; keep w >= 0
+                cw, cx, cy, cz = -cw, -cx, -cy, -cz
+            if cw >= cos_half_max:  # rotation angle 2 acos(w) <= max angle
+                qw, qx, qy, qz = cw, cx, cy, cz
+                break
+    blocks[o + 3 * B] = qw
+    blocks[o + 4 * B] = qx
+    blocks[o + 5 * B] = qy
+    blocks[o + 6 * B] = qz
+    smin = cfg[CFG_SMIN]
+    smax = cfg[CFG_SMAX]
+    rotor = smin + (cfg[CFG_INIT_ROTOR] + 1.0) * 0.5 * (smax - smin)
+    for k in range(4):
+        blocks[o + (13 + k) * B] = rotor
+        blocks[o + (dyn.ROW_ACTION + k) * B] = cfg[CFG_INIT_ROTOR]
+    # Vehicle parameters for this episode (domain randomization factors are 1 when off).
+    f_mass = 1.0 + cfg[CFG_DR_MASS] * (2.0 * uniform(seed, i, e, _D_DR) - 1.0)
+    f_thrust = 1.0 + cfg[CFG_DR_THRUST] * (2.0 * uniform(seed, i, e, _D_DR + 1) - 1.0)
+    f_tau = 1.0 + cfg[CFG_DR_TAU] * (2.0 * uniform(seed, i, e, _D_DR + 2) - 1.0)
+    mass = cfg[CFG_MASS] * f_mass
+    p = o + dyn.ROW_PARAMS * B
+    blocks[p + dyn.P_C0 * B] = cfg[CFG_C0] * f_thrust
+    blocks[p + dyn.P_C1 * B] = cfg[CFG_C1] * f_thrust
+    blocks[p + dyn.P_C2 * B] = cfg[CFG_C2] * f_thrust
+    blocks[p + dyn.P_INV_MASS * B] = 1.0 / mass
+    inertia = (cfg[CFG_JXX], cfg[CFG_JYY], cfg[CFG_JZZ])
+    for k in range(3):
+        j = inertia[k] * (1.0 + cfg[CFG_DR_INERTIA] * (2.0 * uniform(seed, i, e, _D_DR + 3 + k) - 1.0))
+        blocks[p + (dyn.P_JXX + k) * B] = j
+        blocks[p + (dyn.P_INV_JXX + k) * B] = 1.0 / j
+        force = normal(seed, i, e, _D_FORCE + k) * cfg[CFG_DIST_F_STD]
+        torque = normal(seed, i, e, _D_TORQUE + k) * cfg[CFG_DIST_T_STD]
+        blocks[p + (dyn.P_DIST_ACC + k) * B] = force / mass
+        blocks[p + (dyn.P_DIST_ANG_ACC + k) * B] = torque / j
+    blocks[p + dyn.P_INV_TAU_RISING * B] = 1.0 / (cfg[CFG_TAU_RISE] * f_tau)
+    blocks[p + dyn.P_INV_TAU_FALLING * B] = 1.0 / (cfg[CFG_TAU_FALL] * f_tau)
+    if cfg[CFG_ROTOR_DELAY] == 0.0:
+        blocks[p + dyn.P_INV_TAU_RISING * B] = 0.0
+        blocks[p + dyn.P_INV_TAU_FALLING * B] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise_pool, ob, pr):
+    """Write env i's privileged observation ``pr`` and the first 18 (noisy) values of its actor
+    observation ``ob`` (the action history part is maintained by the callers); returns
+    (pos error^2, 1 - qw^2, vel error^2, angvel^2, out of bounds) for reward and termination."""
+    B = dyn.BLOCK
+    o = (i // B) * (dyn.BLOCK_ROWS * B) + (i % B)
+    px = blocks[o] - target_p[i, 0]
+    py = blocks[o + B] - target_p[i, 1]
+    pz = blocks[o + 2 * B] - target_p[i, 2]
+    qw = blocks[o + 3 * B]
+    qx = blocks[o + 4 * B]
+    qy = blocks[o + 5 * B]
+    qz = blocks[o + 6 * B]
+    vx = blocks[o + 7 * B] - target_v[i, 0]
+    vy = blocks[o + 8 * B] - target_v[i, 1]
+    vz = blocks[o + 9 * B] - target_v[i, 2]
+    wx = blocks[o + 10 * B]
+    wy = blocks[o + 11 * B]
+    wz = blocks[o + 12 * B]
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    r00 = one - two * (qy * qy + qz * qz)
+    r01 = two * (qx * qy - qw * qz)
+    r02 = two * (qx * qz + qw * qy)
+    r10 = two * (qx * qy + qw * qz)
+    r11 = one - two * (qx * qx + qz * qz)
+    r12 = two * (qy * qz - qw * qx)
+    r20 = two * (qx * qz - qw * qy)
+    r21 = two * (qy * qz + qw * qx)
+    r22 = one - two * (qx * qx + qy * qy)
+    pr[0] = px
+    pr[1] = py
+    pr[2] = pz
+    pr[3] = r00
+    pr[4] = r01
+    pr[5] = r02
+    pr[6] = r10
+    pr[7] = r11
+    pr[8] = r12
+    pr[9] = r20
+    pr[10] = r21
+    pr[11] = r22
+    pr[12] = vx
+    pr[13] = vy
+    pr[14] = vz
+    pr[15] = wx
+    pr[16] = wy
+    pr[17] = wz
+    p = o + dyn.ROW_PARAMS * B
+    for k in range(3):
+        pr[18 + k] = blocks[p + (dyn.P_DIST_ACC + k) * B]
+        pr[21 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B]
+    smin = cfg[CFG_SMIN]
+    scale = 2.0 / (cfg[CFG_SMAX] - smin)
+    for k in range(4):
+        pr[24 + k] = (blocks[o + (13 + k) * B] - smin) * scale - 1.0
+    # Actor observation: the same 18 values plus noise from a window of the Gaussian pool at a
+    # counter-based random offset (exact Gaussian samples, no transcendental calls per step).
+    w = np.int64(hash4(seed, step_index, i, stream) & np.uint64(NOISE_POOL_SIZE - 1))
+    noise = noise_pool[w:w + STATE_PART]
+    sp = np.float32(cfg[CFG_NOISE_P])
+    sr = np.float32(cfg[CFG_NOISE_R])
+    sv = np.float32(cfg[CFG_NOISE_V])
+    sw = np.float32(cfg[CFG_NOISE_W])
+    for k in range(3):
+        ob[k] = pr[k] + sp * noise[k]
+        ob[12 + k] = pr[12 + k] + sv * noise[12 + k]
+        ob[15 + k] = pr[15 + k] + sw * noise[15 + k]
+    for k in range(3, 12):
+        ob[k] = pr[k] + sr * noise[k]
+    out_of_bounds = not (abs(px) <= cfg[CFG_TERM_P] and abs(py) <= cfg[CFG_TERM_P]
+                         and abs(pz) <= cfg[CFG_TERM_P]
+                         and abs(vx) <= cfg[CFG_TERM_V] and abs(vy) <= cfg[CFG_TERM_V]
+                         and abs(vz) <= cfg[CFG_TERM_V]
+                         and abs(wx) <= cfg[CFG_TERM_W] and abs(wy) <= cfg[CFG_TERM_W]
+                         and abs(wz) <= cfg[CFG_TERM_W])  # NaN compares False: terminates
+    # 1 - qw^2 from the trace of R (trace = 4 qw^2 - 1), as recompute_rewards does.
+    orientation_error = (np.float32(3.0) - (r00 + r11 + r22)) * np.float32(0.25)
+    return (px * px + py * py + pz * pz, orientation_error, vx * vx + vy * vy + vz * vz,
+            wx * wx + wy * wy + wz * wz, out_of_bounds)
+
+
+@njit(inline="always")
+def _fill_history(ob, value):
+    for k in range(STATE_PART, ob.shape[0]):
+        ob[k] = value
+
+
+@njit(cache=True)
+def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clipped, step_count,
+                     episode, target_p, target_v, noise_pool, obs_store, base, priv, reward,
+                     terminated, truncated, final_obs, final_priv, done):
+    """Everything after the dynamics for envs [first, last): action history, observations,
+    reward, termination, truncation and automatic reset.
+
+    The actor observation of env i is the window ``obs_store[i, base:base + obs_dim]``; the
+    caller has already moved ``base`` 4 values down, so the previous window's first 18 + 4 * (H -
+    1) values are now at [base + 22, ...): the history is in place and only the newest action
+    and the 18 state values are written (the step is bound by memory traffic at large N)."""
+    init_action = np.float32(cfg[CFG_INIT_ROTOR])
+    hover = np.float32(cfg[CFG_HOVER_ACTION])
+    obs_dim = final_obs.shape[1]
+    for i in range(first, last):
+        ob = obs_store[i, base:base + obs_dim]
+        pr = priv[i]
+        a0 = clipped[i, 0]
+        a1 = clipped[i, 1]
+        a2 = clipped[i, 2]
+        a3 = clipped[i, 3]
+        if obs_dim > STATE_PART:
+            ob[STATE_PART] = a0
+            ob[STATE_PART + 1] = a1
+            ob[STATE_PART + 2] = a2
+            ob[STATE_PART + 3] = a3
+        step_count[i] += 1
+        e_p, e_q, e_v, e_w, oob = _observe(i, blocks, cfg, seed, step_index, 0, target_p,
+                                          target_v, noise_pool, ob, pr)
+        d0 = a0 - hover
+        d1 = a1 - hover
+        d2 = a2 - hover
+        d3 = a3 - hover
+        e_a = d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3
+        term = oob
+        trunc = (not term) and step_count[i] >= cfg[CFG_EPISODE_STEPS]
+        terminated[i] = term
+        truncated[i] = trunc
+        if term:
+            reward[i] = weights[W_TERM]
+        else:
+            reward[i] = weights[W_CONSTANT] - weights[W_SCALE] * (
+                weights[W_P] * e_p + weights[W_Q] * e_q + weights[W_V] * e_v
+                + weights[W_W] * e_w + weights[W_A] * e_a)
+        done[i] = term or trunc
+        if term or trunc:
+            final_obs[i, :] = ob
+            final_priv[i, :] = pr
+            episode[i] += 1
+            step_count[i] = 0
+            _reset_env(i, blocks, cfg, seed, episode, target_p, target_v)
+            _fill_history(ob, init_action)
+            _observe(i, blocks, cfg, seed, step_index, 1, target_p, target_v, noise_pool, ob, pr)
+
+
+@njit(cache=True, parallel=True)
+def _post_step_parallel(num_chunks, n, blocks, cfg, weights, seed, step_index, clipped,
+                        step_count, episode, target_p, target_v, noise_pool, obs_store, base,
+                        priv, reward, terminated, truncated, final_obs, final_priv, done):
+    for c in prange(num_chunks):
+        _post_step_range((n * c) // num_chunks, (n * (c + 1)) // num_chunks, blocks, cfg,
+                         weights, seed, step_index, clipped, step_count, episode, target_p,
+                         target_v, noise_pool, obs_store, base, priv, reward, terminated,
+                         truncated, final_obs, final_priv, done)
+
+
+@njit(cache=True)
+def _rewind(obs_store, old_base, new_base, obs_dim):
+    """Move every observation window from ``old_base`` to ``new_base`` (> old_base)."""
+    for i in range(obs_store.shape[0]):
+        row = obs_store[i]
+        for k in range(obs_dim - 1, -1, -1):  # backwards: the ranges may overlap
+            row[new_base + k] = row[old_base + k]
+
+
+@njit(cache=True)
+def _reset_all(blocks, cfg, seed, step_index, episode, step_count, target_p, target_v,
+               noise_pool, obs_store, base, obs_dim, priv):
+    init_action = np.float32(cfg[CFG_INIT_ROTOR])
+    for i in range(obs_store.shape[0]):
+        ob = obs_store[i, base:base + obs_dim]
+        step_count[i] = 0
+        _reset_env(i, blocks, cfg, seed, episode, target_p, target_v)
+        _fill_history(ob, init_action)
+        _observe(i, blocks, cfg, seed, step_index, 2, target_p, target_v, noise_pool, ob, priv[i])
+
+
+@njit(cache=True)
+def _observe_all(blocks, cfg, seed, step_index, target_p, target_v, noise_pool, obs_store, base,
+                 obs_dim, priv):
+    for i in range(obs_store.shape[0]):
+        _observe(i, blocks, cfg, seed, step_index, 3, target_p, target_v, noise_pool,
+                 obs_store[i, base:base + obs_dim], priv[i])
+
+
+def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
+                      terminated: np.ndarray, weights: RewardWeights,
+                      hover_action: float) -> np.ndarray:
+    """Rewards of stored transitions under new weights (curriculum), from the privileged
+    observation after each step; the same formula as the simulator's (float32)."""
+    p = next_privileged_obs
+    w = weights.as_array().astype(np.float32)
+    e_p = np.einsum("ij,ij->i", p[:, 0:3], p[:, 0:3])
+    e_q = (np.float32(3.0) - (p[:, 3] + p[:, 7] + p[:, 11])) * np.float32(0.25)
+    e_v = np.einsum("ij,ij->i", p[:, 12:15], p[:, 12:15])
+    e_w = np.einsum("ij,ij->i", p[:, 15:18], p[:, 15:18])
+    d = actions - np.float32(hover_action)
+    e_a = np.einsum("ij,ij->i", d, d)
+    r = w[W_CONSTANT] - w[W_SCALE] * (w[W_P] * e_p + w[W_Q] * e_q + w[W_V] * e_v
+                                       + w[W_W] * e_w + w[W_A] * e_a)
+    return np.where(np.asarray(terminated, dtype=bool), w[W_TERM], r).astype(np.float32)
+
+
+class VecEnv:
+    """N quadrotors in the hover MDP (see the module docstring for the spaces).
+
+    Parameters: ``num_envs``; ``preset`` (a name, a ``VehicleParams`` or a .toml path);
+    ``seed``; ``config`` (an ``MDPConfig``) and/or keyword overrides of its fields;
+    ``reward_weights``; ``threads`` for the numba kernels (1 = serial);
+    ``copy_outputs`` to return fresh arrays instead of the reused buffers.
+    """
+
+    action_dim = 4
+    privileged_dim = PRIVILEGED_DIM
+
+    def __init__(self, num_envs: int, preset: str | VehicleParams = "crazyflie_paper", *,
+                 seed: int = 0, config: MDPConfig | None = None,
+                 reward_weights: RewardWeights | None = None, threads: int = 1,
+                 copy_outputs: bool = False, **config_overrides: Any):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self.num_envs = n = int(num_envs)
+        self.params = get_preset(preset)
+        config = dataclasses.replace(config or MDPConfig(), **config_overrides)
+        config.validate()
+        self.config = config
+        self.threads = int(threads)
+        self.copy_outputs = copy_outputs
+        self.observation_dim = config.observation_dim
+        self.hover_action = self.params.hover_action
+        self._reward_weights = reward_weights or RewardWeights()
+        self._weights = self._reward_weights.as_array()
+        self._cfg = self._make_cfg()
+        self._consts = dyn.make_consts(self.params, config.dt, np.float32)
+
+        nb = dyn.num_blocks_for(n)
+        self._blocks = np.zeros(nb * dyn.BLOCK_ROWS * dyn.BLOCK, dtype=np.float32)
+        pad_params = dyn.env_param_values(self.params)
+        # Padding lanes (N not a multiple of 16) hold a level vehicle; they are stepped (the
+        # kernel works on whole blocks) but never observed.
+        pad_lanes = dyn.lanes(self._blocks, dyn.ROW_STATE, dyn.STATE_DIM)
+        pad_lanes[:] = dyn.hover_state(self.params)
+        dyn.lanes(self._blocks, dyn.ROW_PARAMS, dyn.NUM_ENV_PARAMS)[:] = pad_params
+        dyn.lanes(self._blocks, dyn.ROW_ACTION, dyn.ACTION_DIM)[:] = self.hover_action
+
+        self._step_count = np.zeros(n, dtype=np.int64)
+        self._episode = np.zeros(n, dtype=np.int64)
+        self.target_position = np.zeros((n, 3), dtype=np.float32)  # m, world; edit in place
+        self.target_velocity = np.zeros((n, 3), dtype=np.float32)  # m/s, world
+        self._clipped = np.zeros((n, 4), dtype=np.float32)
+        # Observation windows slide down a longer row by one action per step (see
+        # _post_step_range); every HISTORY_SLACK steps the windows are moved back to the top.
+        slack = HISTORY_SLACK if config.history_length else 0
+        self._obs_store = np.zeros((n, self.observation_dim + 4 * slack), dtype=np.float32)
+        self._top = 4 * slack
+        self._base = self._top
+        self._obs_views = {
+            b: np.lib.stride_tricks.as_strided(self._obs_store[:, b:], shape=(n, self.observation_dim),
+                                               strides=self._obs_store.strides, writeable=True)
+            for b in range(0, self._top + 1, 4)}
+        self._priv = np.zeros((n, PRIVILEGED_DIM), dtype=np.float32)
+        self._reward = np.zeros(n, dtype=np.float32)
+        self._terminated = np.zeros(n, dtype=bool)
+        self._truncated = np.zeros(n, dtype=bool)
+        self._final_obs = np.zeros((n, self.observation_dim), dtype=np.float32)
+        self._final_priv = np.zeros_like(self._priv)
+        self._done = np.zeros(n, dtype=bool)
+        self._info: dict[str, Any] = {}
+        self._step_index = 0
+        self._noise_pool = np.zeros(NOISE_POOL_SIZE + STATE_PART, dtype=np.float32)
+        self._pool_generation = -1
+        self._needs_reset = True
+        self.seed(seed)
+
+    # -- configuration --------------------------------------------------------------------
+    def _make_cfg(self) -> np.ndarray:
+        c, p = self.config, self.params
+        cfg = np.zeros(NUM_CFG, dtype=np.float64)
+        noise = 1.0 if c.observation_noise else 0.0
+        cfg[CFG_NOISE_P] = noise * c.noise_position
+        cfg[CFG_NOISE_R] = noise * c.noise_orientation
+        cfg[CFG_NOISE_V] = noise * c.noise_linear_velocity
+        cfg[CFG_NOISE_W] = noise * c.noise_angular_velocity
+        cfg[CFG_TERM_P] = c.termination_position
+        cfg[CFG_TERM_V] = c.termination_linear_velocity
+        cfg[CFG_TERM_W] = c.termination_angular_velocity
+        cfg[CFG_EPISODE_STEPS] = c.episode_steps
+        cfg[CFG_GUIDANCE] = c.guidance_probability
+        cfg[CFG_INIT_P] = c.init_max_position
+        cfg[CFG_INIT_ANGLE] = c.init_max_angle
+        cfg[CFG_INIT_V] = c.init_max_linear_velocity
+        cfg[CFG_INIT_W] = c.init_max_angular_velocity
+        cfg[CFG_INIT_ROTOR] = c.init_rotor_speed_normalized
+        disturbance = 1.0 if c.disturbance else 0.0
+        cfg[CFG_DIST_F_STD] = disturbance * c.disturbance_force_std_per_weight * p.weight
+        cfg[CFG_DIST_T_STD] = disturbance * c.disturbance_torque_std_per_weight * p.weight
+        cfg[CFG_DR_MASS] = c.randomize_mass
+        cfg[CFG_DR_INERTIA] = c.randomize_inertia
+        cfg[CFG_DR_THRUST] = c.randomize_thrust
+        cfg[CFG_DR_TAU] = c.randomize_rotor_time_constants
+        cfg[CFG_SMIN] = p.rotor_speed_min
+        cfg[CFG_SMAX] = p.rotor_speed_max
+        cfg[CFG_HOVER_ACTION] = p.hover_action
+        cfg[CFG_ROTOR_DELAY] = 1.0 if c.rotor_delay else 0.0
+        cfg[CFG_MASS] = p.mass
+        cfg[CFG_JXX:CFG_JZZ + 1] = p.inertia_diagonal()
+        cfg[CFG_C0:CFG_C2 + 1] = p.thrust_coefficients
+        cfg[CFG_TAU_RISE] = p.rotor_time_constant_rising
+        cfg[CFG_TAU_FALL] = p.rotor_time_constant_falling
+        return cfg
+
+    @property
+    def reward_weights(self) -> RewardWeights:
+        return self._reward_weights
+
+    @reward_weights.setter
+    def reward_weights(self, weights: RewardWeights) -> None:
+        """Change the reward weights (takes effect from the next step; curriculum)."""
+        self._weights[:] = weights.as_array()
+        self._reward_weights = weights
+
+    def seed(self, seed: int) -> None:
+        """Reseed; takes effect at the next ``reset()``."""
+        self._seed_value = int(seed)
+        self._seed = seed_to_uint64(seed)
+        self._pool_generation = -1
+        self._needs_reset = True
+
+    def _refresh_noise_pool(self) -> None:
+        # The Gaussian pool is redrawn every episode length, from (seed, generation): windows
+        # into it are the observation noise (see _observe).
+        generation = self._step_index // self.config.episode_steps
+        if generation != self._pool_generation:
+            rng = np.random.default_rng([self._seed_value & 0xFFFFFFFF, generation, 7])
+            pool = rng.standard_normal(NOISE_POOL_SIZE, dtype=np.float32)
+            self._noise_pool[:NOISE_POOL_SIZE] = pool
+            self._noise_pool[NOISE_POOL_SIZE:] = pool[:STATE_PART]
+            self._pool_generation = generation
+
+    # -- Gymnasium-style API ----------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Reset every environment. Returns ``(obs, info)``."""
+        if seed is not None:
+            self.seed(seed)
+        self._step_index = 0
+        self._episode[:] = 0
+        self._base = self._top
+        self._refresh_noise_pool()
+        _reset_all(self._blocks, self._cfg, self._seed, self._step_index, self._episode,
+                   self._step_count, self.target_position, self.target_velocity,
+                   self._noise_pool, self._obs_store, self._base, self.observation_dim, self._priv)
+        self._needs_reset = False
+        self._done[:] = False
+        self._info = {"privileged_obs": self._priv, "final_obs": self._final_obs,
+                      "_final_obs": self._done, "final_privileged_obs": self._final_priv}
+        return self._out(self.obs), self._out_info()
+
+    @property
+    def obs(self) -> np.ndarray:
+        """The current (N, obs_dim) actor observation (a strided view of the env's storage)."""
+        return self._obs_views[self._base]
+
+    def step(self, actions: np.ndarray):
+        """Advance every environment by one control period with normalized actions (N, 4) in
+        [-1, 1] (values outside are clipped; NaN/Inf raise ValueError and nothing is stepped).
+        Returns ``(obs, reward, terminated, truncated, info)``."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step() (and after seed())")
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs, 4):
+            raise ValueError(f"actions must have shape ({self.num_envs}, 4), got {actions.shape}")
+        if actions.dtype != np.float32:
+            if not np.issubdtype(actions.dtype, np.floating):
+                raise TypeError(f"actions must be floating point, got {actions.dtype}")
+            actions = actions.astype(np.float32)
+        bad = _apply_actions(actions, self._blocks, self.num_envs, self.config.rotor_delay,
+                             np.float32(self.params.rotor_speed_min),
+                             np.float32(self.params.rotor_speed_max), self._clipped)
+        if bad >= 0:
+            raise ValueError(f"actions of env {bad} are not finite: {actions[bad].tolist()}; "
+                             "nothing was stepped")
+        dyn.step_blocks(self._blocks, self._consts, self.threads)
+        self._step_index += 1
+        if self._top:
+            if self._base == 0:
+                _rewind(self._obs_store, 0, self._top, self.observation_dim)
+                self._base = self._top
+            self._base -= 4
+        self._refresh_noise_pool()
+        args = (self._blocks, self._cfg, self._weights, self._seed, self._step_index,
+                self._clipped, self._step_count, self._episode, self.target_position, self.target_velocity, self._noise_pool,
+                self._obs_store, self._base, self._priv, self._reward, self._terminated,
+                self._truncated,
+                self._final_obs, self._final_priv, self._done)
+        if self.threads > 1 and self.num_envs >= 2048:
+            _post_step_parallel(self.threads, self.num_envs, *args)
+        else:
+            _post_step_range(0, self.num_envs, *args)
+        return (self._out(self.obs), self._out(self._reward), self._out(self._terminated),
+                self._out(self._truncated), self._out_info())
+
+    def _out(self, array: np.ndarray) -> np.ndarray:
+        return array.copy() if self.copy_outputs else array
+
+    def _out_info(self) -> dict[str, Any]:
+        if self.copy_outputs:
+            return {k: v.copy() for k, v in self._info.items()}
+        return self._info
+
+    # -- state access (tests, evaluation, tracking) ------------------------------------------
+    @property
+    def states(self) -> np.ndarray:
+        """A copy of the (N, 17) simulator states."""
+        return dyn.read_rows(self._blocks, self.num_envs, dyn.ROW_STATE, dyn.STATE_DIM)
+
+    @property
+    def episode_step(self) -> np.ndarray:
+        """Steps taken in the current episode, per environment (a copy)."""
+        return self._step_count.copy()
+
+    def set_states(self, states: np.ndarray, action_history: float | np.ndarray | None = None,
+                   disturbance_force: np.ndarray | None = None,
+                   disturbance_torque: np.ndarray | None = None):
+        """Put every environment into the given (N, 17) states, start new episodes there (the
+        vehicle parameters stay as drawn) and return ``(obs, info)``. ``action_history`` fills
+        the history (default: the action matching the initial rotor speed); the optional
+        disturbances are world-frame force (N, 3) in N and body torque (N, 3) in N m."""
+        if self._needs_reset:
+            self.reset()
+        states = dyn.check_states(states)
+        if states.shape[0] != self.num_envs:
+            raise ValueError(f"states must have {self.num_envs} rows, got {states.shape[0]}")
+        dyn.write_rows(self._blocks, dyn.ROW_STATE, states.astype(np.float32),
+                       dyn.hover_state(self.params))
+        n = self.num_envs
+        for value, row, name in ((disturbance_force, dyn.P_DIST_ACC, "disturbance_force"),
+                                 (disturbance_torque, dyn.P_DIST_ANG_ACC, "disturbance_torque")):
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != (n, 3) or not np.all(np.isfinite(value)):
+                raise ValueError(f"{name} must be a finite ({n}, 3) array")
+            cur = dyn.read_rows(self._blocks, n, dyn.ROW_PARAMS, dyn.NUM_ENV_PARAMS)
+            if row == dyn.P_DIST_ACC:
+                cur[:, row:row + 3] = value * cur[:, [dyn.P_INV_MASS]]
+            else:
+                cur[:, row:row + 3] = value * cur[:, dyn.P_INV_JXX:dyn.P_INV_JZZ + 1]
+            dyn.write_rows(self._blocks, dyn.ROW_PARAMS, cur.astype(np.float32),
+                           dyn.env_param_values(self.params))
+        fill = self.config.init_rotor_speed_normalized if action_history is None else action_history
+        self.obs[:, STATE_PART:] = np.float32(fill)
+        self._step_count[:] = 0
+        _observe_all(self._blocks, self._cfg, self._seed, self._step_index, self.target_position,
+                     self.target_velocity, self._noise_pool, self._obs_store, self._base,
+                     self.observation_dim, self._priv)
+        return self._out(self.obs), self._out_info()
+
+    def close(self) -> None:
+        pass
