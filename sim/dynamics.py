@@ -55,7 +55,8 @@ C_YAW = 8  # 8..11: yaw direction * torque constant, m
 C_GRAVITY = 12  # 12..14: m/s^2
 C_SPEED_MIN, C_SPEED_MAX = 15, 16
 C_DT, C_HALF_DT, C_SIXTH_DT, C_HALF, C_ONE, C_TWO, C_ZERO = 17, 18, 19, 20, 21, 22, 23
-NUM_CONSTS = 24
+C_QUARTER, C_SUM_RX, C_SUM_RY, C_SUM_K = 24, 25, 26, 27  # sums of lever arms: 0 if symmetric
+NUM_CONSTS = 28
 
 
 def make_consts(params: VehicleParams, dt: float, dtype=np.float32) -> np.ndarray:
@@ -72,6 +73,10 @@ def make_consts(params: VehicleParams, dt: float, dtype=np.float32) -> np.ndarra
     c[C_SPEED_MAX] = params.rotor_speed_max
     c[C_DT], c[C_HALF_DT], c[C_SIXTH_DT] = dt, dt / 2, dt / 6
     c[C_HALF], c[C_ONE], c[C_TWO], c[C_ZERO] = 0.5, 1.0, 2.0, 0.0
+    c[C_QUARTER] = 0.25
+    c[C_SUM_RX] = c[C_ROTOR_X:C_ROTOR_X + 4].sum()
+    c[C_SUM_RY] = c[C_ROTOR_Y:C_ROTOR_Y + 4].sum()
+    c[C_SUM_K] = c[C_YAW:C_YAW + 4].sum()
     return c.astype(dtype)
 
 
@@ -97,7 +102,8 @@ def _derivative(state, setpoints, env, shared):
     s0, s1, s2, s3 = setpoints
     (c0, c1, c2, inv_m, jxx, jyy, jzz, ijxx, ijyy, ijzz, inv_rise, inv_fall,
      dax, day, daz, dwx, dwy, dwz) = env
-    (rx0, rx1, rx2, rx3, ry0, ry1, ry2, ry3, k0, k1, k2, k3, gx, gy, gz, half, two, zero) = shared
+    (rx0, rx1, rx2, rx3, ry0, ry1, ry2, ry3, k0, k1, k2, k3, gx, gy, gz, half, two, zero,
+     quarter, sum_rx, sum_ry, sum_k) = shared
     # Rotor thrusts (N) from the current (stage) rotor speeds.
     f0 = c0 + (c1 + c2 * r0) * r0
     f1 = c0 + (c1 + c2 * r1) * r1
@@ -105,9 +111,17 @@ def _derivative(state, setpoints, env, shared):
     f3 = c0 + (c1 + c2 * r3) * r3
     fz = f0 + f1 + f2 + f3
     # Body torques: r x (0, 0, f) = (ry f, -rx f, 0), plus the rotors' yaw reaction torques.
-    tx = ry0 * f0 + ry1 * f1 + ry2 * f2 + ry3 * f3
-    ty = -(rx0 * f0 + rx1 * f1 + rx2 * f2 + rx3 * f3)
-    tz = k0 * f0 + k1 * f1 + k2 * f2 + k3 * f3
+    # Summed over deviations from the mean thrust (+ mean * sum of the lever arms, which is
+    # zero for a symmetric frame): with fused multiply-adds the plain sum leaves a rounding
+    # residue at equal thrusts that makes a float32 hover drift millimetres in seconds.
+    fm = fz * quarter
+    g0 = f0 - fm
+    g1 = f1 - fm
+    g2 = f2 - fm
+    g3 = f3 - fm
+    tx = (ry0 * g0 + ry1 * g1 + ry2 * g2 + ry3 * g3) + sum_ry * fm
+    ty = -(rx0 * g0 + rx1 * g1 + rx2 * g2 + rx3 * g3) - sum_rx * fm
+    tz = (k0 * g0 + k1 * g1 + k2 * g2 + k3 * g3) + sum_k * fm
     # World-frame linear acceleration: R(q) e_z * fz / m + g + disturbance.
     a_total = fz * inv_m
     dvx = two * (qx * qz + qw * qy) * a_total + gx + dax
@@ -172,7 +186,8 @@ def _step_block_range(blocks, consts):
     two = consts[22]
     zero = consts[23]
     span_half = (smax - smin) * half
-    shared = (rx0, rx1, rx2, rx3, ry0, ry1, ry2, ry3, k0, k1, k2, k3, gx, gy, gz, half, two, zero)
+    shared = (rx0, rx1, rx2, rx3, ry0, ry1, ry2, ry3, k0, k1, k2, k3, gx, gy, gz, half, two, zero,
+              consts[C_QUARTER], consts[C_SUM_RX], consts[C_SUM_RY], consts[C_SUM_K])
     for b in range(blocks.shape[0] // (BLOCK_ROWS * BLOCK)):
         so = b * (BLOCK_ROWS * BLOCK)
         ao = so + ROW_ACTION * BLOCK

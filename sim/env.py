@@ -609,10 +609,13 @@ class VecEnv:
     # -- Gymnasium-style API ----------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Reset every environment. Returns ``(obs, info)``."""
-        if seed is not None:
-            self.seed(seed)
-        self._step_index = 0
-        self._episode[:] = 0
+        if seed is not None or self._pool_generation < 0:
+            if seed is not None:
+                self.seed(seed)
+            self._step_index = 0
+            self._episode[:] = 0
+        else:  # no new seed: continue the random streams with new episodes
+            self._episode += 1
         self._base = self._top
         self._refresh_noise_pool()
         _reset_all(self._blocks, self._cfg, self._seed, self._step_index, self._episode,

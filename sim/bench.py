@@ -1,0 +1,172 @@
+"""Simulator benchmark (``nanofly bench sim``): steps/s of the dynamics kernel and of the full
+``VecEnv.step``, for several environment counts, plus numba compile and import times.
+
+Speeds are best-of-``repeats`` medians over a fixed number of steps per call; the baseline in the
+same run is the reference simulator (``l2f``) when it is installed, otherwise the figures from
+PERF_NOTES.md are quoted as constants in the output for context (not as a measurement).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_ENV_COUNTS = (1, 64, 1024, 65536)
+# Measured on a machine like CI's (PERF_NOTES.md / the simulator issue): l2f 2.0.18, 1024 envs.
+REFERENCE_NOTE = {"l2f_steps_per_s_1_thread": 6.3e6, "l2f_steps_per_s_2_threads": 11.2e6,
+                  "source": "PERF_NOTES.md (not measured in this run)"}
+
+
+def _steps_for(n: int, target_env_steps: float) -> int:
+    return int(max(20, min(20000, target_env_steps // n)))
+
+
+def bench_dynamics(n: int, threads: int, repeats: int = 3, target_env_steps: float = 2e7) -> float:
+    from . import dynamics as dyn
+    from .presets import crazyflie_paper as params
+
+    rng = np.random.default_rng(0)
+    states = np.tile(dyn.hover_state(params), (n, 1))
+    actions = np.clip(params.hover_action + 0.05 * rng.standard_normal((n, 4)), -1, 1)
+    blocks = dyn.make_blocks(states, actions.astype(np.float32),
+                             np.tile(dyn.env_param_values(params), (n, 1)).astype(np.float32),
+                             dyn.HOVER_PAD_STATE.astype(np.float32),
+                             dyn.env_param_values(params).astype(np.float32))
+    consts = dyn.make_consts(params, 0.01)
+    steps = _steps_for(n, target_env_steps)
+    dyn.step_blocks(blocks, consts, threads)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            dyn.step_blocks(blocks, consts, threads)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return n / best
+
+
+def bench_env(n: int, threads: int, repeats: int = 3, target_env_steps: float = 4e6) -> float:
+    from .env import VecEnv
+
+    env = VecEnv(n, seed=0, threads=threads)
+    env.reset()
+    rng = np.random.default_rng(0)
+    actions = np.clip(env.hover_action + 0.05 * rng.standard_normal((n, 4)), -1, 1).astype(np.float32)
+    steps = _steps_for(n, target_env_steps)
+    for _ in range(3):
+        env.step(actions)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            env.step(actions)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return n / best
+
+
+_FIRST_STEP_SCRIPT = r"""
+import time
+t0 = time.perf_counter()
+import numpy as np
+from nanofly.sim import VecEnv
+env = VecEnv(64, seed=0)
+env.reset()
+env.step(np.zeros((64, 4), np.float32))
+from nanofly.sim import dynamics
+from nanofly.sim.presets import crazyflie_paper as p
+dynamics.step(np.tile(dynamics.hover_state(p), (3, 1)), np.zeros((3, 4), np.float32), p)
+print(time.perf_counter() - t0)
+"""
+
+
+def import_to_first_step(cache_dir: str | None) -> float:
+    """Seconds from interpreter start (after Python itself) to the first VecEnv step, in a fresh
+    process; ``cache_dir`` points numba's cache somewhere (an empty dir = cold compile)."""
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    out = subprocess.run([sys.executable, "-c", _FIRST_STEP_SCRIPT], env=env, check=True,
+                         capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_reference(n: int) -> float | None:
+    """Steps/s of the reference simulator when ``l2f`` is importable, else None."""
+    try:
+        import l2f  # noqa: F401  (optional; pip install l2f)
+    except ImportError:
+        return None
+    return None  # API binding not implemented: reported as not measured
+
+
+def run(env_counts=DEFAULT_ENV_COUNTS, threads: int = 1, compile_times: bool = True,
+        progress=None) -> dict:
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    result: dict = {"threads": threads, "dynamics_steps_per_s": {}, "env_steps_per_s": {}}
+    if compile_times:
+        with tempfile.TemporaryDirectory(prefix="nanofly-numba-") as cache:
+            result["numba_cold_compile_s"] = round(import_to_first_step(cache), 3)
+            result["import_to_first_step_warm_s"] = round(import_to_first_step(cache), 3)
+    for n in env_counts:
+        if progress:
+            progress(f"dynamics, {n} envs")
+        result["dynamics_steps_per_s"][str(n)] = round(bench_dynamics(n, threads))
+        if progress:
+            progress(f"VecEnv.step, {n} envs")
+        result["env_steps_per_s"][str(n)] = round(bench_env(n, threads))
+    ref = {str(n): bench_reference(n) for n in env_counts}
+    if any(v is not None for v in ref.values()):
+        result["reference_steps_per_s"] = ref
+        result["ratio_vs_reference"] = {k: result["env_steps_per_s"][k] / v
+                                        for k, v in ref.items() if v}
+    else:
+        result["reference"] = "l2f not installed (pip install l2f); quoted figures below"
+        result["reference_quoted"] = REFERENCE_NOTE
+        key = str(max(env_counts))
+        result["ratio_vs_quoted_reference"] = {
+            "dynamics": result["dynamics_steps_per_s"][key] / (
+                REFERENCE_NOTE["l2f_steps_per_s_1_thread"] if threads == 1
+                else REFERENCE_NOTE["l2f_steps_per_s_2_threads"]),
+        }
+    return result
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from .bench_args import add_arguments
+
+    parser = argparse.ArgumentParser(prog="nanofly bench sim")
+    add_arguments(parser)
+    return handle(parser.parse_args(argv))
+
+
+def handle(args) -> int:
+    counts = tuple(args.envs) if args.envs else DEFAULT_ENV_COUNTS
+    if any(n < 1 for n in counts):
+        print("error: --envs must be >= 1", file=sys.stderr)
+        return 2
+    progress = None if args.json else (lambda msg: print(f"  measuring {msg} ...", file=sys.stderr))
+    result = run(counts, args.threads, not args.no_compile_times, progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"threads: {result['threads']}")
+        if "numba_cold_compile_s" in result:
+            print(f"numba cold compile + first step: {result['numba_cold_compile_s']:.2f} s; "
+                  f"warm import to first step: {result['import_to_first_step_warm_s']:.2f} s")
+        print(f"{'envs':>8} {'dynamics steps/s':>18} {'env steps/s':>14}")
+        for n in counts:
+            print(f"{n:>8} {result['dynamics_steps_per_s'][str(n)]:>18,.0f} "
+                  f"{result['env_steps_per_s'][str(n)]:>14,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
