@@ -23,9 +23,9 @@ Observation (actor), ``18 + 4 * history_length`` values (146 by default)::
      first (4 * history_length)]
 
 with Gaussian noise on the first 18 values. Privileged observation (28 values): the same first
-18 values without noise, the disturbance force and torque expressed as the accelerations they
-cause (force / mass in m/s^2, world frame; J^-1 torque in rad/s^2, body frame), and the rotor
-speeds normalized to [-1, 1].
+18 values without noise, the disturbance force (world frame) and torque (body frame) in units of
+their configured standard deviations (so that the critic sees O(1) inputs), and the rotor speeds
+normalized to [-1, 1].
 """
 from __future__ import annotations
 
@@ -160,8 +160,8 @@ def observation_layout(history_length: int) -> list[tuple[str, int]]:
 
 PRIVILEGED_LAYOUT = [("position_error", 3), ("rotation_matrix", 9),
                      ("linear_velocity_error", 3), ("angular_velocity", 3),
-                     ("disturbance_linear_acceleration", 3),
-                     ("disturbance_angular_acceleration", 3), ("rotor_speed_normalized", 4)]
+                     ("disturbance_force_in_std", 3),
+                     ("disturbance_torque_in_std", 3), ("rotor_speed_normalized", 4)]
 
 
 # Indices into the float64 ``cfg`` array the kernels take (one array instead of 30 arguments).
@@ -317,10 +317,14 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
     pr[15] = wx
     pr[16] = wy
     pr[17] = wz
+    # Disturbance force and torque in units of their standard deviation (O(1) inputs for the
+    # critic; raw torques are ~1e-5 N m and raw angular accelerations ~7 rad/s^2).
     p = o + dyn.ROW_PARAMS * B
+    f_scale = 0.0 if cfg[CFG_DIST_F_STD] == 0.0 else 1.0 / (cfg[CFG_DIST_F_STD] * blocks[p + dyn.P_INV_MASS * B])
+    t_scale = 0.0 if cfg[CFG_DIST_T_STD] == 0.0 else 1.0 / cfg[CFG_DIST_T_STD]
     for k in range(3):
-        pr[18 + k] = blocks[p + (dyn.P_DIST_ACC + k) * B]
-        pr[21 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B]
+        pr[18 + k] = blocks[p + (dyn.P_DIST_ACC + k) * B] * f_scale
+        pr[21 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B] * blocks[p + (dyn.P_JXX + k) * B] * t_scale
     smin = cfg[CFG_SMIN]
     scale = 2.0 / (cfg[CFG_SMAX] - smin)
     for k in range(4):
@@ -726,6 +730,35 @@ class VecEnv:
                      self.target_velocity, self._noise_pool, self._obs_store, self._base,
                      self.observation_dim, self._priv)
         return self._out(self.obs), self._out_info()
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue this environment exactly (checkpoints)."""
+        return {"blocks": self._blocks.copy(), "obs_store": self._obs_store.copy(),
+                "base": self._base, "step_count": self._step_count.copy(),
+                "episode": self._episode.copy(), "step_index": self._step_index,
+                "seed": self._seed_value, "weights": self._weights.copy(),
+                "target_position": self.target_position.copy(),
+                "target_velocity": self.target_velocity.copy(), "priv": self._priv.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore ``get_state()`` output taken from an environment built the same way."""
+        if state["blocks"].shape != self._blocks.shape or state["obs_store"].shape != self._obs_store.shape:
+            raise ValueError("environment state does not match this environment's size/config")
+        self.seed(int(state["seed"]))
+        self._blocks[:] = state["blocks"]
+        self._obs_store[:] = state["obs_store"]
+        self._base = int(state["base"])
+        self._step_count[:] = state["step_count"]
+        self._episode[:] = state["episode"]
+        self._step_index = int(state["step_index"])
+        self.reward_weights = RewardWeights(*[float(w) for w in state["weights"]])
+        self.target_position[:] = state["target_position"]
+        self.target_velocity[:] = state["target_velocity"]
+        self._priv[:] = state["priv"]
+        self._refresh_noise_pool()
+        self._needs_reset = False
+        self._info = {"privileged_obs": self._priv, "final_obs": self._final_obs,
+                      "_final_obs": self._done, "final_privileged_obs": self._final_priv}
 
     def close(self) -> None:
         pass

@@ -168,12 +168,17 @@ def test_reward_recomputation_matches_simulator_and_curriculum_weights():
 def test_disturbance_statistics_in_privileged_observation():
     env = VecEnv(8192, seed=5)
     _, info = env.reset()
-    force_acc = info["privileged_obs"][:, 18:21]
-    torque_acc = info["privileged_obs"][:, 21:24]
+    force = info["privileged_obs"][:, 18:21]  # in units of the force std (m g / 20)
+    torque = info["privileged_obs"][:, 21:24]  # in units of the torque std (m g / 10000)
+    assert np.allclose(force.std(axis=0), 1.0, rtol=0.05)
+    assert np.allclose(torque.std(axis=0), 1.0, rtol=0.05)
+    assert np.abs(force.mean(axis=0)).max() < 0.05
+    # the simulator applies them: force / mass in the dynamics parameters
+    p = dyn.read_rows(env._blocks, env.num_envs, dyn.ROW_PARAMS, dyn.NUM_ENV_PARAMS)
     g = 9.81
-    assert np.allclose(force_acc.std(axis=0), g / 20, rtol=0.05)
-    expected_torque_acc = 0.027 * g / 10000 / np.array([3.85e-6, 3.85e-6, 5.9675e-6])
-    assert np.allclose(torque_acc.std(axis=0), expected_torque_acc, rtol=0.05)
+    assert np.allclose(p[:, dyn.P_DIST_ACC:dyn.P_DIST_ACC + 3], force * (0.027 * g / 20) / 0.027, rtol=1e-4, atol=1e-6)
+    expected_ang = torque * (0.027 * g / 10000) / np.array([3.85e-6, 3.85e-6, 5.9675e-6])
+    assert np.allclose(p[:, dyn.P_DIST_ANG_ACC:dyn.P_DIST_ANG_ACC + 3], expected_ang, rtol=1e-4, atol=1e-4)
     assert np.all(VecEnv(4, disturbance=False).reset()[1]["privileged_obs"][:, 18:24] == 0)
 
 

@@ -1,0 +1,205 @@
+import dataclasses
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nanofly.sim.env import RewardWeights
+from nanofly.train.evaluate import hover_suite
+from nanofly.train.policy import init_actor, load_policy, save_policy
+from nanofly.train.td3 import Interrupted, TrainConfig, Trainer, curriculum_step, run_loop, train
+
+SMALL = dict(total_env_steps=6000, num_envs=8, critic_warmup_steps=1000, actor_warmup_steps=2000,
+             curriculum_interval=2000, log_interval=1000, batch_size=64)
+
+
+def test_curriculum_schedule_multiplies_and_caps():
+    cfg = TrainConfig()
+    w = RewardWeights()
+    w1 = curriculum_step(w, cfg)
+    assert (w1.position, w1.linear_velocity, w1.action) == pytest.approx((6.0, 0.014, 0.014))
+    for _ in range(60):
+        w = curriculum_step(w, cfg)
+    assert (w.position, w.linear_velocity, w.action) == (40.0, 1.0, 1.0)
+    assert w.orientation == 5.0 and w.constant == 2.0
+
+
+def test_schedule_delayed_actor_and_curriculum_recompute():
+    tr = Trainer(TrainConfig(**SMALL))
+    run_loop(tr)
+    st = tr.state
+    # critic every 10 steps after 1000, actor every 20 steps after 2000
+    assert st.critic_updates == (6000 - 1000) // 10 + 1
+    assert st.actor_updates == (6000 - 2000) // 20 + 1
+    assert st.curriculum_stage == 3
+    assert tr.weights.position == pytest.approx(5.0 * 1.2 ** 3)
+    # stored rewards were recomputed with the current weights
+    from nanofly.sim.env import recompute_rewards
+    n = tr.buffer.size
+    again = recompute_rewards(tr.buffer.next_critic_obs[:n], tr.buffer.action[:n],
+                              tr.buffer.terminated[:n], tr.weights, tr.env.hover_action)
+    assert np.allclose(tr.buffer.reward[:n], again, atol=1e-6)
+    old = recompute_rewards(tr.buffer.next_critic_obs[:n], tr.buffer.action[:n],
+                            tr.buffer.terminated[:n], RewardWeights(), tr.env.hover_action)
+    assert not np.allclose(tr.buffer.reward[:n], old)
+
+
+def test_terminations_stored_truncations_bootstrapped():
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 1200})
+    tr = Trainer(cfg)
+    tr.env.config.episode_steps  # default 500: some truncations need 500 steps per env
+    run_loop(tr)
+    n = tr.buffer.size
+    term = tr.buffer.terminated[:n]
+    assert set(np.unique(term)) <= {0.0, 1.0} and term.sum() > 0
+    # every terminated transition's next privileged state is outside the 0.6 m box
+    out = np.abs(tr.buffer.next_critic_obs[:n][term == 1, :3]).max(axis=1) > 0.6
+    assert out.all()
+    # and the stored next observation is the final one, not the reset one
+    assert np.allclose(tr.buffer.next_obs[:n][term == 1, :3],
+                       tr.buffer.next_critic_obs[:n][term == 1, :3], atol=0.01)
+
+
+def test_truncation_is_not_termination():
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 400, "num_envs": 4})
+    tr = Trainer(cfg)
+    # hold every env at its target with the hover action: episodes end only by truncation
+    tr.env.config.episode_steps = 50
+    tr.env._cfg[:] = tr.env._make_cfg()
+    tr.env._cfg[4] = 1e9  # CFG_TERM_P: no termination
+    run_loop(tr)
+    assert tr.state.episodes >= 4 and tr.buffer.terminated[:tr.buffer.size].sum() == 0
+
+
+def test_same_seed_same_policy_different_seed_different():
+    a = train(TrainConfig(**SMALL, seed=3)).core.params.copy()
+    b = train(TrainConfig(**SMALL, seed=3)).core.params.copy()
+    c = train(TrainConfig(**SMALL, seed=4)).core.params.copy()
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
+    cfg = TrainConfig(**SMALL, seed=5)
+    full = train(cfg)
+    first = Trainer(cfg)
+    first.cfg = dataclasses.replace(cfg, total_env_steps=3000)
+    run_loop(first)
+    first.cfg = cfg
+    blob = pickle.dumps(first.checkpoint())
+    resumed = train(cfg, resume=pickle.loads(blob))
+    assert resumed.state.env_steps == full.state.env_steps
+    assert np.array_equal(resumed.core.params, full.core.params)
+    assert np.array_equal(resumed.buffer.reward[:full.buffer.size], full.buffer.reward[:full.buffer.size])
+
+
+def test_checkpoint_from_other_config_is_refused():
+    tr = Trainer(TrainConfig(**SMALL))
+    ck = tr.checkpoint()
+    other = Trainer(TrainConfig(**{**SMALL, "seed": 9}))
+    with pytest.raises(ValueError, match="different training configuration"):
+        other.restore(ck)
+
+
+def test_bad_training_config_is_refused():
+    with pytest.raises(ValueError, match="num_envs"):
+        TrainConfig.from_dict({"num_envs": 0})
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"learning_rat": 0.1})
+    with pytest.raises(ValueError, match="integer"):
+        TrainConfig.from_dict({"total_env_steps": "many"})
+    with pytest.raises(ValueError, match="multiple"):
+        TrainConfig.from_dict({"actor_update_interval": 15})
+
+
+def test_ablation_switches_change_the_mdp():
+    tr = Trainer(TrainConfig(**SMALL, asymmetric_critic=False, action_history=False,
+                             disturbance=False, observation_noise=False, rotor_delay=False))
+    assert tr.obs_dim == 18 and tr.critic_obs_dim == 18
+    c = tr.env.config
+    assert not (c.disturbance or c.observation_noise or c.rotor_delay)
+    run_loop(tr)  # the symmetric critic path runs and recomputes rewards too
+    assert tr.state.critic_updates > 0
+
+
+def test_short_training_beats_untrained_policy():
+    cfg = TrainConfig(total_env_steps=40000, num_envs=16, critic_warmup_steps=2000,
+                      actor_warmup_steps=4000, curriculum_interval=20000, seed=1)
+    tr = train(cfg)
+    untrained = init_actor([146, 64, 64, 4], seed=1)
+    with torch.no_grad():
+        base = hover_suite(lambda o: untrained(torch.from_numpy(np.ascontiguousarray(o))).numpy(),
+                           episodes=200, seed=7)
+    trained = hover_suite(lambda o: tr.core.actor_forward(np.ascontiguousarray(o)).copy(),
+                          episodes=200, seed=7)
+    assert trained["mean_steps_before_termination"] > 1.5 * base["mean_steps_before_termination"]
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "nanofly", *args], capture_output=True, text=True, **kw)
+
+
+def test_train_cli_writes_run_dir_and_eval_exit_codes(tmp_path):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[train]\ncritic_warmup_steps = 500\nactor_warmup_steps = 1000\n"
+                   "log_interval = 500\nbatch_size = 64\n")
+    run = tmp_path / "run"
+    out = _cli("train", "--out", str(run), "--steps", "2000", "--config", str(cfg),
+               "--eval-episodes", "20", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["env_steps"] >= 2000 and "hover" in summary["eval"]
+    for name in ("policy.pt", "metrics.jsonl", "config.toml", "learning_curve.png",
+                 "eval_rollouts_xy.png", "eval_position_vs_time.png", "summary.json"):
+        assert (run / name).is_file(), name
+    actor, payload = load_policy(run / "policy.pt")
+    assert payload["train_config"]["total_env_steps"] == 2000
+    assert payload["observation"]["dim"] == 146 and "hover" in payload["metrics"]
+    # an untrained policy misses the hover threshold: exit status 1, JSON still printed
+    ev = _cli("eval", str(run / "policy.pt"), "--suite", "hover", "--episodes", "20", "--json")
+    assert ev.returncode == 1, ev.stderr
+    assert json.loads(ev.stdout)["suites"]["hover"]["passed"] is False
+    # a threshold it meets: exit status 0
+    ok = _cli("eval", str(run / "policy.pt"), "--episodes", "20", "--min-success", "0.0")
+    assert ok.returncode == 0, ok.stderr
+    bad = _cli("eval", str(tmp_path / "missing.pt"))
+    assert bad.returncode == 2 and "no such policy file" in bad.stderr
+    badcfg = tmp_path / "bad.toml"
+    badcfg.write_text("[train]\nnum_envs = -3\n")
+    assert _cli("train", "--config", str(badcfg), "--out", str(tmp_path / "x")).returncode == 2
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
+    import os
+    import signal
+    import time
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[train]\ncritic_warmup_steps = 500\nactor_warmup_steps = 1000\n"
+                   "log_interval = 1000\nbatch_size = 64\n")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nanofly", "train", "--out", str(run), "--steps",
+                             "400000", "--config", str(cfg), "--eval-episodes", "0", "--no-plots"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert (run / "checkpoint.pkl").is_file() and "--resume" in err
+    ck = pickle.loads((run / "checkpoint.pkl").read_bytes())
+    stopped_at = ck["state"]["env_steps"]
+    assert 2000 <= stopped_at < 400000
+    # finish quickly: shorten the remaining schedule by editing nothing but the step budget
+    ck["config"]["total_env_steps"] = stopped_at + 1000
+    (run / "checkpoint.pkl").write_bytes(pickle.dumps(ck))
+    out = _cli("train", "--resume", str(run), "--eval-episodes", "0", "--no-plots", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["env_steps"] >= stopped_at + 1000
+    assert (run / "policy.pt").is_file() and not (run / "checkpoint.pkl").exists()

@@ -1,0 +1,63 @@
+"""CLI for the training stage: ``nanofly train`` and ``nanofly eval``."""
+from __future__ import annotations
+
+import argparse
+
+ABLATIONS = ("disturbance", "observation_noise", "asymmetric_critic", "rotor_delay",
+             "action_history", "curriculum")
+
+
+def register(sub, bench_sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a hover policy (TD3, asymmetric actor-critic)",
+        description="Train a policy with the paper's defaults and save it to a run directory "
+                    "(policy.pt, metrics.jsonl, config.toml, plots). Ctrl-C saves a checkpoint "
+                    "that --resume continues from.")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="total environment steps (default 300000)")
+    p.add_argument("--num-envs", type=int, default=None, help="parallel simulators (default 16)")
+    p.add_argument("--preset", default=None, help="vehicle preset name or .toml file")
+    p.add_argument("--config", default=None,
+                   help="TOML file with training options (keys of TrainConfig, a [train] table)")
+    for name in ABLATIONS:
+        p.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false",
+                       default=None, help=f"ablation: switch off {name.replace('_', ' ')}")
+    p.add_argument("--eval-episodes", type=int, default=1000,
+                   help="hover-suite episodes at the end (0: skip)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/checkpoint.pkl")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object")
+    p.set_defaults(handler=_train)
+
+    e = sub.add_parser(
+        "eval", help="evaluate a policy in simulation (exit 1 when it misses the thresholds)",
+        description="Run evaluation suites with the paper's observation noise and disturbances. "
+                    "Exit status 1 when a suite misses its thresholds (CI gate), 2 on bad input.")
+    e.add_argument("policy", help="policy.pt (or an export directory for the C backends)")
+    e.add_argument("--suite", action="append", choices=("hover", "figure8"),
+                   help="suite to run (repeatable; default: hover)")
+    e.add_argument("--backend", default="torch",
+                   help="torch | onnx | c-f32 | c-int8 | pil:URL (pil:emulate starts QEMU)")
+    e.add_argument("--episodes", type=int, default=None,
+                   help="episodes per suite (default: hover 1000, figure8 16)")
+    e.add_argument("--seed", type=int, default=None, help="evaluation seed")
+    e.add_argument("--min-success", type=float, default=None,
+                   help="hover threshold: minimum success rate (default 0.95)")
+    e.add_argument("--max-rmse", type=float, default=None,
+                   help="figure8 threshold: maximum position RMSE in m (default 0.10)")
+    e.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+    e.set_defaults(handler=_eval)
+
+
+def _train(args) -> int:
+    from .cli_train import run_train
+
+    return run_train(args)
+
+
+def _eval(args) -> int:
+    from .cli_train import run_eval
+
+    return run_eval(args)

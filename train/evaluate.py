@@ -1,0 +1,229 @@
+"""Sim-only evaluation suites, run in the batched simulator with the paper's observation noise
+and disturbances: ``hover`` and ``figure8``. Every suite returns a flat dict of figures plus
+``passed`` (against the suite's default thresholds, which ``nanofly eval`` turns into its exit
+code).
+
+A policy is anything callable as ``policy(obs (N, obs_dim) float32) -> actions (N, 4)``; the
+``--backend`` choice makes one from a policy file (``make_policy``): ``torch`` here, ``onnx``,
+``c-f32`` and ``c-int8`` through the export stage, ``pil:URL`` through the firmware bridge.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from nanofly.sim.env import MDPConfig, VecEnv
+from nanofly.sim.targets import figure_eight
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class HoverThresholds:
+    min_success_rate: float = 0.95  # fraction of episodes
+
+
+@dataclass(frozen=True)
+class Figure8Thresholds:
+    max_position_rmse_m: float = 0.10
+    max_position_error_m: float = 0.30
+
+
+SUITES = ("hover", "figure8")
+SUCCESS_POSITION_M = 0.1  # hover success: position error below this ...
+SUCCESS_TILT_RAD = math.radians(10.0)  # ... and tilt below this, throughout the last 100 steps
+SETTLE_RADIUS_M = 0.2  # the reference's "settling fraction" radius
+
+
+# -- policies -----------------------------------------------------------------------------------
+class TorchPolicy:
+    """The policy file's actor evaluated with torch (the training-time float32 reference)."""
+
+    def __init__(self, policy_path):
+        import torch
+
+        from .policy import load_policy
+
+        self.actor, self.payload = load_policy(policy_path)
+        self._torch = torch
+        torch.set_num_threads(1)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self.actor(self._torch.from_numpy(np.ascontiguousarray(obs))).numpy()
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": "torch"}
+
+    def close(self) -> None:
+        pass
+
+
+def make_policy(backend: str, policy_path) -> Any:
+    """A policy callable for ``backend`` in torch | onnx | c-f32 | c-int8 | pil:URL."""
+    if backend == "torch":
+        return TorchPolicy(policy_path)
+    if backend in ("onnx", "c-f32", "c-int8"):
+        from nanofly.export.backends import make_backend
+
+        return make_backend(backend, policy_path)
+    if backend.startswith("pil:"):
+        from nanofly.firmware_bridge.pil import make_backend as make_pil
+
+        return make_pil(backend[4:], policy_path)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, c-f32, c-int8 or pil:URL")
+
+
+def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
+    """The vehicle preset and MDP a policy file was trained with (observation layout must match)."""
+    from nanofly.sim.presets import VehicleParams
+
+    vehicle = payload.get("vehicle", {})
+    params = vehicle.get("params")
+    preset = VehicleParams.from_dict(params) if params else vehicle.get("preset", "crazyflie_paper")
+    mdp = payload.get("mdp") or {}
+    history = int(mdp.get("history_length", payload.get("observation", {}).get("history_length", 32)))
+    return preset, MDPConfig(history_length=history, rotor_delay=bool(mdp.get("rotor_delay", True)))
+
+
+# -- hover --------------------------------------------------------------------------------------
+def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | None = None,
+                episodes: int = 1000, seed: int = 12345, record: int = 0,
+                thresholds: HoverThresholds = HoverThresholds()) -> dict[str, Any]:
+    """``episodes`` episodes of 500 steps from the paper's initial-state distribution, with
+    observation noise and disturbances. An episode succeeds when it never terminates and,
+    throughout its last 100 steps, the position error stays below 0.1 m and the tilt below 10
+    degrees. ``record`` > 0 keeps the first ``record`` trajectories (positions, time) for plots."""
+    mdp = mdp or MDPConfig()
+    steps = mdp.episode_steps
+    env = VecEnv(episodes, preset, seed=seed, config=mdp)
+    obs, info = env.reset()
+    n = episodes
+    alive = np.ones(n, dtype=bool)
+    survived_steps = np.zeros(n, dtype=np.int64)
+    pos_err = np.zeros((steps, n), np.float32)
+    tilt = np.zeros((steps, n), np.float32)
+    lin_vel = np.zeros((steps, n), np.float32)
+    ang_vel = np.zeros((steps, n), np.float32)
+    smooth_sum = np.zeros(n)
+    prev_action = None
+    positions = np.zeros((steps + 1, min(record, n), 3), np.float32)
+    positions[0] = info["privileged_obs"][:record, 0:3]
+    for t in range(steps):
+        action = np.asarray(policy(obs), dtype=np.float32)
+        if prev_action is not None:
+            smooth_sum += np.abs(action - prev_action).mean(axis=1) * alive
+        prev_action = action.copy()
+        obs, _, terminated, _, info = env.step(action)
+        priv = np.where(info["_final_obs"][:, None], info["final_privileged_obs"],
+                        info["privileged_obs"])
+        pos_err[t] = np.linalg.norm(priv[:, 0:3], axis=1)
+        tilt[t] = np.arccos(np.clip(priv[:, 11], -1.0, 1.0))
+        lin_vel[t] = np.linalg.norm(priv[:, 12:15], axis=1)
+        ang_vel[t] = np.linalg.norm(priv[:, 15:18], axis=1)
+        if record:
+            positions[t + 1] = priv[:record, 0:3]
+        alive &= ~terminated
+        survived_steps += alive
+        # after a termination the row belongs to the next episode: freeze its figures
+        dead = ~alive
+        if dead.any():
+            pos_err[t, dead] = np.inf
+            tilt[t, dead] = np.inf
+    last = slice(steps - 100, steps)
+    success = alive & (pos_err[last] < SUCCESS_POSITION_M).all(axis=0) & (
+        tilt[last] < SUCCESS_TILT_RAD).all(axis=0)
+    result: dict[str, Any] = {
+        "suite": "hover", "episodes": n, "steps": steps, "seed": seed,
+        "success_rate": float(success.mean()),
+        "termination_rate": float((~alive).mean()),
+        "mean_steps_before_termination": float(survived_steps.mean()),
+        "settling_fraction_200mm": float((alive & (pos_err[200:] < SETTLE_RADIUS_M).all(axis=0)).mean()),
+        "final_position_rmse_m": float(np.sqrt(np.mean(pos_err[-1, alive] ** 2))) if alive.any() else None,
+        "action_smoothness": float(smooth_sum.sum() / max(1, alive.sum() * (steps - 1)) if alive.any() else 0.0),
+    }
+    for after in (100, 200):
+        for name, arr in (("position_m", pos_err), ("angle_rad", tilt), ("linear_velocity_mps", lin_vel),
+                          ("angular_velocity_radps", ang_vel)):
+            worst = arr[after:, alive].max(axis=0) if alive.any() else np.array([np.nan])
+            result[f"max_{name}_after_{after}_mean"] = float(np.mean(worst))
+            result[f"max_{name}_after_{after}_std"] = float(np.std(worst))
+    result["thresholds"] = {"min_success_rate": thresholds.min_success_rate}
+    result["passed"] = bool(result["success_rate"] >= thresholds.min_success_rate)
+    if record:
+        result["_trajectories"] = {"positions": positions, "dt": mdp.dt}
+    return result
+
+
+# -- figure-eight -------------------------------------------------------------------------------
+def figure8_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | None = None,
+                  episodes: int = 16, laps: int = 3, scale: float = 0.5, period: float = 5.5,
+                  seed: int = 54321, record: int = 0,
+                  thresholds: Figure8Thresholds = Figure8Thresholds()) -> dict[str, Any]:
+    """Track the figure-eight reference for ``laps`` laps, starting on the path at rest-free
+    path velocity, with the paper's noise and disturbances. Reports position RMSE and max error
+    over all episodes and steps (an episode that leaves the 0.6 m box counts as failed)."""
+    base = mdp or MDPConfig()
+    steps = int(round(laps * period / base.dt))
+    cfg = MDPConfig(**{**base.to_dict(), "episode_steps": steps + 1})
+    env = VecEnv(episodes, preset, seed=seed, config=cfg)
+    env.reset()
+    from nanofly.sim import dynamics as dyn
+
+    p0, v0 = figure_eight(0.0, scale, period)
+    states = np.tile(dyn.hover_state(env.params, dtype=np.float64), (episodes, 1))
+    states[:, 0:3] = p0
+    states[:, 7:10] = v0
+    env.target_position[:] = p0
+    env.target_velocity[:] = v0
+    obs, info = env.set_states(states, action_history=env.hover_action)
+    errors = np.zeros((steps, episodes))
+    alive = np.ones(episodes, dtype=bool)
+    track = np.zeros((steps + 1, min(record, episodes), 3), np.float32)
+    refs = np.zeros((steps + 1, 3), np.float32)
+    track[0] = p0
+    refs[0] = p0
+    for t in range(steps):
+        action = np.asarray(policy(obs), dtype=np.float32)
+        p_ref, v_ref = figure_eight((t + 1) * cfg.dt, scale, period)
+        # the new target applies to the observation after this step
+        env.target_position[:] = p_ref
+        env.target_velocity[:] = v_ref
+        obs, _, terminated, _, info = env.step(action)
+        priv = np.where(info["_final_obs"][:, None], info["final_privileged_obs"], info["privileged_obs"])
+        alive &= ~terminated
+        errors[t] = np.where(alive, np.linalg.norm(priv[:, 0:3], axis=1), np.nan)
+        if record:
+            track[t + 1] = priv[:record, 0:3] + p_ref
+            refs[t + 1] = p_ref
+    valid = errors[:, alive]
+    result: dict[str, Any] = {
+        "suite": "figure8", "episodes": episodes, "laps": laps, "scale_m": scale, "period_s": period,
+        "seed": seed, "completion_rate": float(alive.mean()),
+        "position_rmse_m": float(np.sqrt(np.mean(valid ** 2))) if valid.size else None,
+        "max_position_error_m": float(np.max(valid)) if valid.size else None,
+    }
+    result["thresholds"] = {"max_position_rmse_m": thresholds.max_position_rmse_m,
+                            "max_position_error_m": thresholds.max_position_error_m}
+    result["passed"] = bool(alive.all() and result["position_rmse_m"] is not None
+                            and result["position_rmse_m"] <= thresholds.max_position_rmse_m
+                            and result["max_position_error_m"] <= thresholds.max_position_error_m)
+    if record:
+        result["_trajectories"] = {"positions": track, "reference": refs, "dt": cfg.dt}
+    return result
+
+
+def run_suite(name: str, policy: PolicyFn, **kwargs) -> dict[str, Any]:
+    if name == "hover":
+        return hover_suite(policy, **kwargs)
+    if name == "figure8":
+        return figure8_suite(policy, **kwargs)
+    raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
+
+
+def public(result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-serializable part of a suite result (without recorded trajectories)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}

@@ -1,0 +1,424 @@
+"""TD3 with an asymmetric actor-critic and the reward curriculum of "Learning to Fly in Seconds".
+
+Readable top to bottom (CleanRL style): ``TrainConfig`` holds every hyperparameter; ``train``
+runs the loop: act with exploration noise in ``num_envs`` parallel simulators, store transitions,
+update the twin critics every ``critic_update_interval`` environment steps and the actor and the
+targets every ``actor_update_interval`` steps (after their warm-ups), and apply the curriculum,
+recomputing the rewards already stored. The updates themselves are the numba kernels of
+``TD3Core`` (hand-written forward/backward/Adam, PERF_NOTES.md); the saved actor is a torch
+module (``nanofly.train.policy.Actor``).
+
+The actor sees the noisy observation (146 values by default); the critics see the privileged
+one (noise-free state, disturbance, rotor speeds; 28 values) plus the action. Every ablation of
+the paper is a switch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, recompute_rewards
+
+from .replay import ReplayBuffer
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters (defaults: the paper's, except ``num_envs``; see docs)."""
+
+    seed: int = 0  # seeds the simulator, the network initialization and all sampling
+    preset: str = "crazyflie_paper"  # vehicle: preset name or .toml path
+    total_env_steps: int = 300_000  # environment steps (summed over the parallel envs)
+    # The paper steps 1 environment; stepping 16 at once gives the same data and update
+    # schedule per environment step, with 16x fewer Python round trips.
+    num_envs: int = 16
+    # Update schedule, in environment steps (summed over envs).
+    critic_update_interval: int = 10  # one critic update (both critics) per 10 steps
+    actor_update_interval: int = 20  # one actor + target update per 20 steps
+    critic_warmup_steps: int = 15_000  # no critic updates before this many steps
+    actor_warmup_steps: int = 30_000  # no actor updates before this many steps
+    batch_size: int = 256  # transitions per update (actor and critic)
+    replay_capacity: int = 0  # rows; 0 = total_env_steps (the paper keeps every transition)
+    # Networks and optimizer.
+    actor_hidden: tuple[int, ...] = (64, 64)  # tanh everywhere, output included
+    critic_hidden: tuple[int, ...] = (64, 64)  # tanh hidden, linear output
+    learning_rate: float = 1e-3  # Adam, actor and critics
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4  # L2 added to the gradient (torch.optim.Adam semantics)
+    # TD3.
+    gamma: float = 0.99  # discount per 10 ms step
+    target_noise_std: float = 0.2  # target policy smoothing, normalized action units
+    target_noise_clip: float = 0.5
+    polyak: float = 0.995  # target = polyak * target + (1 - polyak) * online
+    exploration_noise_std: float = 0.1  # Gaussian, normalized action units
+    # The critics learn scaled returns (reward * reward_scale): with the paper's reward a
+    # surviving state is worth ~200, and a critic whose linear output must first grow to that
+    # size spends thousands of Adam steps on scale alone. 1.0 = the paper.
+    reward_scale: float = 1.0
+    # Curriculum (every `curriculum_interval` steps; rewards in the buffer are recomputed).
+    curriculum_interval: int = 100_000
+    # Advance only when at least this fraction of the last 100 training episodes reached the
+    # time limit (0: the paper's fixed schedule).
+    curriculum_min_survival: float = 0.0
+    curriculum_position_factor: float = 1.2
+    curriculum_position_max: float = 40.0
+    curriculum_linear_velocity_factor: float = 1.4
+    curriculum_linear_velocity_max: float = 1.0
+    curriculum_action_factor: float = 1.4
+    curriculum_action_max: float = 1.0
+    # Reward weights at the start of training (the paper's: position 5, orientation 5, linear
+    # velocity 0.01, angular velocity 0, action 0.01, scale 0.5, constant 2).
+    initial_reward_weights: RewardWeights = field(default_factory=RewardWeights)
+    # Ablations (the paper's switches): False removes the component.
+    disturbance: bool = True
+    observation_noise: bool = True
+    asymmetric_critic: bool = True  # False: the critics see the actor observation
+    rotor_delay: bool = True
+    action_history: bool = True  # False: no past actions in the observation
+    curriculum: bool = True
+    history_length: int = 32  # past actions in the observation when action_history is on
+    # Start the actor's output layer at the hover action (bias atanh(hover action)), so the
+    # untrained policy already roughly holds altitude instead of dropping from the sky.
+    init_actor_at_hover: bool = True
+    # Bookkeeping.
+    log_interval: int = 10_000  # env steps between metrics.jsonl lines
+    blas_threads: int = 1  # BLAS threads for the updates (1 is fastest at these sizes)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"TrainConfig.{f.name} must be finite, got {v}")
+        for name in ("total_env_steps", "num_envs", "critic_update_interval",
+                     "actor_update_interval", "batch_size", "curriculum_interval", "log_interval"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.actor_update_interval % self.critic_update_interval:
+            raise ValueError("TrainConfig.actor_update_interval must be a multiple of "
+                             "critic_update_interval (the actor reuses a critic batch)")
+        if not 0 <= self.polyak <= 1 or not 0 <= self.gamma <= 1:
+            raise ValueError("TrainConfig.polyak and gamma must be in [0, 1]")
+
+    def mdp_config(self) -> MDPConfig:
+        return MDPConfig(history_length=self.history_length if self.action_history else 0,
+                         disturbance=self.disturbance, observation_noise=self.observation_noise,
+                         rotor_delay=self.rotor_delay)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+        kwargs = {}
+        for k, v in data.items():
+            if k == "initial_reward_weights":
+                if not isinstance(v, dict):
+                    raise ValueError("training option initial_reward_weights must be a table")
+                try:
+                    kwargs[k] = RewardWeights(**{n: float(x) for n, x in v.items()})
+                except TypeError as exc:
+                    raise ValueError(f"initial_reward_weights: {exc}") from None
+                continue
+            default = names[k].default
+            if isinstance(default, tuple):
+                v = tuple(v)
+            elif isinstance(default, bool):
+                if not isinstance(v, bool):
+                    raise ValueError(f"training option {k} must be true or false, got {v!r}")
+            elif isinstance(default, int) and not (isinstance(v, int) and not isinstance(v, bool)):
+                raise ValueError(f"training option {k} must be an integer, got {v!r}")
+            elif isinstance(default, float):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"training option {k} must be a number, got {v!r}")
+                v = float(v)
+            kwargs[k] = v
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+
+def initial_reward_weights(cfg: TrainConfig) -> RewardWeights:
+    return cfg.initial_reward_weights
+
+
+def curriculum_step(weights: RewardWeights, cfg: TrainConfig) -> RewardWeights:
+    """The weights after one curriculum stage (x1.2 position, x1.4 velocity and action, capped)."""
+    return dataclasses.replace(
+        weights,
+        position=min(weights.position * cfg.curriculum_position_factor, cfg.curriculum_position_max),
+        linear_velocity=min(weights.linear_velocity * cfg.curriculum_linear_velocity_factor,
+                            cfg.curriculum_linear_velocity_max),
+        action=min(weights.action * cfg.curriculum_action_factor, cfg.curriculum_action_max))
+
+
+@dataclass
+class TrainState:
+    """What the loop carries between steps (and what a checkpoint restores)."""
+
+    env_steps: int = 0
+    critic_updates: int = 0
+    actor_updates: int = 0
+    next_critic_update: int = 0
+    curriculum_stage: int = 0
+    next_curriculum_check: int = 0
+    wall_time_s: float = 0.0
+    episodes: int = 0
+    recent_returns: list = field(default_factory=list)
+    recent_lengths: list = field(default_factory=list)
+    recent_survived: list = field(default_factory=list)
+
+
+class Trainer:
+    """One training run; ``run()`` drives it, ``checkpoint()``/``restore()`` persist it."""
+
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(cfg.blas_threads))
+        from .td3_core import TD3Core
+
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.weights = initial_reward_weights(cfg)
+        self.env = VecEnv(cfg.num_envs, cfg.preset, seed=cfg.seed, config=cfg.mdp_config(),
+                          reward_weights=self.weights)
+        self.obs_dim = self.env.observation_dim
+        self.critic_obs_dim = self.env.privileged_dim if cfg.asymmetric_critic else self.obs_dim
+        self.core = TD3Core(actor_obs_dim=self.obs_dim, critic_obs_dim=self.critic_obs_dim,
+                            action_dim=4, actor_hidden=cfg.actor_hidden,
+                            critic_hidden=cfg.critic_hidden, lr=cfg.learning_rate,
+                            betas=cfg.adam_betas, weight_decay=cfg.weight_decay, gamma=cfg.gamma,
+                            polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
+                            smoothing_clip=cfg.target_noise_clip, batch_size=cfg.batch_size,
+                            seed=cfg.seed)
+        if cfg.init_actor_at_hover:
+            import torch
+
+            actor = self.core.to_actor()
+            with torch.no_grad():
+                actor.linear_layers()[-1].bias.fill_(math.atanh(self.env.hover_action))
+            self.core.load_actor(actor, targets_too=True)
+        capacity = cfg.replay_capacity or cfg.total_env_steps
+        capacity = max(capacity, cfg.num_envs)
+        self.buffer = ReplayBuffer(capacity, self.obs_dim, self.critic_obs_dim, 4, cfg.batch_size)
+        # The privileged next observation is always kept: rewards are recomputed from it.
+        self.reward_priv = (np.empty((capacity, self.env.privileged_dim), np.float32)
+                            if not cfg.asymmetric_critic else None)
+        self.state = TrainState(next_critic_update=cfg.critic_warmup_steps,
+                                next_curriculum_check=cfg.curriculum_interval)
+        self.obs, info = self.env.reset()
+        self.priv = info["privileged_obs"]
+        self._episode_return = np.zeros(cfg.num_envs)
+        self._episode_length = np.zeros(cfg.num_envs, dtype=np.int64)
+        self._action = np.empty((cfg.num_envs, 4), np.float32)
+        self.last_critic_loss = float("nan")
+        self.last_actor_loss = float("nan")
+        self._scaled_reward = np.empty(cfg.batch_size, np.float32)
+
+    # -- one environment step and its updates -----------------------------------------------
+    def step(self) -> None:
+        cfg, env, buf, st = self.cfg, self.env, self.buffer, self.state
+        n = cfg.num_envs
+        rows = buf.rows(n)
+        buf.obs[rows] = self.obs  # copy now: the env reuses its buffers
+        buf.critic_obs[rows] = self.priv if cfg.asymmetric_critic else self.obs
+        a = self.core.actor_forward(buf.obs[rows], out=self._action)
+        a += (cfg.exploration_noise_std * self.rng.standard_normal((n, 4))).astype(np.float32)
+        np.clip(a, -1.0, 1.0, out=a)
+        buf.action[rows] = a
+        obs, reward, terminated, truncated, info = env.step(a)
+        done = info["_final_obs"]
+        buf.reward[rows] = reward
+        buf.terminated[rows] = terminated
+        buf.next_obs[rows] = obs
+        priv = info["privileged_obs"]
+        next_priv = buf.next_critic_obs[rows] if cfg.asymmetric_critic else self.reward_priv[rows]
+        next_priv[:] = priv
+        if done.any():
+            ids = np.flatnonzero(done)
+            start = rows.start
+            buf.next_obs[start + ids] = info["final_obs"][ids]
+            next_priv[ids] = info["final_privileged_obs"][ids]
+            self._finish_episodes(ids, reward, terminated)
+        if not cfg.asymmetric_critic:
+            buf.next_critic_obs[rows] = buf.next_obs[rows]
+        self._episode_return += reward
+        self._episode_length += 1
+        self._episode_return[done] = 0.0
+        self._episode_length[done] = 0
+        self.obs, self.priv = obs, priv
+        st.env_steps += n
+
+        while st.env_steps >= st.next_critic_update and st.env_steps >= cfg.critic_warmup_steps:
+            self._update(st.next_critic_update)
+            st.next_critic_update += cfg.critic_update_interval
+        if cfg.curriculum and st.env_steps >= st.next_curriculum_check:
+            st.next_curriculum_check += cfg.curriculum_interval
+            survival = np.mean(st.recent_survived) if st.recent_survived else 0.0
+            if survival >= cfg.curriculum_min_survival:
+                self._advance_curriculum()
+
+    def _update(self, at_step: int) -> None:
+        cfg, core = self.cfg, self.core
+        batch = self.buffer.sample(self.rng)
+        noise = self.rng.standard_normal((cfg.batch_size, 4), dtype=np.float32)
+        reward = batch["reward"]
+        if cfg.reward_scale != 1.0:
+            reward = np.multiply(reward, np.float32(cfg.reward_scale), out=self._scaled_reward)
+        self.last_critic_loss = core.critic_update(
+            batch["critic_obs"], batch["action"], reward, batch["next_critic_obs"],
+            batch["next_obs"], batch["terminated"], noise)
+        self.state.critic_updates += 1
+        if at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0:
+            self.last_actor_loss = core.actor_update(batch["obs"], batch["critic_obs"])
+            self.state.actor_updates += 1
+
+    def _advance_curriculum(self) -> None:
+        st, buf = self.state, self.buffer
+        st.curriculum_stage += 1
+        self.weights = curriculum_step(self.weights, self.cfg)
+        self.env.reward_weights = self.weights
+        n = buf.size
+        priv = buf.next_critic_obs[:n] if self.cfg.asymmetric_critic else self.reward_priv[:n]
+        buf.reward[:n] = recompute_rewards(priv, buf.action[:n], buf.terminated[:n],
+                                           self.weights, self.env.hover_action)
+
+    def _finish_episodes(self, ids, reward, terminated) -> None:
+        st = self.state
+        for i in ids:
+            st.episodes += 1
+            st.recent_returns.append(float(self._episode_return[i] + reward[i]))
+            st.recent_lengths.append(int(self._episode_length[i] + 1))
+            st.recent_survived.append(not bool(terminated[i]))
+        keep = 100
+        del st.recent_returns[:-keep], st.recent_lengths[:-keep], st.recent_survived[:-keep]
+
+    # -- reporting ---------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "env_steps": st.env_steps, "wall_time_s": round(st.wall_time_s, 3),
+            "critic_updates": st.critic_updates, "actor_updates": st.actor_updates,
+            "episodes": st.episodes,
+            "mean_return": float(np.mean(st.recent_returns)) if st.recent_returns else None,
+            "mean_episode_length": float(np.mean(st.recent_lengths)) if st.recent_lengths else None,
+            # Fraction of recent training episodes that reached the time limit without
+            # crashing: a cheap live estimate of the hover success rate.
+            "survival_rate": float(np.mean(st.recent_survived)) if st.recent_survived else None,
+            "critic_loss": self.last_critic_loss, "actor_loss": self.last_actor_loss,
+            "reward_weights": dataclasses.asdict(self.weights),
+        }
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(), "state": dataclasses.asdict(self.state),
+            "weights": dataclasses.asdict(self.weights), "core": self.core.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "reward_priv": None if self.reward_priv is None else self.reward_priv[:self.buffer.size].copy(),
+            "env": self.env.get_state(), "obs": self.obs.copy(), "priv": self.priv.copy(),
+            "rng": self.rng.bit_generator.state,
+            "episode_return": self._episode_return.copy(),
+            "episode_length": self._episode_length.copy(),
+        }
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        if TrainConfig.from_dict(ck["config"]) != self.cfg:
+            raise ValueError("checkpoint was made with a different training configuration")
+        self.state = TrainState(**ck["state"])
+        self.weights = RewardWeights(**ck["weights"])
+        self.core.load_state_dict(ck["core"])
+        self.buffer.load_state_dict(ck["buffer"])
+        if self.reward_priv is not None:
+            self.reward_priv[:len(ck["reward_priv"])] = ck["reward_priv"]
+        self.env.set_state(ck["env"])
+        self.env.reward_weights = self.weights
+        # the env's current observation lives in its own storage; obs/priv must be its views
+        self.obs = self.env.obs
+        self.priv = self.env._info["privileged_obs"]
+        if not np.array_equal(self.obs, ck["obs"]):
+            raise ValueError("checkpoint is inconsistent (observation mismatch)")
+        self.rng.bit_generator.state = ck["rng"]
+        self._episode_return[:] = ck["episode_return"]
+        self._episode_length[:] = ck["episode_length"]
+
+    def policy_payload(self) -> dict[str, Any]:
+        """The keyword arguments of ``save_policy`` describing this run's actor."""
+        from nanofly.sim.env import observation_layout
+
+        mdp = self.env.config
+        return {
+            "observation": {"dim": self.obs_dim, "history_length": mdp.history_length,
+                            "layout": [list(x) for x in observation_layout(mdp.history_length)]},
+            "action": {"dim": 4, "hover_action": self.env.hover_action,
+                       "mapping": "rotor set point = min + (a + 1) / 2 * (max - min), a in [-1, 1]",
+                       "rotor_speed_unit": self.env.params.rotor_speed_unit},
+            "vehicle": {"preset": self.env.params.name, "params": self.env.params.to_dict()},
+            "mdp": mdp.to_dict(),
+            "train_config": self.cfg.to_dict(),
+        }
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C between two steps; ``trainer`` is consistent and can be
+    checkpointed."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__("training interrupted")
+        self.trainer = trainer
+
+
+def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None = None,
+             progress_every: int = 2000, on_log: Callable[[dict], None] | None = None) -> Trainer:
+    """Step ``trainer`` to the end of its schedule. Ctrl-C (SIGINT) is deferred to the end of the
+    current step and raised as ``Interrupted`` with the trainer in a consistent state."""
+    cfg, st = trainer.cfg, trainer.state
+    start = time.perf_counter() - st.wall_time_s
+    next_progress = st.env_steps + progress_every
+    next_log = (st.env_steps // cfg.log_interval + 1) * cfg.log_interval
+    stop = []
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+    except ValueError:  # not the main thread: no deferral
+        pass
+    try:
+        while st.env_steps < cfg.total_env_steps:
+            trainer.step()
+            if stop:
+                st.wall_time_s = time.perf_counter() - start
+                raise Interrupted(trainer)
+            if st.env_steps >= next_progress or st.env_steps >= next_log:
+                st.wall_time_s = time.perf_counter() - start
+                if on_progress and st.env_steps >= next_progress:
+                    on_progress(trainer)
+                    next_progress += progress_every
+                if on_log and st.env_steps >= next_log:
+                    on_log(trainer.metrics())
+                    next_log += cfg.log_interval
+    finally:
+        st.wall_time_s = time.perf_counter() - start
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return trainer
+
+
+def train(cfg: TrainConfig, *, resume: dict | None = None, **loop_kwargs) -> Trainer:
+    """Run the whole schedule; returns the trainer (``trainer.core.to_actor()`` is the policy)."""
+    trainer = Trainer(cfg)
+    if resume is not None:
+        trainer.restore(resume)
+    return run_loop(trainer, **loop_kwargs)
