@@ -1,0 +1,111 @@
+"""Observations for int8 calibration and for the accuracy figures in manifest.json.
+
+Real ones come from the simulator: the policy flies ``nanofly.sim.VecEnv`` (with exploration
+noise, so states off the policy's own path are covered too) and observations are sampled from
+the rollouts. ``synthetic_observations`` exists for unit tests only, and every array it makes is
+labelled "synthetic" wherever it is recorded.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+class CalibrationUnavailable(RuntimeError):
+    """The simulator cannot provide observations for this policy."""
+
+
+def _actor_forward(actor):
+    import torch
+
+    def forward(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return actor(torch.from_numpy(np.ascontiguousarray(obs, np.float32))).numpy()
+    return forward
+
+
+def _make_env(num_envs: int, seed: int, payload: dict[str, Any] | None, obs_dim: int):
+    try:
+        from nanofly.sim import VecEnv
+    except ImportError as exc:  # the simulator stage is missing or broken
+        raise CalibrationUnavailable(f"nanofly.sim.VecEnv is not importable ({exc})") from exc
+    payload = payload or {}
+    preset = (payload.get("vehicle") or {}).get("preset")
+    history = (payload.get("observation") or {}).get("history_length")
+    attempts: list[dict[str, Any]] = []
+    if preset:
+        attempts.append({"preset": preset})
+    attempts.append({})
+    if history is not None:
+        attempts = [dict(a, history_length=int(history)) for a in attempts] + attempts
+    last = None
+    for kwargs in attempts:
+        try:
+            env = VecEnv(num_envs, seed=seed, **kwargs)
+        except (TypeError, ValueError, KeyError) as exc:
+            last = exc
+            continue
+        if env.observation_dim == obs_dim:
+            return env
+        last = ValueError(f"simulator observation has {env.observation_dim} values")
+    raise CalibrationUnavailable(f"no simulator configuration gives the policy's {obs_dim}-value "
+                                 f"observation ({last})")
+
+
+def collect_calibration_observations(policy, n: int, seed: int, *, num_envs: int = 64,
+                                     exploration_std: float = 0.1,
+                                     payload: dict[str, Any] | None = None) -> np.ndarray:
+    """``n`` actor observations (float32, (n, obs_dim)) from closed-loop simulator rollouts.
+
+    ``policy``: a policy.pt path or an ``Actor``. The policy acts with Gaussian exploration
+    noise (std ``exploration_std`` on the normalized action, as in training); episodes reset
+    automatically; observations are drawn at random from ``~2 n`` collected ones. Raises
+    ``CalibrationUnavailable`` without a usable simulator.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if not hasattr(policy, "forward"):
+        from nanofly.train.policy import load_policy
+        policy, payload = load_policy(policy)
+    forward = _actor_forward(policy)
+    obs_dim = policy.layer_sizes[0]
+    num_envs = max(1, min(num_envs, n))
+    env = _make_env(num_envs, seed, payload, obs_dim)
+    rng = np.random.default_rng(seed)
+    steps = max(1, math.ceil(2 * n / num_envs))
+    collected = np.empty((steps * num_envs, obs_dim), np.float32)
+    try:
+        obs, _ = env.reset(seed=seed)
+        for t in range(steps):
+            collected[t * num_envs:(t + 1) * num_envs] = obs
+            action = forward(obs) + exploration_std * rng.standard_normal((num_envs, 4))
+            obs, *_ = env.step(np.clip(action, -1, 1).astype(np.float32))
+    finally:
+        getattr(env, "close", lambda: None)()
+    if not np.isfinite(collected).all():
+        raise CalibrationUnavailable("the simulator produced non-finite observations")
+    pick = rng.choice(len(collected), size=n, replace=len(collected) < n)
+    return collected[np.sort(pick)]
+
+
+def synthetic_observations(n: int, dim: int, seed: int) -> np.ndarray:
+    """FOR UNIT TESTS ONLY: observations shaped like the hover MDP's (position error, rotation
+    matrix, velocities, action history) without a simulator. Never used by ``nanofly export``
+    unless passed in explicitly, and then labelled "synthetic" in the manifest."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (n, dim))
+    if dim >= 18:
+        obs[:, 0:3] = rng.uniform(-0.3, 0.3, (n, 3))
+        q = rng.standard_normal((n, 4))
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        w, x, y, z = q.T
+        obs[:, 3:12] = np.stack([
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=1)
+        obs[:, 12:15] = rng.uniform(-1, 1, (n, 3))
+        obs[:, 15:18] = rng.uniform(-2, 2, (n, 3))
+        obs[:, 18:] = np.clip(0.334 + 0.3 * rng.standard_normal((n, dim - 18)), -1, 1)
+    return obs.astype(np.float32)

@@ -1,0 +1,90 @@
+"""CLI: ``nanofly export POLICY --out DIR [--json]`` and ``nanofly bench export``.
+
+Light on purpose: torch, onnx and numpy load inside the handlers.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub, bench_sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a policy to ONNX, float32/int8 C model blobs and the C runtime",
+        description="Write an export directory: policy.onnx, policy_f32/int8 .bin/.h/.c, the C "
+                    "runtime nanofly_policy.h/.c and manifest.json (docs/model-format.md). "
+                    "int8 calibration and the measured errors use simulator observations.")
+    p.add_argument("policy", metavar="POLICY", help="policy file (policy.pt)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="export directory (written atomically; an existing export is replaced)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration rollouts (evaluation uses seed + 1)")
+    p.add_argument("--calibration", type=int, default=8192, metavar="N",
+                   help="simulator observations for int8 calibration (default 8192)")
+    p.add_argument("--eval", type=int, default=10_000, metavar="N", dest="num_eval",
+                   help="simulator observations for the measured errors (default 10000)")
+    p.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                   help="int8 weight rounding (default gptq: error feedback on calibration data)")
+    p.add_argument("--mcu", action="store_true",
+                   help="also cross-compile for the Cortex-M4 and report flash, stack and "
+                        "instructions per inference on QEMU (needs arm-none-eabi-gcc, QEMU)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=_export)
+
+    b = bench_sub.add_parser(
+        "export", help="instructions per inference on the emulated STM32F405 (JSON)",
+        description="Build the semihosting benchmark firmware (bench/mcu) and count instructions "
+                    "per inference of the float32 and int8 runtime and of the naive baseline on "
+                    "QEMU netduinoplus2 with -icount shift=0 (TIM2).")
+    b.add_argument("--policy", metavar="POLICY",
+                   help="policy.pt or export directory (default: a random 146-64-64-4 actor)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true", help="print only the JSON object")
+    b.set_defaults(handler=_bench)
+
+
+def _summary(manifest: dict) -> dict:
+    q = {k: v for k, v in manifest["quantization"].items()
+         if k not in ("input_multiplier", "weight_scales")}
+    return {"layer_sizes": manifest["layer_sizes"], "blobs": manifest["blobs"],
+            "quantization": q, "errors": manifest["errors"]}
+
+
+def _export(args) -> int:
+    from .exporter import ExportError, export_policy
+    try:
+        manifest = export_policy(args.policy, args.out, seed=args.seed,
+                                 num_calibration=args.calibration, num_eval=args.num_eval,
+                                 rounding=args.rounding)
+    except ExportError as exc:
+        print(f"nanofly export: {exc}", file=sys.stderr)
+        return 2
+    result = {"out": str(args.out), **_summary(manifest)}
+    if args.mcu:
+        from .bench import mcu_figures
+        result["mcu"] = mcu_figures(args.out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    err = manifest["errors"]
+    print(f"exported {args.policy} -> {args.out}")
+    print(f"  actor {'-'.join(map(str, manifest['layer_sizes']))} tanh; "
+          f"f32 blob {manifest['blobs']['f32']['bytes']} B, "
+          f"int8 blob {manifest['blobs']['int8']['bytes']} B")
+    print(f"  max |action - torch| over {err['observations']['count']} "
+          f"{err['observations']['source']} observations: onnx {err['onnx']['max_abs']:.2e}, "
+          f"c-f32 {err['c_f32']['max_abs']:.2e} (bound {err['c_f32']['bound']:g}), "
+          f"c-int8 {err['c_int8']['max_abs']:.2e} (bound {err['c_int8']['bound']:g})")
+    for name in ("c_f32", "c_int8"):
+        if not err[name]["within_bound"]:
+            print(f"  WARNING: {name} error exceeds its bound", file=sys.stderr)
+    if args.mcu:
+        print(json.dumps(result["mcu"], indent=2))
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+    result = run_bench(policy=args.policy, seed=args.seed)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
