@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# One BLAS thread: at these matrix sizes a second one only adds synchronization (PERF_NOTES.md).
+# Must be set before NumPy is first imported; a user's explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # (module, what it registers); order is the order in --help.
 _STAGES = (

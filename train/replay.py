@@ -1,54 +1,86 @@
-"""Replay buffer for TD3: preallocated float32 arrays, one row per environment step.
+"""Replay buffer for TD3: one preallocated float32 row per environment step.
 
 Each row holds the actor observation, the privileged (critic) observation, the action, the
 reward, the next actor and privileged observations, and whether the step *terminated* (a
 time-limit truncation is stored as 0: it is still bootstrapped). Sampling gathers rows into
-contiguous batch arrays with one numba kernel (PERF_NOTES.md: seven separate ``np.take`` calls
-cost 3x more than one pass).
+contiguous batch arrays with one numba kernel.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_critic_obs", "terminated")
+STATE_PART = 18  # observation values before the action history
+
+# Stored per row. The next actor observation is not stored whole: its action history is the
+# action just taken followed by the current observation's history minus its oldest action, so
+# only its first 18 values are kept (a 904-byte row instead of 1 416).
+FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs_state", "next_critic_obs",
+          "terminated")
+BATCH_FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_critic_obs",
+                "terminated")
 
 
 @njit(cache=True)
-def _gather(idx, obs, cobs, act, rew, nobs, ncobs, term, b_obs, b_cobs, b_act, b_rew, b_nobs,
-            b_ncobs, b_term):
+def _gather(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
+    o_obs, o_cobs, o_act, o_rew, o_nst, o_ncobs, o_term = (
+        offsets[0], offsets[1], offsets[2], offsets[3], offsets[4], offsets[5], offsets[6])
+    obs_dim = b_obs.shape[1]
+    act_dim = b_act.shape[1]
     for j in range(idx.shape[0]):
-        i = idx[j]
-        b_obs[j, :] = obs[i, :]
-        b_cobs[j, :] = cobs[i, :]
-        b_act[j, :] = act[i, :]
-        b_rew[j] = rew[i]
-        b_nobs[j, :] = nobs[i, :]
-        b_ncobs[j, :] = ncobs[i, :]
-        b_term[j] = term[i]
+        row = data[idx[j]]
+        for k in range(obs_dim):
+            b_obs[j, k] = row[o_obs + k]
+        for k in range(b_cobs.shape[1]):
+            b_cobs[j, k] = row[o_cobs + k]
+        for k in range(act_dim):
+            b_act[j, k] = row[o_act + k]
+        b_rew[j] = row[o_rew]
+        for k in range(STATE_PART):
+            b_nobs[j, k] = row[o_nst + k]
+        if obs_dim > STATE_PART:  # history: newest action, then the older ones shifted
+            for k in range(act_dim):
+                b_nobs[j, STATE_PART + k] = row[o_act + k]
+            for k in range(STATE_PART + act_dim, obs_dim):
+                b_nobs[j, k] = row[o_obs + k - act_dim]
+        for k in range(b_ncobs.shape[1]):
+            b_ncobs[j, k] = row[o_ncobs + k]
+        b_term[j] = row[o_term]
 
 
 class ReplayBuffer:
-    """Fixed-capacity FIFO buffer (oldest rows are overwritten when full)."""
+    """Fixed-capacity FIFO buffer (oldest rows are overwritten when full).
+
+    All fields of a transition live in one packed row of ``data``, so a random row is one
+    contiguous read. The attributes ``obs``, ``critic_obs``, ``action``, ``reward``,
+    ``next_obs_state`` (first 18 values of the next observation), ``next_critic_obs`` and
+    ``terminated`` are column views of ``data`` for writing rows."""
 
     def __init__(self, capacity: int, obs_dim: int, critic_obs_dim: int, action_dim: int,
                  batch_size: int):
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be >= 1")
+        if obs_dim < STATE_PART:
+            raise ValueError(f"obs_dim must be >= {STATE_PART}")
         self.capacity = int(capacity)
         self.size = 0
         self.ptr = 0
-        f32 = np.float32
+        widths = {"obs": obs_dim, "critic_obs": critic_obs_dim, "action": action_dim,
+                  "reward": 1, "next_obs_state": STATE_PART, "next_critic_obs": critic_obs_dim,
+                  "terminated": 1}
+        offsets, start = [], 0
+        for name in FIELDS:
+            offsets.append(start)
+            start += widths[name]
+        self.offsets = np.array(offsets, dtype=np.int64)
         # np.empty: pages are only touched (and paid for) as the buffer fills.
-        self.obs = np.empty((capacity, obs_dim), f32)
-        self.critic_obs = np.empty((capacity, critic_obs_dim), f32)
-        self.action = np.empty((capacity, action_dim), f32)
-        self.reward = np.empty(capacity, f32)
-        self.next_obs = np.empty((capacity, obs_dim), f32)
-        self.next_critic_obs = np.empty((capacity, critic_obs_dim), f32)
-        self.terminated = np.empty(capacity, f32)
-        self.batch = {name: np.empty((batch_size,) + getattr(self, name).shape[1:], f32)
-                      for name in FIELDS}
+        self.data = np.empty((capacity, start), np.float32)
+        for name, off in zip(FIELDS, offsets):
+            view = self.data[:, off:off + widths[name]]
+            setattr(self, name, view[:, 0] if name in ("reward", "terminated") else view)
+        batch_widths = {**widths, "next_obs": obs_dim}
+        self.batch = {name: np.empty((batch_size,) + ((batch_widths[name],) if name not in (
+            "reward", "terminated") else ()), np.float32) for name in BATCH_FIELDS}
 
     def rows(self, n: int) -> slice:
         """Reserve the next ``n`` rows (n <= capacity) and return their slice; callers fill
@@ -62,26 +94,29 @@ class ReplayBuffer:
         self.size = max(self.size, self.ptr)
         return rows
 
-    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A uniformly sampled batch (with replacement) in reused contiguous arrays."""
-        b = self.batch
-        idx = rng.integers(0, self.size, size=b["obs"].shape[0])
-        _gather(idx, self.obs, self.critic_obs, self.action, self.reward, self.next_obs,
-                self.next_critic_obs, self.terminated, b["obs"], b["critic_obs"], b["action"],
-                b["reward"], b["next_obs"], b["next_critic_obs"], b["terminated"])
-        return b
-
-    def state_dict(self) -> dict[str, np.ndarray | int]:
-        out: dict[str, np.ndarray | int] = {name: getattr(self, name)[:self.size].copy()
-                                            for name in FIELDS}
-        out["ptr"] = self.ptr
+    def get(self, idx: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The transitions at row indices ``idx`` as contiguous arrays (``next_obs`` rebuilt)."""
+        if out is None:
+            out = {name: np.empty((len(idx),) + arr.shape[1:], np.float32)
+                   for name, arr in self.batch.items()}
+        _gather(np.asarray(idx, dtype=np.int64), self.data, self.offsets, out["obs"],
+                out["critic_obs"], out["action"], out["reward"], out["next_obs"],
+                out["next_critic_obs"], out["terminated"])
         return out
 
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A uniformly sampled batch (with replacement) in reused contiguous arrays."""
+        idx = rng.integers(0, self.size, size=self.batch["obs"].shape[0])
+        return self.get(idx, self.batch)
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        return {"data": self.data[:self.size].copy(), "ptr": self.ptr}
+
     def load_state_dict(self, state: dict) -> None:
-        n = len(state["reward"])
-        if n > self.capacity:
-            raise ValueError(f"checkpoint buffer has {n} rows, capacity is {self.capacity}")
-        for name in FIELDS:
-            getattr(self, name)[:n] = state[name]
+        n = len(state["data"])
+        if n > self.capacity or state["data"].shape[1] != self.data.shape[1]:
+            raise ValueError(f"checkpoint buffer ({state['data'].shape}) does not fit this "
+                             f"buffer ({self.data.shape})")
+        self.data[:n] = state["data"]
         self.size = n
         self.ptr = int(state["ptr"])
