@@ -78,7 +78,9 @@ def make_policy(backend: str, policy_path) -> Any:
 
 
 def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
-    """The vehicle preset and MDP a policy file was trained with (observation layout must match)."""
+    """The vehicle and the evaluation MDP for a policy file: the paper's MDP (noise, disturbance,
+    rotor delay) with the policy's observation layout (its action-history length). Policies
+    trained with an ablation are evaluated on the full system, which is what the ablation asks."""
     from nanofly.sim.presets import VehicleParams
 
     vehicle = payload.get("vehicle", {})
@@ -86,7 +88,7 @@ def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
     preset = VehicleParams.from_dict(params) if params else vehicle.get("preset", "crazyflie_paper")
     mdp = payload.get("mdp") or {}
     history = int(mdp.get("history_length", payload.get("observation", {}).get("history_length", 32)))
-    return preset, MDPConfig(history_length=history, rotor_delay=bool(mdp.get("rotor_delay", True)))
+    return preset, MDPConfig(history_length=history)
 
 
 # -- hover --------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class TrainConfig:
     action_history: bool = True  # False: no past actions in the observation
     curriculum: bool = True
     history_length: int = 32  # past actions in the observation when action_history is on
+    guidance_probability: float = 0.1  # training episodes that start on target (paper: 0.1)
     # Start the actor's output layer at the hover action (bias atanh(hover action)), so the
     # untrained policy already roughly holds altitude instead of dropping from the sky.
     init_actor_at_hover: bool = True
@@ -115,7 +116,7 @@ class TrainConfig:
     def mdp_config(self) -> MDPConfig:
         return MDPConfig(history_length=self.history_length if self.action_history else 0,
                          disturbance=self.disturbance, observation_noise=self.observation_noise,
-                         rotor_delay=self.rotor_delay)
+                         rotor_delay=self.rotor_delay, guidance_probability=self.guidance_probability)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,575 @@
+"""Fast TD3 core with an asymmetric actor-critic: networks, TD3 updates and Adam in numba.
+
+``TD3Core`` owns the actor, the twin critics, their three target copies, the Adam state and
+preallocated workspaces, all as flat float32 buffers; one ``critic_update`` / ``actor_update``
+is one call into a hand-written numba kernel (forward, backward, Adam, Polyak) whose matrix
+products go to BLAS. The training loop (replay buffer, environments, schedule) lives elsewhere
+and calls it. Measured costs: ``bench/bench_td3_update.py``.
+
+Construction (all sizes are runtime arguments; defaults are the paper's)::
+
+    core = TD3Core(actor_obs_dim=146, critic_obs_dim=28, action_dim=4,
+                   actor_hidden=(64, 64), critic_hidden=(64, 64),
+                   lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4,
+                   gamma=0.99, polyak=0.995, smoothing_std=0.2, smoothing_clip=0.5,
+                   batch_size=256, seed=0, threads=1)
+    core.warmup()  # optional: compile / load the kernels now (seconds cold, ~0.3 s cached)
+
+- actor: ``[actor_obs_dim, *actor_hidden, action_dim]``, tanh after every layer (the output
+  too); same layout and semantics as ``nanofly.train.policy.Actor``.
+- critics Q1, Q2: ``[critic_obs_dim + action_dim, *critic_hidden, 1]``, tanh on the hidden
+  layers, linear output; the input is ``concat(critic_obs, action)``. ``critic_obs_dim`` is the
+  privileged observation (28, asymmetric) or the actor observation (146, ablation "asymmetric
+  critic off": pass the actor observation as ``critic_obs`` too).
+- init: every weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch's default
+  ``nn.Linear`` distribution, drawn from ``numpy.random.default_rng(seed)`` (same distribution
+  as torch, not the same numbers); targets start as exact copies. ``load_actor`` /
+  ``load_critics`` take torch weights instead.
+- Adam = ``torch.optim.Adam(lr, betas, eps, weight_decay)``: L2 weight decay added to the
+  gradient (biases included), bias correction, one optimizer state for the actor and one for
+  the two critics (step counts ``actor_steps`` / ``critic_steps``). ``actor_lr`` and
+  ``critic_lr`` attributes may be changed between calls.
+- ``batch_size`` only sizes the workspaces: any batch of 1..batch_size rows may be passed (a
+  larger one grows the workspace once).
+- ``threads``: 1 = everything on the calling thread; 2 = each update splits its batch in two
+  halves, one on the calling thread and one on a helper thread (the kernels release the GIL),
+  then adds the gradients: ~1.6x (critic) / ~1.5x (actor) faster when the second core is idle
+  (bench; no gain when another process keeps it busy). Results match
+  threads=1 to float32 rounding (the gradient sum is ordered differently) and are
+  deterministic for a given ``threads``. ``close()`` stops the helper thread (also done when
+  the core is garbage-collected; it is a daemon thread either way).
+- Construction sets the thread count of SciPy's BLAS (which the kernels call) to 1:
+  ``core.blas_threads_info`` says what was done. NumPy's own BLAS is not touched.
+
+Updates (arrays: float32, C-contiguous, B rows; ``reward``/``terminated`` may be (B,) or (B, 1)):
+
+``critic_update(critic_obs (B, Oc), action (B, A), reward (B,), next_critic_obs (B, Oc),
+next_actor_obs (B, Oa), terminated (B,), noise (B, A)) -> float``
+    a' = clip(actor_target(next_actor_obs) + clip(smoothing_std * noise, -clip, clip), -1, 1)
+    y  = reward + gamma * (1 - terminated) * min(Q1_target, Q2_target)(next_critic_obs, a')
+    loss = mean((Q1(critic_obs, action) - y)^2) + mean((Q2(critic_obs, action) - y)^2)
+    (``nn.MSELoss()`` mean reduction per critic, summed), y treated as a constant; one Adam
+    step on both critics. ``noise`` is standard normal, sampled by the caller (seeded there).
+    ``terminated`` is 1.0 where the episode ended by termination (it removes the bootstrap);
+    a time-limit truncation must be passed as 0.0 (the next state is still bootstrapped).
+    Returns the loss; ``core.critic_stats`` holds [loss_q1, loss_q2, mean_q1, mean_q2, mean_y]
+    of the last call (overwritten by the next one).
+
+``actor_update(actor_obs (B, Oa), critic_obs (B, Oc), update_targets=True) -> float``
+    loss = -mean(Q1(critic_obs, actor(actor_obs))); one Adam step on the actor only (critic
+    parameters are not changed), then, unless ``update_targets=False``, the Polyak update of
+    all three targets. Returns the loss.
+
+``update_targets()``: target = polyak * target + (1 - polyak) * online, for the actor and both
+critics (polyak = 0.995 keeps 99.5 % of the target).
+
+Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
+workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
+
+Torch: ``to_actor(target=False) -> nanofly.train.policy.Actor`` (what ``save_policy`` takes),
+``load_actor(actor_or_state_dict, targets_too=True)``, ``to_critics(target=False) -> (Q1, Q2)``
+as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)``, ``load_critics(q1, q2, ...)``.
+Checkpoint: ``state_dict()`` / ``load_state_dict()`` (NumPy arrays and ints).
+Gradients of the last update: ``core.grads`` (same layout as ``params``).
+
+Numerics: float32 throughout; tanh is a rational approximation (max abs error 2.7e-7,
+tested); updates match a plain PyTorch TD3 (torch.optim.Adam) to ~1e-6 in the parameters
+(tests/test_td3_core.py). The kernels are numba ``cache=True``: the first use on a machine
+compiles them (~4-5 s CPU, see the bench), later processes load them in ~0.3 s. Needs SciPy
+(its BLAS does the matrix products, as for ``np.dot`` inside numba).
+
+Flat parameter layout (``core.params``; ``targets``, ``adam_m``, ``adam_v``, ``grads`` share
+it): actor ``W1 (h1, Oa), b1, W2 (h2, h1), b2, W3 (A, h2), b3``, then the twin critics stacked
+layer by layer: ``W1 (2*c1, Oc+A)`` (rows [0, c1) are Q1's, [c1, 2*c1) Q2's), ``b1 (2*c1)``,
+``W2 (2, c2, c1)``, ``b2 (2, c2)``, ``W3 (2, c2)``, ``b3 (2)``. Stacking lets both critics'
+first layers run as one matrix product. Weights are (out, in) as in torch.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from nanofly.train import td3_kernels as _k
+
+_F32 = np.float32
+_F32_DTYPE = np.dtype(np.float32)
+
+
+class TD3Core:
+    """Actor, twin critics, targets, Adam state and workspaces for fast TD3 updates."""
+
+    def __init__(self, actor_obs_dim: int = 146, critic_obs_dim: int = 28, action_dim: int = 4,
+                 actor_hidden: tuple[int, int] = (64, 64),
+                 critic_hidden: tuple[int, int] = (64, 64), *,
+                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-4, gamma: float = 0.99, polyak: float = 0.995,
+                 smoothing_std: float = 0.2, smoothing_clip: float = 0.5,
+                 batch_size: int = 256, seed: int = 0, threads: int = 1):
+        for name, value in (("actor_obs_dim", actor_obs_dim), ("critic_obs_dim", critic_obs_dim),
+                            ("action_dim", action_dim), ("batch_size", batch_size)):
+            if int(value) != value or int(value) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, hidden in (("actor_hidden", actor_hidden), ("critic_hidden", critic_hidden)):
+            if len(hidden) != 2 or any(int(h) != h or int(h) <= 0 for h in hidden):
+                raise ValueError(f"{name} must be two positive integers (two hidden layers), "
+                                 f"got {hidden!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two values in [0, 1), got {betas!r}")
+        if not eps > 0 or not weight_decay >= 0:
+            raise ValueError(f"need eps > 0 and weight_decay >= 0, got {eps!r}, {weight_decay!r}")
+        if not 0.0 <= gamma <= 1.0 or not 0.0 <= polyak <= 1.0:
+            raise ValueError(f"gamma and polyak must be in [0, 1], got {gamma!r}, {polyak!r}")
+        if threads not in (1, 2):
+            raise ValueError(f"threads must be 1 or 2, got {threads!r}")
+        if not smoothing_std >= 0 or not smoothing_clip >= 0:
+            raise ValueError("smoothing_std and smoothing_clip must be >= 0, got "
+                             f"{smoothing_std!r}, {smoothing_clip!r}")
+
+        self.actor_obs_dim = int(actor_obs_dim)
+        self.critic_obs_dim = int(critic_obs_dim)
+        self.action_dim = int(action_dim)
+        self.actor_hidden = (int(actor_hidden[0]), int(actor_hidden[1]))
+        self.critic_hidden = (int(critic_hidden[0]), int(critic_hidden[1]))
+        self.critic_in_dim = self.critic_obs_dim + self.action_dim
+        self.actor_sizes = [self.actor_obs_dim, *self.actor_hidden, self.action_dim]
+        self.critic_sizes = [self.critic_in_dim, *self.critic_hidden, 1]
+        self.actor_lr = float(lr)
+        self.critic_lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.gamma = float(gamma)
+        self.polyak = float(polyak)
+        self.smoothing_std = float(smoothing_std)
+        self.smoothing_clip = float(smoothing_clip)
+        self.seed = int(seed)
+        self.actor_steps = 0
+        self.critic_steps = 0
+
+        oa, oc, na = self.actor_obs_dim, self.critic_obs_dim, self.action_dim
+        ha1, ha2 = self.actor_hidden
+        hc1, hc2 = self.critic_hidden
+        cin = self.critic_in_dim
+        self.dims = np.array([oa, oc, na, ha1, ha2, hc1, hc2], dtype=np.int64)
+        actor_sizes = [ha1 * oa, ha1, ha2 * ha1, ha2, na * ha2, na]
+        offs = np.concatenate([[0], np.cumsum(actor_sizes)]).astype(np.int64)
+        self.n_actor_params = int(offs[-1])
+        self.n_critic_params = 2 * (hc1 * cin + hc1 + hc2 * hc1 + hc2 + hc2 + 1)
+        # offs: start of actor W1, b1, W2, b2, W3, b3, critics, end
+        self.offs = np.append(offs, self.n_actor_params + self.n_critic_params).astype(np.int64)
+        n = self.n_actor_params + self.n_critic_params
+
+        self.params = np.zeros(n, dtype=_F32)
+        self._init_params(np.random.default_rng(self.seed))
+        self.targets = self.params.copy()
+        self.adam_m = np.zeros(n, dtype=_F32)
+        self.adam_v = np.zeros(n, dtype=_F32)
+        # one gradient buffer per thread; grads (row 0) holds the summed gradient of the
+        # last update (critic part after critic_update, actor part after actor_update)
+        self.threads = int(threads)
+        self._grads2 = np.zeros((self.threads, n), dtype=_F32)
+        self.grads = self._grads2[0]
+        self.blas_threads_info = _k.limit_blas_threads(1)
+        self._worker: _HalfWorker | None = None
+
+        self.batch_size = int(batch_size)
+        self._ws2 = np.zeros((self.threads, 0), dtype=_F32)
+        self._ensure_update_workspace(self.batch_size)
+        self._fwd_ws = np.zeros(0, dtype=_F32)
+        self._fwd_rows = 0  # rows the forward workspace holds
+        self._ensure_forward_workspace(1)
+        # hp: gamma, smoothing std, smoothing clip, step size, 1/sqrt(bias corr 2), beta1,
+        # beta2, eps, weight decay, polyak (float64, read once per call by the kernels)
+        self._hp_critic = np.zeros(10, dtype=np.float64)
+        self._hp_actor = np.zeros(10, dtype=np.float64)
+        self._stats2 = np.zeros((self.threads, 10), dtype=_F32)
+        self._actor_stats2 = np.zeros((self.threads, 2), dtype=_F32)
+        self.critic_stats = self._stats2[0, :5]  # [loss_q1, loss_q2, mean_q1, mean_q2, mean_y]
+
+    # -------------------------------------------------------------------------------- layout
+    def _actor_views(self, buf: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(W (out, in), b (out,)), ...] views of the actor part of ``buf``."""
+        o, sizes = self.offs, self.actor_sizes
+        return [(buf[o[2 * i]:o[2 * i + 1]].reshape(sizes[i + 1], sizes[i]),
+                 buf[o[2 * i + 1]:o[2 * i + 2]]) for i in range(3)]
+
+    def _critic_views(self, buf: np.ndarray, which: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(W, b), ...] views of critic ``which`` (0 = Q1, 1 = Q2) inside ``buf``."""
+        cin, (c1, c2) = self.critic_in_dim, self.critic_hidden
+        o = int(self.offs[6])
+        w1 = buf[o:o + 2 * c1 * cin].reshape(2, c1, cin)
+        o += 2 * c1 * cin
+        b1 = buf[o:o + 2 * c1].reshape(2, c1)
+        o += 2 * c1
+        w2 = buf[o:o + 2 * c2 * c1].reshape(2, c2, c1)
+        o += 2 * c2 * c1
+        b2 = buf[o:o + 2 * c2].reshape(2, c2)
+        o += 2 * c2
+        w3 = buf[o:o + 2 * c2].reshape(2, 1, c2)
+        o += 2 * c2
+        b3 = buf[o:o + 2].reshape(2, 1)
+        return [(w1[which], b1[which]), (w2[which], b2[which]), (w3[which], b3[which])]
+
+    def _init_params(self, rng: np.random.Generator) -> None:
+        # torch nn.Linear default: W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        layer_sets = [self._actor_views(self.params)]
+        layer_sets += [self._critic_views(self.params, c) for c in (0, 1)]
+        for layers in layer_sets:
+            for weight, bias in layers:
+                bound = 1.0 / math.sqrt(weight.shape[1])
+                weight[...] = rng.uniform(-bound, bound, size=weight.shape)
+                bias[...] = rng.uniform(-bound, bound, size=bias.shape)
+
+    def _ensure_update_workspace(self, batch: int) -> None:
+        rows = -(-batch // self.threads)  # rows per thread
+        need = rows * max(_k.critic_ws_per_row(self.dims), _k.actor_ws_per_row(self.dims))
+        if need > self._ws2.shape[1]:
+            self._ws2 = np.zeros((self.threads, need), dtype=_F32)
+
+    def _ensure_forward_workspace(self, n: int) -> None:
+        if n > self._fwd_rows:
+            self._fwd_ws = np.zeros(n * int(_k.forward_ws_per_row(self.dims)), dtype=_F32)
+            self._fwd_rows = n
+
+    # -------------------------------------------------------------------------------- checks
+    @staticmethod
+    def _check(name: str, arr: Any, rows: int | None, cols: int | None) -> np.ndarray:
+        """Validate one input array; 1-D (B,) columns also accept (B, 1). Returns the array."""
+        if (type(arr) is np.ndarray and arr.dtype is _F32_DTYPE and arr.flags.c_contiguous
+                and arr.ndim == (1 if cols is None else 2) and arr.shape[0] > 0
+                and (rows is None or arr.shape[0] == rows)
+                and (cols is None or arr.shape[1] == cols)):
+            return arr  # the common case, checked in ~0.3 us
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy float32 array, got {type(arr).__name__}")
+        if arr.dtype != _F32:
+            raise TypeError(f"{name}: dtype {arr.dtype}, expected float32 "
+                            f"(convert with arr.astype(np.float32))")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name}: array is not C-contiguous (np.ascontiguousarray(arr) "
+                             f"or np.take(buffer, idx, axis=0, out=...) into a packed array)")
+        if cols is None:  # a per-row scalar
+            if arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr.reshape(-1)
+            if arr.ndim != 1 or (rows is not None and arr.shape[0] != rows):
+                raise ValueError(f"{name}: shape {arr.shape}, expected ({rows},) or ({rows}, 1)")
+            return arr
+        if arr.ndim != 2 or arr.shape[1] != cols or (rows is not None and arr.shape[0] != rows):
+            want = f"({'B' if rows is None else rows}, {cols})"
+            raise ValueError(f"{name}: shape {arr.shape}, expected {want}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{name}: empty batch")
+        return arr
+
+    def _adam_hp(self, hp: np.ndarray, lr: float, step: int) -> None:
+        beta1, beta2 = self.betas
+        hp[0] = self.gamma
+        hp[1] = self.smoothing_std
+        hp[2] = self.smoothing_clip
+        hp[3] = lr / (1.0 - beta1 ** step)  # torch: step_size = lr / bias_correction1
+        hp[4] = 1.0 / math.sqrt(1.0 - beta2 ** step)
+        hp[5] = beta1
+        hp[6] = beta2
+        hp[7] = self.eps
+        hp[8] = self.weight_decay
+        hp[9] = self.polyak
+
+    # ------------------------------------------------------------------------------- updates
+    def critic_update(self, critic_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+                      next_critic_obs: np.ndarray, next_actor_obs: np.ndarray,
+                      terminated: np.ndarray, noise: np.ndarray) -> float:
+        """One TD3 step on both critics (see the module docstring); returns the summed loss."""
+        critic_obs = self._check("critic_obs", critic_obs, None, self.critic_obs_dim)
+        b = critic_obs.shape[0]
+        action = self._check("action", action, b, self.action_dim)
+        reward = self._check("reward", reward, b, None)
+        next_critic_obs = self._check("next_critic_obs", next_critic_obs, b, self.critic_obs_dim)
+        next_actor_obs = self._check("next_actor_obs", next_actor_obs, b, self.actor_obs_dim)
+        terminated = self._check("terminated", terminated, b, None)
+        noise = self._check("noise", noise, b, self.action_dim)
+        if b > self.batch_size:
+            self.batch_size = b
+            self._ensure_update_workspace(b)
+        self.critic_steps += 1
+        self._adam_hp(self._hp_critic, self.critic_lr, self.critic_steps)
+        inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise)
+        head = (self.params, self.targets)
+        state = (self.adam_m, self.adam_v, self.dims, self.offs, self._hp_critic)
+        inv_batch = _F32(1.0 / b)
+        if self.threads == 1 or b < 2:
+            _k.critic_update_kernel(*head, self._grads2[0], *state, *inputs, self._ws2[0],
+                                    self._stats2[0], inv_batch, True)
+        else:  # one half of the batch per thread, then add the gradients and step
+            h = (b + 1) // 2
+            halves = [tuple(x[:h] for x in inputs), tuple(x[h:] for x in inputs)]
+            self._run_halves(_k.critic_update_kernel, [
+                (*head, self._grads2[t], *state, *halves[t], self._ws2[t], self._stats2[t],
+                 inv_batch, False) for t in (0, 1)])
+            _k.finish_halves_kernel(*head, self._grads2, self.adam_m, self.adam_v, self.offs,
+                                    self._hp_critic, self._stats2, inv_batch, False, False)
+        return float(self._stats2[0, 0] + self._stats2[0, 1])
+
+    def actor_update(self, actor_obs: np.ndarray, critic_obs: np.ndarray,
+                     update_targets: bool = True) -> float:
+        """One TD3 actor step, then (by default) Polyak on all targets; returns the loss."""
+        actor_obs = self._check("actor_obs", actor_obs, None, self.actor_obs_dim)
+        b = actor_obs.shape[0]
+        critic_obs = self._check("critic_obs", critic_obs, b, self.critic_obs_dim)
+        if b > self.batch_size:
+            self.batch_size = b
+            self._ensure_update_workspace(b)
+        self.actor_steps += 1
+        self._adam_hp(self._hp_actor, self.actor_lr, self.actor_steps)
+        head = (self.params, self.targets)
+        state = (self.adam_m, self.adam_v, self.dims, self.offs, self._hp_actor)
+        inv_batch = _F32(1.0 / b)
+        if self.threads == 1 or b < 2:
+            _k.actor_update_kernel(*head, self._grads2[0], *state, actor_obs, critic_obs,
+                                   self._ws2[0], self._actor_stats2[0], inv_batch, True,
+                                   bool(update_targets))
+        else:
+            h = (b + 1) // 2
+            halves = [(actor_obs[:h], critic_obs[:h]), (actor_obs[h:], critic_obs[h:])]
+            self._run_halves(_k.actor_update_kernel, [
+                (*head, self._grads2[t], *state, *halves[t], self._ws2[t],
+                 self._actor_stats2[t], inv_batch, False, False) for t in (0, 1)])
+            _k.finish_halves_kernel(*head, self._grads2, self.adam_m, self.adam_v, self.offs,
+                                    self._hp_actor, self._actor_stats2, inv_batch, True,
+                                    bool(update_targets))
+        return float(self._actor_stats2[0, 0])
+
+    def _run_halves(self, kernel, args_per_half) -> None:
+        """Half 1 on the helper thread, half 0 here; the kernels release the GIL."""
+        if self._worker is None:
+            self._worker = _HalfWorker()
+            weakref.finalize(self, self._worker.close)
+        self._worker.submit(kernel, args_per_half[1])
+        try:
+            kernel(*args_per_half[0])
+        finally:
+            self._worker.wait()
+
+    def warmup(self) -> float:
+        """Compile (or load from numba's cache) every kernel this core uses, now.
+
+        Runs each update once on a 2-row dummy batch and restores all state afterwards, so the
+        compile cost lands where the caller wants it (e.g. before the clock starts, or during
+        the replay warm-up). Returns the seconds it took.
+        """
+        import time
+
+        start = time.perf_counter()
+        saved = (self.params.copy(), self.targets.copy(), self.adam_m.copy(),
+                 self.adam_v.copy(), self.actor_steps, self.critic_steps)
+        rows = 2
+        zeros = lambda cols: np.zeros((rows, cols), dtype=_F32)  # noqa: E731
+        self.critic_update(zeros(self.critic_obs_dim), zeros(self.action_dim),
+                           np.zeros(rows, _F32), zeros(self.critic_obs_dim),
+                           zeros(self.actor_obs_dim), np.zeros(rows, _F32), zeros(self.action_dim))
+        self.actor_update(zeros(self.actor_obs_dim), zeros(self.critic_obs_dim))
+        self.update_targets()
+        self.actor_forward(zeros(self.actor_obs_dim))
+        (params, targets, adam_m, adam_v, self.actor_steps, self.critic_steps) = saved
+        self.params[...] = params
+        self.targets[...] = targets
+        self.adam_m[...] = adam_m
+        self.adam_v[...] = adam_v
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Stop the helper thread of ``threads=2`` (also done when the core is collected)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def update_targets(self) -> None:
+        """Polyak: target = polyak * target + (1 - polyak) * online, all three networks."""
+        _k.polyak_kernel(self.params, self.targets, _F32(self.polyak))
+
+    def actor_forward(self, obs: np.ndarray, out: np.ndarray | None = None,
+                      target: bool = False) -> np.ndarray:
+        """Batched actor inference: obs (N, Oa) float32 -> actions (N, A) in [-1, 1]."""
+        obs = self._check("obs", obs, None, self.actor_obs_dim)
+        n = obs.shape[0]
+        if out is None:
+            out = np.empty((n, self.action_dim), dtype=_F32)
+        else:
+            out = self._check("out", out, n, self.action_dim)
+        if n > self._fwd_rows:
+            self._ensure_forward_workspace(n)
+        _k.actor_forward_kernel(self.targets if target else self.params, self.dims, self.offs,
+                                obs, out, self._fwd_ws)
+        return out
+
+    # --------------------------------------------------------------------------------- torch
+    def to_actor(self, target: bool = False):
+        """The (online or target) actor as a ``nanofly.train.policy.Actor`` (copied weights)."""
+        import torch
+
+        from nanofly.train.policy import Actor
+
+        actor = Actor(self.actor_sizes)
+        buf = self.targets if target else self.params
+        with torch.no_grad():
+            for layer, (weight, bias) in zip(actor.linear_layers(), self._actor_views(buf)):
+                layer.weight.copy_(torch.from_numpy(weight.copy()))
+                layer.bias.copy_(torch.from_numpy(bias.copy()))
+        return actor
+
+    def load_actor(self, actor: Any, targets_too: bool = True) -> None:
+        """Set the online actor (and by default its target) from an ``Actor`` or its state_dict.
+
+        Adam state is left as it is (reset it with ``reset_optimizers`` if that is wanted).
+        """
+        state = actor.state_dict() if hasattr(actor, "state_dict") else dict(actor)
+        self._load_sequential(state, self._actor_views, None, "actor", "net.",
+                              self.actor_sizes, targets_too)
+
+    def to_critics(self, target: bool = False):
+        """(Q1, Q2) as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` (copied weights)."""
+        import torch
+        from torch import nn
+
+        buf = self.targets if target else self.params
+        critics = []
+        for which in (0, 1):
+            c_in, (c1, c2) = self.critic_in_dim, self.critic_hidden
+            net = nn.Sequential(nn.Linear(c_in, c1), nn.Tanh(), nn.Linear(c1, c2), nn.Tanh(),
+                                nn.Linear(c2, 1))
+            layers = [m for m in net if isinstance(m, nn.Linear)]
+            with torch.no_grad():
+                for layer, (weight, bias) in zip(layers, self._critic_views(buf, which)):
+                    layer.weight.copy_(torch.from_numpy(weight.copy()))
+                    layer.bias.copy_(torch.from_numpy(bias.copy()))
+            critics.append(net)
+        return tuple(critics)
+
+    def load_critics(self, q1: Any, q2: Any, targets_too: bool = True) -> None:
+        """Set both critics (and by default their targets) from the modules ``to_critics`` makes
+        (or their state_dicts: keys ``0.weight, 0.bias, 2.weight, 2.bias, 4.weight, 4.bias``)."""
+        for which, critic in ((0, q1), (1, q2)):
+            state = critic.state_dict() if hasattr(critic, "state_dict") else dict(critic)
+            self._load_sequential(state, self._critic_views, which, f"critic Q{which + 1}", "",
+                                  self.critic_sizes, targets_too)
+
+    def _load_sequential(self, state: dict, views_fn, which, what: str, prefix: str,
+                         sizes: list[int], targets_too: bool) -> None:
+        keys = [f"{prefix}{2 * i}.{kind}" for i in range(3) for kind in ("weight", "bias")]
+        extra = sorted(set(state) - set(keys))
+        missing = [k for k in keys if k not in state]
+        if missing or extra:
+            raise ValueError(f"{what}: state_dict keys do not match layer sizes {sizes}: "
+                             f"missing {missing}, unexpected {extra}")
+        arrays = []
+        for i in range(3):
+            for kind, shape in (("weight", (sizes[i + 1], sizes[i])), ("bias", (sizes[i + 1],))):
+                value = state[f"{prefix}{2 * i}.{kind}"]
+                value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+                if tuple(value.shape) != shape:
+                    raise ValueError(f"{what}: {prefix}{2 * i}.{kind} has shape {value.shape}, "
+                                     f"this core's layer sizes {sizes} need {shape}")
+                if not np.all(np.isfinite(value)):
+                    raise ValueError(f"{what}: {prefix}{2 * i}.{kind} has NaN or Inf values")
+                arrays.append(value.astype(_F32))
+        bufs = [self.params, self.targets] if targets_too else [self.params]
+        for buf in bufs:
+            views = views_fn(buf) if which is None else views_fn(buf, which)
+            for i, (weight, bias) in enumerate(views):
+                weight[...] = arrays[2 * i].reshape(weight.shape)
+                bias[...] = arrays[2 * i + 1].reshape(bias.shape)
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def reset_optimizers(self) -> None:
+        """Zero both Adam states and step counts (as freshly constructed optimizers)."""
+        self.adam_m[...] = 0
+        self.adam_v[...] = 0
+        self.actor_steps = 0
+        self.critic_steps = 0
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild an identically shaped core."""
+        return dict(actor_obs_dim=self.actor_obs_dim, critic_obs_dim=self.critic_obs_dim,
+                    action_dim=self.action_dim, actor_hidden=self.actor_hidden,
+                    critic_hidden=self.critic_hidden, lr=self.actor_lr, betas=self.betas,
+                    eps=self.eps, weight_decay=self.weight_decay, gamma=self.gamma,
+                    polyak=self.polyak, smoothing_std=self.smoothing_std,
+                    smoothing_clip=self.smoothing_clip, batch_size=self.batch_size,
+                    seed=self.seed, threads=self.threads)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: config, parameters, targets, Adam moments and steps."""
+        return {"config": self.config(), "params": self.params.copy(),
+                "targets": self.targets.copy(), "adam_m": self.adam_m.copy(),
+                "adam_v": self.adam_v.copy(), "actor_steps": self.actor_steps,
+                "critic_steps": self.critic_steps, "actor_lr": self.actor_lr,
+                "critic_lr": self.critic_lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("params", "targets", "adam_m", "adam_v"):
+            value = np.asarray(state[key])
+            if value.shape != self.params.shape:
+                raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, this core has "
+                                 f"{self.params.shape} parameters (different network sizes?)")
+        for key in ("params", "targets", "adam_m", "adam_v"):
+            getattr(self, key)[...] = np.asarray(state[key], dtype=_F32)
+        self.actor_steps = int(state["actor_steps"])
+        self.critic_steps = int(state["critic_steps"])
+        self.actor_lr = float(state.get("actor_lr", self.actor_lr))
+        self.critic_lr = float(state.get("critic_lr", self.critic_lr))
+
+
+class _HalfWorker:
+    """One daemon thread that runs a kernel call on request (for ``threads=2``).
+
+    Hand-off through two locks used as binary semaphores: no polling, no GIL held while the
+    numba kernel runs. Errors in the thread are re-raised by ``wait``.
+    """
+
+    def __init__(self):
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._job = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="nanofly-td3-half", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                self._done.release()
+                return
+            try:
+                job[0](*job[1])
+            except BaseException as exc:  # handed to the caller by wait()
+                self._error = exc
+            self._done.release()
+
+    def submit(self, fn, args) -> None:
+        self._job = (fn, args)
+        self._go.release()
+
+    def wait(self) -> None:
+        self._done.acquire()
+        self._job = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._job = None
+        self._go.release()
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,627 @@
+"""numba kernels behind :mod:`nanofly.train.td3_core` (hand-written forward, backward and Adam).
+
+Everything here works on flat float32 buffers whose layout is defined by ``TD3Core`` (see its
+module docstring); the caller passes the dimensions as an int64 array ``dims`` and the buffer
+offsets as an int64 array ``offs`` so that one compiled version serves every network size.
+
+Conventions:
+- Hidden activations are stored feature-major, shape (features, rows): every row block of a
+  twin-critic activation is then contiguous, the bias + tanh loop runs along contiguous memory
+  (vectorizes), and each matrix product is one BLAS sgemm.
+- Network inputs stay batch-major (rows, features), as the caller has them; BLAS reads them
+  transposed without a copy.
+- Weights are stored as torch does, (out, in) row-major, so y^T = W x^T + b.
+- No allocation: every intermediate lives in the workspace ``ws`` passed in.
+- A batch can be split into row blocks: ``critic_update_kernel`` / ``actor_update_kernel``
+  compute the gradient contribution of a block (scaled by 1/B of the whole batch). One thread
+  runs the whole batch as one block; with two threads (``TD3Core(threads=2)``) each half runs
+  on its own thread (the kernels release the GIL) and ``finish_halves_kernel`` adds the two
+  gradients and takes the Adam step. Plain Python threads, not numba's ``parallel=True``:
+  parfors added ~6 s of cold compile for the same split.
+
+BLAS: products go straight to the sgemm of ``scipy.linalg.cython_blas`` through numba's own
+helper ``numba_xxgemm`` (what ``np.dot`` uses inside numba), declared as an external function:
+fewer compiled specializations than ``np.dot`` (faster cold compile), any leading dimension
+(sub-blocks of a weight matrix), and the symbol is resolved at load time, so ``cache=True``
+works. It needs SciPy, as ``np.dot`` in numba does.
+
+Compile flags: ``fastmath`` without the no-NaN/no-Inf assumptions (clipping and min/max keep
+IEEE semantics and a diverged run shows NaN instead of silently wrong numbers);
+``error_model='numpy'`` lets loops that divide vectorize; ``cache=True`` keeps the warm start
+at a fraction of a second.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import numpy as np
+from numba import njit, types
+from numba.extending import register_jitable
+
+try:  # numba's BLAS helper imports this lazily; fail here, with a clear message, instead
+    import scipy.linalg.cython_blas  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("nanofly.train.td3_core needs SciPy (its BLAS runs the matrix products): "
+                      "pip install scipy") from exc
+
+# Fast-math flags minus 'nnan'/'ninf': the reassociation/contraction that vectorization needs,
+# without letting LLVM assume NaN/Inf never occur.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_JIT = dict(cache=True, fastmath=_FASTMATH, error_model="numpy", nogil=True, boundscheck=False)
+# Helpers are compiled into the kernels that call them (no own entry point, machine code or
+# cache file of their own), which keeps the cold compile short.
+_helper = register_jitable(fastmath=_FASTMATH, error_model="numpy", boundscheck=False)
+
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+
+# ---------------------------------------------------------------------------------------------
+# BLAS
+# ---------------------------------------------------------------------------------------------
+# Pointers are passed as integer addresses (same ABI): no array views needed at call sites,
+# which keeps the IR numba generates (and so the compile time) small.
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp,  # kind, ta, tb, m, n, k
+    types.uintp, types.uintp, types.intp, types.uintp, types.intp,  # alpha, a, lda, b, ldb
+    types.uintp, types.uintp, types.intp))  # beta, c, ldc
+_GEMM_ALPHA_BETA = np.array([1.0, 0.0], dtype=np.float32)
+_KIND_S = np.int8(ord("s"))
+_TRANS_N = np.int8(ord("N"))
+_TRANS_T = np.int8(ord("T"))
+
+
+@_helper
+def _addr(arr, offset):
+    """Address of element ``offset`` of a float32 array (its matrix start for BLAS)."""
+    return arr.ctypes.data + np.uintp(4 * offset)
+
+
+@_helper
+def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
+    """Row-major C[m, n] = op(A) @ op(B) (op = transpose where ta/tb), overwriting C.
+
+    a, b, c are addresses (``_addr``) of the matrix starts; lda/ldb/ldc are row strides in
+    elements. Column-major BLAS sees C^T = op(B)^T op(A)^T.
+    """
+    alpha_beta = _GEMM_ALPHA_BETA.ctypes.data
+    status = _xxgemm(_KIND_S, _TRANS_T if tb else _TRANS_N, _TRANS_T if ta else _TRANS_N,
+                     n, m, k, alpha_beta, b, ldb, a, lda, alpha_beta + np.uintp(4), c, ldc)
+    if status != 0:
+        raise RuntimeError("BLAS sgemm from scipy.linalg.cython_blas is not available")
+
+
+@functools.lru_cache(maxsize=1)
+def _find_blas_library() -> str | None:
+    """Path of the BLAS library behind ``scipy.linalg.cython_blas`` (the one numba calls).
+
+    Wheels ship it in ``site-packages/scipy.libs`` (NumPy has its own copy in ``numpy.libs``,
+    left alone); a system SciPy links a system BLAS. Read from the loaded objects (Linux).
+    """
+    import scipy
+
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:
+        return None
+    names = ("openblas", "libblas", "mkl_rt", "blis", "flexiblas")
+    blas = sorted(p for p in loaded if any(n in os.path.basename(p).lower() for n in names))
+    scipy_libs = os.path.dirname(os.path.abspath(scipy.__file__)) + ".libs"
+    for path in blas:  # the copy shipped with this SciPy
+        if path.startswith(scipy_libs):
+            return path
+    for path in blas:  # otherwise a BLAS that is not NumPy's private copy
+        if "numpy.libs" not in path and "numpy/.libs" not in path:
+            return path
+    return None
+
+
+def limit_blas_threads(n: int = 1) -> str:
+    """Set the thread count of the BLAS the kernels call (SciPy's); returns what was done.
+
+    The update matrices are small: a second BLAS thread gains ~5 % on an idle machine, loses
+    badly on a busy one, and a multi-threaded BLAS called from two threads at once (threads=2)
+    slows the updates ~100x (measured). NumPy's own BLAS (a separate library in the wheels) is
+    not touched.
+    """
+    path = _find_blas_library()
+    if path is None:
+        return "BLAS library not found; thread count unchanged"
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        return f"could not open {path}: {exc}"
+    for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads",
+                 "scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                 "MKL_Set_Num_Threads", "bli_thread_set_num_threads"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int]
+            fn(int(n))
+            return f"{name}({n}) in {os.path.basename(path)}"
+    return f"no thread-count control found in {os.path.basename(path)} (assumed single-threaded)"
+
+
+# ---------------------------------------------------------------------------------------------
+# tanh
+# ---------------------------------------------------------------------------------------------
+# Rational minimax tanh, odd numerator of degree 13 over even denominator of degree 6 (the
+# approximation used by Eigen, XLA and ONNX Runtime's MLAS). Inputs are clamped at +-7.9053,
+# where float32 tanh rounds to +-1. Measured max |error| vs float64 tanh over [-10, 10]:
+# 2.7e-7 (about 5 float32 ulps, near |x| = 5; torch.tanh: 3e-8); the updates still match
+# PyTorch to ~1e-6 (tests/test_td3_core.py checks the tanh error < 4e-7).
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_A1 = np.float32(4.89352455891786e-03)
+_A3 = np.float32(6.37261928875436e-04)
+_A5 = np.float32(1.48572235717979e-05)
+_A7 = np.float32(5.12229709037114e-08)
+_A9 = np.float32(-8.60467152213735e-11)
+_A11 = np.float32(2.00018790482477e-13)
+_A13 = np.float32(-2.76076847742355e-16)
+_B0 = np.float32(4.89352518554385e-03)
+_B2 = np.float32(2.26843463243900e-03)
+_B4 = np.float32(1.18534705686654e-04)
+_B6 = np.float32(1.19825839466702e-06)
+
+
+@njit(inline="always", **_JIT)
+def tanh_approx(x):
+    """float32 tanh via the 13/6 rational approximation (see the constants above)."""
+    x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = x2 * _A13 + _A11
+    p = x2 * p + _A9
+    p = x2 * p + _A7
+    p = x2 * p + _A5
+    p = x2 * p + _A3
+    p = x2 * p + _A1
+    q = x2 * _B6 + _B4
+    q = x2 * q + _B2
+    q = x2 * q + _B0
+    return x * p / q
+
+
+@njit(**_JIT)
+def tanh_approx_array(x, out):
+    """Elementwise ``tanh_approx`` over 1-D float32 arrays (for accuracy tests)."""
+    for i in range(x.shape[0]):
+        out[i] = tanh_approx(x[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# small building blocks on flat buffers (compiled into the kernels that call them)
+# A matrix "at offset o" with shape (rows, cols) occupies buf[o : o + rows * cols] row-major.
+# Inner loops index a view from 0 (``row = buf[a:b]; row[i]``): numba then knows the index is
+# not negative, drops its wrap-around code and LLVM vectorizes the loop (indexing buf[a + i]
+# directly ran the updates 2x slower).
+# ---------------------------------------------------------------------------------------------
+@_helper
+def _bias_tanh(h, ho, b, bo, rows, cols):
+    """h[j, :] = tanh(h[j, :] + b[j]) in place; h (rows, cols) at ho, b at bo."""
+    for j in range(rows):
+        bj = b[bo + j]
+        row = h[ho + j * cols:ho + (j + 1) * cols]
+        for i in range(cols):
+            row[i] = tanh_approx(row[i] + bj)
+
+
+@_helper
+def _tanh_backward(d, do, h, ho, n):
+    """d *= 1 - h^2 over n contiguous elements (h = tanh output)."""
+    dv = d[do:do + n]
+    hv = h[ho:ho + n]
+    for i in range(n):
+        dv[i] = dv[i] * (_ONE - hv[i] * hv[i])
+
+
+@_helper
+def _row_sums(d, do, rows, cols, out, oo):
+    """out[oo + j] = sum_i d[j, i] (bias gradient); d (rows, cols) at do."""
+    for j in range(rows):
+        row = d[do + j * cols:do + (j + 1) * cols]
+        acc = _ZERO
+        for i in range(cols):
+            acc += row[i]
+        out[oo + j] = acc
+
+
+@_helper
+def _linear_out(w, wo, b, h, ho, rows, cols, out, oo):
+    """out[oo + i] = b + sum_j w[wo + j] h[j, i]: a 1-unit output layer; h (rows, cols) at ho."""
+    o = out[oo:oo + cols]
+    for i in range(cols):
+        o[i] = b
+    for j in range(rows):
+        wj = w[wo + j]
+        row = h[ho + j * cols:ho + (j + 1) * cols]
+        for i in range(cols):
+            o[i] += wj * row[i]
+
+
+@_helper
+def _adam(p, g, m, v, lo, hi, hp):
+    """torch.optim.Adam (L2 weight decay added to the gradient, bias correction) on [lo, hi).
+
+    Same operation order as torch's single-tensor implementation:
+    g += wd p; m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
+    p -= step_size * m / (sqrt(v) / sqrt(bias_correction2) + eps).
+    hp[3] = step_size = lr / bias_correction1, hp[4] = 1 / sqrt(bias_correction2),
+    hp[5:9] = beta1, beta2, eps, weight_decay.
+    """
+    step_size = np.float32(hp[3])
+    inv_bc2_sqrt = np.float32(hp[4])
+    beta1 = np.float32(hp[5])
+    beta2 = np.float32(hp[6])
+    eps = np.float32(hp[7])
+    weight_decay = np.float32(hp[8])
+    one_m_b1 = _ONE - beta1
+    one_m_b2 = _ONE - beta2
+    pv, gv, mv, vv = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    for k in range(hi - lo):
+        gk = gv[k] + weight_decay * pv[k]
+        mk = mv[k] + one_m_b1 * (gk - mv[k])
+        vk = beta2 * vv[k] + one_m_b2 * gk * gk
+        mv[k] = mk
+        vv[k] = vk
+        pv[k] = pv[k] - step_size * mk / (np.sqrt(vk) * inv_bc2_sqrt + eps)
+
+
+@_helper
+def _polyak(params, targets, polyak):
+    tau = _ONE - polyak
+    for k in range(params.shape[0]):
+        targets[k] = polyak * targets[k] + tau * params[k]
+
+
+@njit(**_JIT)
+def polyak_kernel(params, targets, polyak):
+    """targets = polyak * targets + (1 - polyak) * params, over the whole buffer."""
+    _polyak(params, targets, polyak)
+
+
+@_helper
+def _add_into(dst, src, lo, hi):
+    dv = dst[lo:hi]
+    sv = src[lo:hi]
+    for k in range(hi - lo):
+        dv[k] += sv[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# workspace sizes (floats per batch row); used by the kernels and by TD3Core
+# ---------------------------------------------------------------------------------------------
+@_helper
+def forward_ws_per_row(dims):
+    return dims[3] + dims[4] + dims[2]
+
+
+@_helper
+def critic_ws_per_row(dims):
+    na, ha1, ha2, hc1, hc2 = dims[2], dims[3], dims[4], dims[5], dims[6]
+    cin = dims[1] + na
+    return (ha1 + ha2 + na  # target actor activations
+            + 2 * cin  # critic inputs (next, current), batch-major
+            + 2 * (2 * hc1 + 2 * hc2 + 2)  # target and online twin activations + outputs
+            + 3  # TD target y, dL/dq (2)
+            + 2 * hc2 + 2 * hc1)  # backward deltas
+
+
+@_helper
+def actor_ws_per_row(dims):
+    na, ha1, ha2, hc1, hc2 = dims[2], dims[3], dims[4], dims[5], dims[6]
+    cin = dims[1] + na
+    return 2 * (ha1 + ha2 + na) + cin + 2 * (hc1 + hc2) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# actor forward (feature-major activations)
+# ---------------------------------------------------------------------------------------------
+@_helper
+def _actor_forward(theta, offs, dims, obs, ws, o_a1, o_a2, o_mu, rows):
+    """mu (na, rows) at o_mu = actor(obs (rows, oa)); keeps a1 (ha1, rows), a2 (ha2, rows)."""
+    oa, na, ha1, ha2 = dims[0], dims[2], dims[3], dims[4]
+    _gemm(False, True, ha1, rows, oa,
+          _addr(theta, offs[0]), oa, _addr(obs, 0), oa, _addr(ws, o_a1), rows)
+    _bias_tanh(ws, o_a1, theta, offs[1], ha1, rows)
+    _gemm(False, False, ha2, rows, ha1,
+          _addr(theta, offs[2]), ha1, _addr(ws, o_a1), rows, _addr(ws, o_a2), rows)
+    _bias_tanh(ws, o_a2, theta, offs[3], ha2, rows)
+    _gemm(False, False, na, rows, ha2,
+          _addr(theta, offs[4]), ha2, _addr(ws, o_a2), rows, _addr(ws, o_mu), rows)
+    _bias_tanh(ws, o_mu, theta, offs[5], na, rows)
+
+
+@njit(**_JIT)
+def actor_forward_kernel(theta, dims, offs, obs, out, ws):
+    """out (N, na) = actor(obs (N, oa)) with the parameter buffer ``theta``."""
+    n = obs.shape[0]
+    na, ha1, ha2 = dims[2], dims[3], dims[4]
+    if n * forward_ws_per_row(dims) > ws.shape[0]:
+        raise ValueError("actor_forward_kernel: workspace too small")
+    o_mu = (ha1 + ha2) * n
+    _actor_forward(theta, offs, dims, obs, ws, 0, ha1 * n, o_mu, n)
+    for i in range(n):
+        for k in range(na):
+            out[i, k] = ws[o_mu + k * n + i]
+
+
+# ---------------------------------------------------------------------------------------------
+# critic update
+# ---------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, obs_c, action,
+                         reward, next_obs_c, next_obs_a, terminated, noise, ws, stats, inv_batch,
+                         apply_step):
+    """One TD3 critic step for both critics (see ``TD3Core.critic_update``).
+
+    Computes the gradient of the twin-critic loss over the rows given (a whole batch, or one
+    block of it with ``inv_batch`` = 1 / B of the whole batch) into the critic part of
+    ``grads``; stats[5:10] (out) = [sum (q1 - y)^2, sum (q2 - y)^2, sum q1, sum q2, sum y]
+    over these rows. With ``apply_step`` (whole batch) it also writes stats[0:5] = those
+    sums / B = [loss_q1, loss_q2, mean_q1, mean_q2, mean_y] and takes the Adam step.
+
+    hp (float64): [gamma, smoothing_std, smoothing_clip, step_size, 1/sqrt(bias_corr2),
+    beta1, beta2, eps, weight_decay, polyak].
+    """
+    rows = obs_c.shape[0]
+    if rows * critic_ws_per_row(dims) > ws.shape[0]:
+        raise ValueError("critic_update_kernel: workspace too small")
+    oc, na, ha1, ha2, hc1, hc2 = dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
+    cin = oc + na
+    # critic parameter offsets (stacked twin layout, see TD3Core)
+    w1 = offs[6]
+    b1 = w1 + 2 * hc1 * cin
+    w2 = b1 + 2 * hc1
+    b2 = w2 + 2 * hc2 * hc1
+    w3 = b2 + 2 * hc2
+    b3 = w3 + 2 * hc2
+    c_end = b3 + 2
+    if rows == 0:  # an empty block contributes nothing (BLAS rejects zero leading dims)
+        for k in range(w1, c_end):
+            grads[k] = _ZERO
+        for k in range(5, 10):
+            stats[k] = _ZERO
+        return
+    gamma = np.float32(hp[0])
+    smooth_std = np.float32(hp[1])
+    smooth_clip = np.float32(hp[2])
+    # workspace offsets; activations are (features, rows)
+    o_a1 = 0
+    o_a2 = o_a1 + ha1 * rows
+    o_mu = o_a2 + ha2 * rows
+    o_xn = o_mu + na * rows  # (rows, cin): [next critic obs | a']
+    o_x = o_xn + rows * cin  # (rows, cin): [critic obs | action]
+    o_h1n = o_x + rows * cin  # twin target layer 1 (2 hc1, rows): rows [Q1 | Q2]
+    o_h2n = o_h1n + 2 * hc1 * rows
+    o_qn = o_h2n + 2 * hc2 * rows
+    o_h1 = o_qn + 2 * rows
+    o_h2 = o_h1 + 2 * hc1 * rows
+    o_q = o_h2 + 2 * hc2 * rows
+    o_y = o_q + 2 * rows
+    o_dq = o_y + rows
+    o_dz2 = o_dq + 2 * rows
+    o_dz1 = o_dz2 + 2 * hc2 * rows
+
+    # --- TD target: a' = clip(mu'(s') + clip(std * eps, -c, c), -1, 1) ---
+    _actor_forward(targets, offs, dims, next_obs_a, ws, o_a1, o_a2, o_mu, rows)
+    for i in range(rows):
+        xn_row = ws[o_xn + i * cin:o_xn + (i + 1) * cin]
+        x_row = ws[o_x + i * cin:o_x + (i + 1) * cin]
+        for k in range(oc):
+            xn_row[k] = next_obs_c[i, k]
+            x_row[k] = obs_c[i, k]
+        for k in range(na):
+            e = min(max(smooth_std * noise[i, k], -smooth_clip), smooth_clip)
+            xn_row[oc + k] = min(max(ws[o_mu + k * rows + i] + e, -_ONE), _ONE)
+            x_row[oc + k] = action[i, k]
+
+    # twin target critics (layer 1 of both in one product), then the min over the pair
+    _gemm(False, True, 2 * hc1, rows, cin,
+          _addr(targets, w1), cin, _addr(ws, o_xn), cin, _addr(ws, o_h1n), rows)
+    _bias_tanh(ws, o_h1n, targets, b1, 2 * hc1, rows)
+    for c in range(2):
+        _gemm(False, False, hc2, rows, hc1, _addr(targets, w2 + c * hc2 * hc1), hc1,
+              _addr(ws, o_h1n + c * hc1 * rows), rows, _addr(ws, o_h2n + c * hc2 * rows), rows)
+    _bias_tanh(ws, o_h2n, targets, b2, 2 * hc2, rows)
+    for c in range(2):
+        _linear_out(targets, w3 + c * hc2, targets[b3 + c], ws, o_h2n + c * hc2 * rows, hc2,
+                    rows, ws, o_qn + c * rows)
+    q1n, q2n, yv = ws[o_qn:o_qn + rows], ws[o_qn + rows:o_qn + 2 * rows], ws[o_y:o_y + rows]
+    y_sum = _ZERO
+    for i in range(rows):
+        y = reward[i] + gamma * (_ONE - terminated[i]) * min(q1n[i], q2n[i])
+        yv[i] = y
+        y_sum += y
+
+    # --- online twin critics ---
+    _gemm(False, True, 2 * hc1, rows, cin,
+          _addr(params, w1), cin, _addr(ws, o_x), cin, _addr(ws, o_h1), rows)
+    _bias_tanh(ws, o_h1, params, b1, 2 * hc1, rows)
+    for c in range(2):
+        _gemm(False, False, hc2, rows, hc1, _addr(params, w2 + c * hc2 * hc1), hc1,
+              _addr(ws, o_h1 + c * hc1 * rows), rows, _addr(ws, o_h2 + c * hc2 * rows), rows)
+    _bias_tanh(ws, o_h2, params, b2, 2 * hc2, rows)
+    for c in range(2):
+        _linear_out(params, w3 + c * hc2, params[b3 + c], ws, o_h2 + c * hc2 * rows, hc2, rows,
+                    ws, o_q + c * rows)
+
+    # loss = mean((q1 - y)^2) + mean((q2 - y)^2)  ->  dL/dq_c = 2 (q_c - y) / B
+    scale = np.float32(2.0) * inv_batch
+    for c in range(2):
+        qv = ws[o_q + c * rows:o_q + (c + 1) * rows]
+        dqv = ws[o_dq + c * rows:o_dq + (c + 1) * rows]
+        sq = _ZERO
+        q_sum = _ZERO
+        for i in range(rows):
+            err = qv[i] - yv[i]
+            sq += err * err
+            q_sum += qv[i]
+            dqv[i] = scale * err
+        stats[5 + c] = sq
+        stats[7 + c] = q_sum
+    stats[9] = y_sum
+
+    # --- backward ---
+    for c in range(2):
+        # output layer: gW3 = dq h2^T, gb3 = sum dq; dz2 = w3 dq (1 - h2^2)
+        dqv = ws[o_dq + c * rows:o_dq + (c + 1) * rows]
+        gb = _ZERO
+        for i in range(rows):
+            gb += dqv[i]
+        grads[b3 + c] = gb
+        for j in range(hc2):
+            wj = params[w3 + c * hc2 + j]
+            o_hj = o_h2 + (c * hc2 + j) * rows
+            o_dj = o_dz2 + (c * hc2 + j) * rows
+            hv, dzv = ws[o_hj:o_hj + rows], ws[o_dj:o_dj + rows]
+            acc = _ZERO
+            for i in range(rows):
+                acc += dqv[i] * hv[i]
+                dzv[i] = wj * dqv[i] * (_ONE - hv[i] * hv[i])
+            grads[w3 + c * hc2 + j] = acc
+        # hidden layer 2: gW2 = dz2 h1^T; dz1 = W2^T dz2 (times 1 - h1^2 below)
+        _gemm(False, True, hc2, hc1, rows, _addr(ws, o_dz2 + c * hc2 * rows), rows,
+              _addr(ws, o_h1 + c * hc1 * rows), rows, _addr(grads, w2 + c * hc2 * hc1), hc1)
+        _gemm(True, False, hc1, rows, hc2, _addr(params, w2 + c * hc2 * hc1), hc1,
+              _addr(ws, o_dz2 + c * hc2 * rows), rows, _addr(ws, o_dz1 + c * hc1 * rows), rows)
+    _row_sums(ws, o_dz2, 2 * hc2, rows, grads, b2)
+    _tanh_backward(ws, o_dz1, ws, o_h1, 2 * hc1 * rows)
+    _row_sums(ws, o_dz1, 2 * hc1, rows, grads, b1)
+    _gemm(False, False, 2 * hc1, cin, rows,
+          _addr(ws, o_dz1), rows, _addr(ws, o_x), cin, _addr(grads, w1), cin)
+
+    if apply_step:
+        for k in range(5):
+            stats[k] = stats[5 + k] * inv_batch
+        _adam(params, grads, adam_m, adam_v, w1, c_end, hp)
+
+
+# ---------------------------------------------------------------------------------------------
+# actor update (+ Polyak)
+# ---------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, obs_a, obs_c,
+                        ws, stats, inv_batch, apply_step, do_polyak):
+    """One TD3 actor step: gradient of -mean Q1(s, pi(o)), Adam, then Polyak on all targets.
+
+    Back-propagates through Q1 to the action only; critic parameters and the critic part of
+    ``grads`` are untouched. Over the rows given (a whole batch, or one block of it with
+    ``inv_batch`` = 1 / B of the whole batch) it writes the actor part of ``grads`` and
+    stats[1] = sum Q1; with ``apply_step`` (whole batch) also stats[0] = actor loss, the Adam
+    step and, if ``do_polyak``, the Polyak update. hp as in ``critic_update_kernel``.
+    """
+    rows = obs_a.shape[0]
+    if rows * actor_ws_per_row(dims) > ws.shape[0]:
+        raise ValueError("actor_update_kernel: workspace too small")
+    oa, oc, na, ha1, ha2, hc1, hc2 = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
+    cin = oc + na
+    if rows == 0:
+        for k in range(offs[6]):
+            grads[k] = _ZERO
+        stats[1] = _ZERO
+        return
+    # Q1's parameters: rows [0, hc1) of the stacked layer-1 weights, block 0 of the others
+    w1 = offs[6]
+    b1 = w1 + 2 * hc1 * cin
+    w2 = b1 + 2 * hc1
+    b2 = w2 + 2 * hc2 * hc1
+    w3 = b2 + 2 * hc2
+    b3 = w3 + 2 * hc2
+    o_a1 = 0
+    o_a2 = o_a1 + ha1 * rows
+    o_mu = o_a2 + ha2 * rows
+    o_x = o_mu + na * rows  # (rows, cin): [critic obs | pi(actor obs)]
+    o_h1 = o_x + rows * cin
+    o_h2 = o_h1 + hc1 * rows
+    o_q = o_h2 + hc2 * rows
+    o_dz2 = o_q + rows
+    o_dz1 = o_dz2 + hc2 * rows
+    o_da3 = o_dz1 + hc1 * rows
+    o_da2 = o_da3 + na * rows
+    o_da1 = o_da2 + ha2 * rows
+
+    _actor_forward(params, offs, dims, obs_a, ws, o_a1, o_a2, o_mu, rows)
+    for i in range(rows):
+        x_row = ws[o_x + i * cin:o_x + (i + 1) * cin]
+        for k in range(oc):
+            x_row[k] = obs_c[i, k]
+        for k in range(na):
+            x_row[oc + k] = ws[o_mu + k * rows + i]
+    _gemm(False, True, hc1, rows, cin,
+          _addr(params, w1), cin, _addr(ws, o_x), cin, _addr(ws, o_h1), rows)
+    _bias_tanh(ws, o_h1, params, b1, hc1, rows)
+    _gemm(False, False, hc2, rows, hc1,
+          _addr(params, w2), hc1, _addr(ws, o_h1), rows, _addr(ws, o_h2), rows)
+    _bias_tanh(ws, o_h2, params, b2, hc2, rows)
+    _linear_out(params, w3, params[b3], ws, o_h2, hc2, rows, ws, o_q)
+    qv = ws[o_q:o_q + rows]
+    q_sum = _ZERO
+    for i in range(rows):
+        q_sum += qv[i]
+    stats[1] = q_sum
+
+    # dL/dq = -1/B; back through Q1 to the action
+    for j in range(hc2):
+        wj = -params[w3 + j] * inv_batch
+        hv = ws[o_h2 + j * rows:o_h2 + (j + 1) * rows]
+        dzv = ws[o_dz2 + j * rows:o_dz2 + (j + 1) * rows]
+        for i in range(rows):
+            dzv[i] = wj * (_ONE - hv[i] * hv[i])
+    _gemm(True, False, hc1, rows, hc2,
+          _addr(params, w2), hc1, _addr(ws, o_dz2), rows, _addr(ws, o_dz1), rows)
+    _tanh_backward(ws, o_dz1, ws, o_h1, hc1 * rows)
+    # dL/da (na, rows) = W1[:, oc:]^T dz1: the action columns of Q1's first layer (ld = cin)
+    _gemm(True, False, na, rows, hc1,
+          _addr(params, w1 + oc), cin, _addr(ws, o_dz1), rows, _addr(ws, o_da3), rows)
+
+    # back through the actor
+    _tanh_backward(ws, o_da3, ws, o_mu, na * rows)
+    _gemm(False, True, na, ha2, rows,
+          _addr(ws, o_da3), rows, _addr(ws, o_a2), rows, _addr(grads, offs[4]), ha2)
+    _row_sums(ws, o_da3, na, rows, grads, offs[5])
+    _gemm(True, False, ha2, rows, na,
+          _addr(params, offs[4]), ha2, _addr(ws, o_da3), rows, _addr(ws, o_da2), rows)
+    _tanh_backward(ws, o_da2, ws, o_a2, ha2 * rows)
+    _gemm(False, True, ha2, ha1, rows,
+          _addr(ws, o_da2), rows, _addr(ws, o_a1), rows, _addr(grads, offs[2]), ha1)
+    _row_sums(ws, o_da2, ha2, rows, grads, offs[3])
+    _gemm(True, False, ha1, rows, ha2,
+          _addr(params, offs[2]), ha1, _addr(ws, o_da2), rows, _addr(ws, o_da1), rows)
+    _tanh_backward(ws, o_da1, ws, o_a1, ha1 * rows)
+    _gemm(False, False, ha1, oa, rows,
+          _addr(ws, o_da1), rows, _addr(obs_a, 0), oa, _addr(grads, offs[0]), oa)
+    _row_sums(ws, o_da1, ha1, rows, grads, offs[1])
+
+    if apply_step:
+        stats[0] = -stats[1] * inv_batch
+        _adam(params, grads, adam_m, adam_v, 0, offs[6], hp)
+        if do_polyak:
+            _polyak(params, targets, np.float32(hp[9]))
+
+
+# ---------------------------------------------------------------------------------------------
+# two threads: each runs one half of the batch through the kernels above (apply_step=False)
+# ---------------------------------------------------------------------------------------------
+@njit(**_JIT)
+def finish_halves_kernel(params, targets, grads2, adam_m, adam_v, offs, hp, stats2, inv_batch,
+                         is_actor, do_polyak):
+    """Add the second half's gradient and statistics to the first's, then the Adam step.
+
+    Critic (is_actor False): critic part of the buffers, stats2[0, 0:5] = summed
+    stats2[:, 5:10] / B. Actor: actor part, stats2[0, 0] = -(sum Q1) / B, then Polyak on all
+    targets if ``do_polyak``.
+    """
+    lo = offs[6] if not is_actor else 0
+    hi = offs[7] if not is_actor else offs[6]
+    g = grads2[0]
+    _add_into(g, grads2[1], lo, hi)
+    if is_actor:
+        stats2[0, 0] = -(stats2[0, 1] + stats2[1, 1]) * inv_batch
+    else:
+        for k in range(5):
+            stats2[0, k] = (stats2[0, 5 + k] + stats2[1, 5 + k]) * inv_batch
+    _adam(params, g, adam_m, adam_v, lo, hi, hp)
+    if do_polyak:
+        _polyak(params, targets, np.float32(hp[9]))
