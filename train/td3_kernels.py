@@ -20,10 +20,11 @@ Conventions:
   parfors added ~6 s of cold compile for the same split.
 
 BLAS: products go straight to the sgemm of ``scipy.linalg.cython_blas`` through numba's own
-helper ``numba_xxgemm`` (what ``np.dot`` uses inside numba), declared as an external function:
-fewer compiled specializations than ``np.dot`` (faster cold compile), any leading dimension
-(sub-blocks of a weight matrix), and the symbol is resolved at load time, so ``cache=True``
-works. It needs SciPy, as ``np.dot`` in numba does.
+C helper ``numba_xxgemm`` (what ``np.dot`` calls inside numba; an internal of numba, checked
+with numba 0.68), declared as an external function with integer addresses: no array views at
+the call sites (less code to compile), any leading dimension (sub-blocks of a weight matrix),
+and the symbol is resolved at load time, so ``cache=True`` works. It needs SciPy, as
+``np.dot`` in numba does.
 
 Compile flags: ``fastmath`` without the no-NaN/no-Inf assumptions (clipping and min/max keep
 IEEE semantics and a diverged run shows NaN instead of silently wrong numbers);

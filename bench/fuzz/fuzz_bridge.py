@@ -1,0 +1,58 @@
+"""Fuzz the bridge firmware's frame parser and command handler with libFuzzer (host build,
+AddressSanitizer + UndefinedBehaviorSanitizer) and print one JSON object.
+
+    python bench/fuzz/fuzz_bridge.py [--seconds 600] [--seed 1] [--corpus DIR] [--artifacts DIR]
+
+The harness (firmware_bridge/firmware/host/fuzz_bridge.c) also aborts when an encoded frame
+does not decode to itself, a request does not get exactly one valid reply, or the active
+model's bytes change. Seeds: full upload sessions of real exports (int8 and f32 of a small
+146-16-4 actor) plus raw wire captures. Crashes and hangs (inputs running > 10 s) leave
+crash-*/timeout-* files in the artifacts directory; the JSON reports them.
+"""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from nanofly.firmware_bridge import protocol as P
+from nanofly.firmware_bridge import testing as T
+from nanofly.firmware_bridge.firmware import build_fuzzer
+from nanofly.firmware_bridge.fuzzing import run_fuzzer, write_seed_corpus
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=600)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--corpus", default=None, help="corpus directory (default: a temporary one)")
+    ap.add_argument("--artifacts", default=None, help="where crash/timeout inputs go (default: temporary)")
+    ap.add_argument("--log", default=None, help="write libFuzzer's log here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nanofly-fuzz-") as tmp:
+        tmp = Path(tmp)
+        binary = build_fuzzer(tmp / "build")
+        export_dir = T.export(T.random_policy(tmp / "small.pt", layer_sizes=(146, 16, 4), seed=args.seed),
+                              tmp / "export", seed=0, n_calibration=512)
+        blobs = {P.FORMAT_INT8: (export_dir / "policy_int8.bin").read_bytes(),
+                 P.FORMAT_F32: (export_dir / "policy_f32.bin").read_bytes()}
+        corpus = Path(args.corpus) if args.corpus else tmp / "corpus"
+        n_seeds = write_seed_corpus(corpus, blobs)
+        artifacts = Path(args.artifacts) if args.artifacts else tmp / "artifacts"
+        result = run_fuzzer(binary, corpus, seconds=args.seconds, artifacts_dir=artifacts,
+                            seed=args.seed, max_len=16384, log_path=args.log)
+        result.update({"seed_inputs": n_seeds, "corpus_dir": str(corpus),
+                       "corpus_size": len(list(corpus.iterdir())), "artifacts_dir": str(artifacts),
+                       "harness": "firmware_bridge/firmware/host/fuzz_bridge.c",
+                       "sanitizers": "address,undefined"})
+        if args.artifacts is None and result["artifacts"]:
+            keep = Path(tempfile.mkdtemp(prefix="nanofly-fuzz-artifacts-"))
+            for name in result["artifacts"]:
+                (keep / name).write_bytes((artifacts / name).read_bytes())
+            result["artifacts_dir"] = str(keep)
+        print(json.dumps(result))
+        return 0 if result["crashes"] == 0 and result["hangs"] == 0 and result["exit_code"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

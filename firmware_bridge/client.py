@@ -1,0 +1,380 @@
+"""pyserial client for the nanofly bridge firmware: requests with timeouts and retries, and
+the model upload (BEGIN, idempotent CHUNKs, COMMIT, ACTIVATE) that resumes after a lost link.
+
+Any pyserial URL works: ``/dev/ttyUSB0``, ``socket://127.0.0.1:PORT`` (QEMU),
+``rfc2217://host:port``, ``loop://``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import protocol as P
+
+
+class LinkError(P.ProtocolError):
+    """The serial link failed (disconnected, cannot open) or the board stopped answering."""
+
+
+@dataclass
+class LinkStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    stale_frames: int = 0     # valid replies to an earlier request (after a retry)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class UploadResult:
+    size_bytes: int
+    crc: int
+    format: str
+    model_id: int
+    wall_s: float
+    chunk_bytes: int
+    bytes_on_wire: int        # both directions, every frame of the upload
+    bytes_to_board: int       # host -> board only (the busy direction of a full-duplex UART)
+    retries: int
+    reconnects: int
+    resumed_from: int         # bytes already on the board when the upload (re)started
+    activated: bool
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def overhead(self) -> float:
+        """Bytes on the wire per model byte (1.0 = no protocol overhead)."""
+        return self.bytes_on_wire / self.size_bytes
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["overhead"] = self.overhead
+        d["crc_hex"] = f"0x{self.crc:08x}"
+        d["rate_bytes_per_s"] = self.size_bytes / self.wall_s if self.wall_s > 0 else None
+        return d
+
+
+class BridgeClient:
+    """One connection to a board running the bridge firmware.
+
+    ``timeout_s``: how long to wait for each reply before sending the request again, on top
+    of the time the request itself takes on the wire (frame bytes / ``link_bytes_per_s``);
+    ``retries``: how many times to send it again before giving up with :class:`LinkError`.
+    ``link_bytes_per_s``: the slowest rate expected: baud / 10 (8N1) for serial ports, and
+    8 000 B/s for ``socket://`` (QEMU takes in 20-50 KB/s).
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 1.0, retries: int = 3,
+                 max_payload: int = P.MAX_PAYLOAD, open_timeout_s: float = 5.0,
+                 baudrate: int = 115200, link_bytes_per_s: float | None = None):
+        self.url = url
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.host_max_payload = int(max_payload)
+        self.open_timeout_s = float(open_timeout_s)
+        self.baudrate = baudrate
+        if link_bytes_per_s is None:
+            link_bytes_per_s = 8000.0 if url.startswith("socket://") else baudrate / 10
+        self.link_bytes_per_s = float(link_bytes_per_s)
+        self.stats = LinkStats()
+        self.hello_info: P.Hello | None = None
+        self._seq = random.randrange(256)
+        self._serial = None
+        self._decoder = P.FrameDecoder()
+        self.open()
+
+    # ---- link -------------------------------------------------------------------------
+    def open(self) -> None:
+        import serial  # pyserial
+
+        deadline = time.monotonic() + self.open_timeout_s
+        while True:
+            try:
+                self._serial = serial.serial_for_url(self.url, baudrate=self.baudrate,
+                                                     timeout=0.02, write_timeout=5.0)
+                break
+            except (serial.SerialException, OSError, ValueError) as exc:
+                if isinstance(exc, ValueError) or time.monotonic() > deadline:
+                    raise LinkError(f"cannot open {self.url}: {exc}") from exc
+                time.sleep(0.05)  # e.g. QEMU not listening yet
+        self._decoder = P.FrameDecoder()
+
+    def close(self) -> None:
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            finally:
+                self._serial = None
+
+    def reconnect(self) -> None:
+        self.close()
+        self.stats.reconnects += 1
+        self.open()
+
+    def __enter__(self) -> "BridgeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write(self, data: bytes) -> None:
+        import serial
+
+        if self._serial is None:
+            raise LinkError(f"{self.url}: not connected")
+        try:
+            self._serial.write(data)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"{self.url}: write failed ({exc})") from exc
+        self.stats.bytes_sent += len(data)
+        self.stats.frames_sent += 1
+
+    def _read_some(self) -> bytes:
+        import serial
+
+        if self._serial is None:
+            raise LinkError(f"{self.url}: not connected")
+        try:
+            waiting = self._serial.in_waiting
+            data = self._serial.read(waiting if waiting > 1 else 1)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkError(f"{self.url}: connection lost ({exc})") from exc
+        self.stats.bytes_received += len(data)
+        return data
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (tests use this to send garbage)."""
+        self._write(data)
+
+    # ---- requests ---------------------------------------------------------------------
+    def request(self, ftype: int, payload: bytes = b"", *, timeout_s: float | None = None,
+                retries: int | None = None) -> bytes:
+        """Send one request and return its reply payload.
+
+        The frame is sent again (same sequence number, so the firmware recognises a repeat)
+        when no reply arrives in time: ``timeout_s`` plus the frame's time on the wire, doubled
+        after each attempt (at most 8x). Error replies raise
+        :class:`~nanofly.firmware_bridge.protocol.DeviceError`; no reply at all raises
+        :class:`LinkError`."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        retries = self.retries if retries is None else retries
+        self._seq = (self._seq + 1) & 0xFF
+        seq = self._seq
+        frame = P.encode_frame(ftype, seq, payload)
+        name = P.COMMAND_NAMES.get(ftype, f"0x{ftype:02x}")
+        wait_s = timeout_s + len(frame) / self.link_bytes_per_s
+        for attempt in range(retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self._write(frame)
+            # back off: a slow link must not be flooded with more copies of the frame
+            deadline = time.monotonic() + wait_s * min(2 ** attempt, 8)
+            while time.monotonic() < deadline:
+                data = self._read_some()
+                if not data:
+                    continue
+                for reply in self._decoder.feed(data):
+                    if reply.seq != seq:
+                        self.stats.stale_frames += 1
+                        continue
+                    if reply.type == P.REPLY_ERROR:
+                        err = P.decode_error(reply.payload)
+                        if err.request == ftype:
+                            raise err
+                        self.stats.stale_frames += 1
+                    elif reply.type == (ftype | P.REPLY_FLAG):
+                        return reply.payload
+                    else:
+                        self.stats.stale_frames += 1
+        raise LinkError(f"no reply to {name} from {self.url} after {retries + 1} attempts "
+                        f"(waiting {wait_s:.2f} s, doubling up to 8x): is the board powered and running the "
+                        "nanofly bridge firmware, and is the port right?")
+
+    def hello(self) -> P.Hello:
+        info = P.Hello.decode(self.request(P.CMD_HELLO, P.hello_request(self.host_max_payload)))
+        if info.max_payload < P.MIN_PAYLOAD:
+            raise P.ProtocolError(f"negotiated payload of {info.max_payload} bytes is below the "
+                                  f"protocol minimum {P.MIN_PAYLOAD}")
+        self.hello_info = info
+        return info
+
+    def status(self) -> P.Status:
+        return P.Status.decode(self.request(P.CMD_STATUS))
+
+    def begin(self, size: int, crc: int, fmt: int, model_id: int) -> tuple[int, int]:
+        """Start (or resume) an upload; returns (bytes already received, staging state)."""
+        reply = self.request(P.CMD_BEGIN, P.begin_request(size, crc, fmt, model_id))
+        received, state = struct.unpack_from("<IB", reply)
+        return received, state
+
+    def chunk(self, offset: int, data: bytes) -> int:
+        """Write bytes at ``offset`` of the staging slot; returns bytes received so far."""
+        (received,) = struct.unpack_from("<I", self.request(P.CMD_CHUNK, P.chunk_request(offset, data)))
+        return received
+
+    def commit(self) -> dict:
+        crc, size, n_in, n_out = struct.unpack_from("<IIHH", self.request(P.CMD_COMMIT))
+        return {"crc": crc, "size": size, "observation_dim": n_in, "action_dim": n_out}
+
+    def activate(self, crc: int) -> dict:
+        model_id, active_crc, size = struct.unpack_from(
+            "<III", self.request(P.CMD_ACTIVATE, struct.pack("<I", crc)))
+        return {"model_id": model_id, "crc": active_crc, "size": size}
+
+    def arm(self) -> int:
+        return struct.unpack_from("<I", self.request(P.CMD_ARM))[0]
+
+    def disarm(self) -> int:
+        return struct.unpack_from("<I", self.request(P.CMD_DISARM))[0]
+
+    def heartbeat(self) -> dict:
+        now_ms, armed, tripped = struct.unpack_from("<IBB", self.request(P.CMD_HEARTBEAT))
+        return {"now_ms": now_ms, "armed": bool(armed), "failsafe_tripped": bool(tripped)}
+
+    def infer(self, observation) -> tuple[np.ndarray, int, int]:
+        """One inference on the board: returns (action float32, cost ticks, model CRC).
+
+        Cost ticks are instructions under QEMU (-icount shift=0) and CPU cycles on silicon
+        (see ``hello().counter_kind``)."""
+        obs = np.ascontiguousarray(observation, dtype="<f4").reshape(-1)
+        reply = self.request(P.CMD_INFER, obs.tobytes())
+        n_act = (len(reply) - 8) // 4
+        action = np.frombuffer(reply, dtype="<f4", count=n_act).astype(np.float32)
+        ticks, crc = struct.unpack_from("<II", reply, 4 * n_act)
+        return action, ticks, crc
+
+
+# ---- upload -------------------------------------------------------------------------------
+
+@dataclass
+class UploadProgress:
+    sent_bytes: int = 0
+    total_bytes: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.sent_bytes / elapsed if elapsed > 0 else 0.0
+
+
+def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id: int = 0,
+                 chunk_bytes: int | None = None, activate: bool = True,
+                 max_reconnects: int = 3, progress: Callable[[UploadProgress], None] | None = None
+                 ) -> UploadResult:
+    """Upload a model blob into the staging slot, verify it on the board and activate it.
+
+    Every CHUNK carries its offset, so repeats are harmless; after a lost link the client
+    reconnects and BEGIN with the same size/CRC/format/id resumes at the byte count the board
+    reports. The model only becomes active after COMMIT verified it and ACTIVATE named its CRC;
+    the final STATUS must show that CRC active."""
+    fmt_code = P.FORMAT_BY_NAME[fmt] if isinstance(fmt, str) else int(fmt)
+    blob = bytes(blob)
+    size, crc = len(blob), P.model_crc(blob)
+    stats0 = (client.stats.bytes_sent + client.stats.bytes_received, client.stats.retries,
+              client.stats.reconnects, client.stats.bytes_sent)
+    t0 = time.monotonic()
+    state = UploadProgress(total_bytes=size)
+    reconnects_left = max_reconnects
+    restarts_left = 3
+    resume_offsets: list[int] = []  # what each BEGIN reported as already on the board
+
+    def link_lost(exc: Exception) -> None:
+        nonlocal reconnects_left
+        if reconnects_left <= 0:
+            raise LinkError(f"upload to {client.url} failed: {exc} (gave up after "
+                            f"{max_reconnects} reconnects)") from exc
+        reconnects_left -= 1
+        time.sleep(0.05)
+        client.reconnect()
+
+    while True:  # (re)start: HELLO + BEGIN, then chunks until the board has every byte
+        try:
+            info = client.hello()
+            step = min(chunk_bytes or info.max_payload - 4, info.max_payload - 4)
+            received, _ = client.begin(size, crc, fmt_code, model_id)
+            resume_offsets.append(received)
+            offset = received
+            while offset < size:
+                data = blob[offset:offset + step]
+                try:
+                    received = client.chunk(offset, data)
+                except P.DeviceError as err:
+                    if err.code == P.ERR_OFFSET:   # the board has fewer bytes than we thought
+                        offset = err.detail1 & 0xFFFFFFFF
+                        continue
+                    if err.code == P.ERR_STATE and restarts_left > 0:  # staging was reset
+                        restarts_left -= 1
+                        raise _Restart() from err
+                    raise
+                offset = received
+                state.sent_bytes = offset
+                state.retries = client.stats.retries - stats0[1]
+                state.reconnects = client.stats.reconnects - stats0[2]
+                if progress:
+                    progress(state)
+            committed = client.commit()
+            break
+        except _Restart:
+            continue
+        except LinkError as exc:
+            link_lost(exc)
+    if committed["crc"] != crc or committed["size"] != size:
+        raise P.ProtocolError(f"board verified CRC 0x{committed['crc']:08x} / {committed['size']} "
+                              f"bytes, expected 0x{crc:08x} / {size}")
+    activated = False
+    if activate:
+        try:
+            client.activate(crc)
+        except LinkError as exc:  # the link went: did the ACTIVATE get through?
+            link_lost(exc)
+            if client.status().active_crc != crc:
+                client.activate(crc)
+        status = client.status()
+        if status.active_crc != crc or status.active_size != size:
+            raise P.ProtocolError(f"after ACTIVATE the board reports active CRC "
+                                  f"0x{status.active_crc:08x}, expected 0x{crc:08x}")
+        activated = True
+    wire = client.stats.bytes_sent + client.stats.bytes_received - stats0[0]
+    return UploadResult(size_bytes=size, crc=crc, format=P.FORMAT_NAMES.get(fmt_code, str(fmt_code)),
+                        model_id=model_id, wall_s=time.monotonic() - t0, chunk_bytes=step,
+                        bytes_on_wire=wire, bytes_to_board=client.stats.bytes_sent - stats0[3],
+                        retries=client.stats.retries - stats0[1],
+                        reconnects=client.stats.reconnects - stats0[2],
+                        resumed_from=resume_offsets[0], activated=activated,
+                        extra={"resume_offsets": resume_offsets})
+
+
+class _Restart(Exception):
+    pass
+
+
+def read_export_blob(export_dir: str | os.PathLike, fmt: str = "int8") -> tuple[bytes, int]:
+    """The model blob of an export directory and a model id derived from its manifest."""
+    from pathlib import Path
+
+    export_dir = Path(export_dir)
+    if fmt not in P.FORMAT_BY_NAME:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(P.FORMAT_BY_NAME)}")
+    path = export_dir / f"policy_{fmt}.bin"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {fmt} model blob; is {export_dir} an export directory "
+                                "(`nanofly export POLICY --out DIR`)?")
+    blob = path.read_bytes()
+    manifest = export_dir / "manifest.json"
+    # The id says which export is on the board; CRC-32 of the manifest is stable per export.
+    model_id = zlib.crc32(manifest.read_bytes()) if manifest.is_file() else P.model_crc(blob)
+    return blob, model_id

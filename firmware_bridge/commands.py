@@ -1,0 +1,207 @@
+"""CLI: ``nanofly flash``, ``nanofly firmware build|emulate|status``, ``nanofly bench bridge``.
+
+Kept light: pyserial, numpy and the rest are imported inside the handlers."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub, bench_sub) -> None:
+    p = sub.add_parser("flash", help="upload an exported policy to a board, verify and activate it",
+                       description="Upload EXPORT_DIR/policy_<format>.bin over the serial bridge "
+                                   "(any pyserial URL), verify it on the board (CRC, header, "
+                                   "dimensions, finite weights) and make it the active model.")
+    p.add_argument("export_dir", metavar="EXPORT_DIR", help="directory written by `nanofly export`")
+    p.add_argument("--port", required=True, metavar="URL",
+                   help="pyserial URL: /dev/ttyUSB0, socket://127.0.0.1:PORT, rfc2217://host:port")
+    p.add_argument("--format", choices=("int8", "f32"), default="int8", help="model format (default int8)")
+    p.add_argument("--no-activate", action="store_true", help="stage and verify only")
+    p.add_argument("--chunk-bytes", type=int, default=None, help="bytes per CHUNK (default: negotiated maximum)")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each reply (default 1)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="resends per request before giving up, each waiting twice as long (default 3)")
+    p.add_argument("--baud", type=int, default=115200, help="baud rate for real serial ports")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(handler=cmd_flash)
+
+    fw = sub.add_parser("firmware", help="bridge firmware: build, run on QEMU, query a board")
+    fw_sub = fw.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
+
+    b = fw_sub.add_parser("build", help="build the STM32F405 firmware (make + arm-none-eabi-gcc)")
+    b.add_argument("--out", default=None, help="build directory (default: firmware/build or ~/.cache)")
+    b.add_argument("--export-c", default=None, help="policy runtime sources (default: the package's export/c)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(handler=cmd_build)
+
+    e = fw_sub.add_parser("emulate", help="run the firmware on QEMU netduinoplus2 and print its port URL")
+    e.add_argument("--elf", default=None, help="firmware to run (default: build it)")
+    e.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    e.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl+C)")
+    e.set_defaults(handler=cmd_emulate)
+
+    s = fw_sub.add_parser("status", help="print a board's HELLO and STATUS")
+    s.add_argument("--port", required=True, metavar="URL", help="pyserial URL")
+    s.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (default 1)")
+    s.add_argument("--retries", type=int, default=2, help="resends before giving up (default 2)")
+    s.add_argument("--baud", type=int, default=115200)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(handler=cmd_status)
+
+    bb = bench_sub.add_parser("bridge", help="upload overhead, upload time and INFER round trip on QEMU")
+    bb.add_argument("--repeats", type=int, default=3)
+    bb.add_argument("--infer-steps", type=int, default=200)
+    bb.add_argument("--seed", type=int, default=0)
+    bb.add_argument("--policy", default=None, help="policy.pt (default: a seeded random actor)")
+    bb.add_argument("--json", action="store_true")
+    bb.set_defaults(handler=cmd_bench)
+
+
+class _ProgressBar:
+    """One line on stderr: bar, bytes, rate, retries."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30):
+        self.stream, self.width = stream, width
+        self.tty = stream.isatty()
+        self._last_pct = -1
+
+    def __call__(self, progress) -> None:
+        done, total = progress.sent_bytes, progress.total_bytes
+        frac = done / total if total else 1.0
+        pct = int(frac * 100)
+        if not self.tty and pct // 25 == self._last_pct // 25 and done < total:
+            return  # not a terminal: a line per quarter
+        self._last_pct = pct
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        line = (f"[{bar}] {done / 1024:7.1f}/{total / 1024:.1f} KiB  "
+                f"{progress.rate_bytes_per_s / 1024:6.1f} KiB/s  retries {progress.retries}"
+                + (f"  reconnects {progress.reconnects}" if progress.reconnects else ""))
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def cmd_flash(args) -> int:
+    from . import protocol as P
+    from .client import BridgeClient, LinkError, read_export_blob, upload_model
+
+    try:
+        blob, model_id = read_export_blob(args.export_dir, args.format)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar = None if args.json else _ProgressBar()
+    try:
+        with BridgeClient(args.port, timeout_s=args.timeout, retries=args.retries, baudrate=args.baud) as client:
+            result = upload_model(client, blob, args.format, model_id=model_id,
+                                  chunk_bytes=args.chunk_bytes, activate=not args.no_activate,
+                                  progress=bar)
+            status = client.status()
+    except (P.ProtocolError, OSError) as exc:
+        if bar:
+            bar.finish()
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, LinkError):
+            print("hint: check the port URL and that the board runs the bridge firmware "
+                  "(`nanofly firmware status --port URL`)", file=sys.stderr)
+        return 1
+    if bar:
+        bar.finish()
+    out = result.as_dict()
+    out["active_crc_hex"] = f"0x{status.active_crc:08x}"
+    if args.json:
+        print(json.dumps(out))
+    else:
+        verb = "active" if result.activated else "staged and verified (not activated)"
+        print(f"{args.format} model {result.size_bytes} bytes, CRC {out['crc_hex']}: {verb}; "
+              f"{result.wall_s:.2f} s, {out['rate_bytes_per_s'] / 1024:.1f} KiB/s, wire overhead "
+              f"{result.overhead:.3f}, retries {result.retries}, reconnects {result.reconnects}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .firmware import FirmwareBuildError, build_firmware, firmware_size
+
+    try:
+        elf = build_firmware(args.out, export_c=args.export_c, quiet=args.json)
+    except FirmwareBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    size = firmware_size(elf)
+    if args.json:
+        print(json.dumps({"elf": str(elf), **size}))
+    else:
+        print(f"{elf}\nflash {size['flash_bytes']} bytes, SRAM {size['sram_bytes']} of "
+              f"{size['sram_limit_bytes']} bytes")
+    return 0
+
+
+def cmd_emulate(args) -> int:
+    import time
+
+    from .emulator import EmulatedBoard, EmulatorError
+    from .firmware import FirmwareBuildError
+
+    try:
+        board = EmulatedBoard(args.elf, port=args.port, lifetime_s=args.seconds).start()
+    except (EmulatorError, FirmwareBuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(board.url, flush=True)
+        print(f"QEMU netduinoplus2 running {board.elf} (pid {board.proc.pid}); Ctrl+C stops it",
+              file=sys.stderr, flush=True)
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        while board.alive() and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from . import protocol as P
+    from .client import BridgeClient
+
+    try:
+        with BridgeClient(args.port, timeout_s=args.timeout, retries=args.retries,
+                          baudrate=args.baud) as client:
+            hello, status = client.hello(), client.status()
+    except (P.ProtocolError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"hello": hello.to_dict(), "status": status.to_dict()}))
+        return 0
+    model = (f"{status.active_format} model, {status.active_size} bytes, CRC 0x{status.active_crc:08x}, "
+             f"id 0x{status.active_model_id:08x}" if status.has_model else "none")
+    since = "never" if status.ms_since_heartbeat is None else f"{status.ms_since_heartbeat} ms ago"
+    print(f"firmware {hello.firmware_version}, protocol {hello.protocol_version}"
+          f"{' (emulated)' if hello.emulated else ''}, sysclk {hello.sysclk_hz / 1e6:.0f} MHz"
+          f"{'' if hello.emulated or hello.pll_locked else ' (PLL not locked!)'}\n"
+          f"capabilities: obs {hello.observation_dim} -> action {hello.action_dim}, formats "
+          f"{','.join(hello.formats)}, max model {hello.max_model_bytes} bytes, max payload "
+          f"{hello.max_payload} bytes, counter: {P.COUNTER_NAMES.get(hello.counter_kind)}\n"
+          f"active model: {model}\n"
+          f"staging: {status.staging_state} ({status.staging_received}/{status.staging_size} bytes)\n"
+          f"armed: {status.armed}, failsafe tripped: {status.failsafe_tripped} "
+          f"({status.failsafe_trips} total), last heartbeat: {since}, motors "
+          f"{' '.join(f'{m:.3f}' for m in status.motors)}\n"
+          f"uptime {status.uptime_ms} ms, frames ok {status.frames_ok}, bad {status.frames_bad}, "
+          f"too long {status.frames_too_long}, rx overflows {status.rx_overflows}, errors sent "
+          f"{status.errors_sent}, inferences {status.inferences} (last {status.last_inference_ticks} ticks)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .benchmark import run_bridge_bench
+
+    result = run_bridge_bench(policy=args.policy, repeats=args.repeats,
+                              infer_steps=args.infer_steps, seed=args.seed)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0

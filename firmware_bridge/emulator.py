@@ -1,0 +1,184 @@
+"""Run the bridge firmware on QEMU's netduinoplus2 (an STM32F405) as an emulated board.
+
+``with EmulatedBoard() as board: client = BridgeClient(board.url)`` builds the firmware if
+needed, starts QEMU on a free TCP port with the command line from MCU.md, waits until the
+firmware answers HELLO, and always shuts QEMU down: on exit, on garbage collection, at
+interpreter exit, after ``lifetime_s``, and (Linux) when the parent process dies.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+
+QEMU = "qemu-system-arm"
+QEMU_HINT = "install it with: apt-get install -y --no-install-recommends qemu-system-arm"
+
+
+class EmulatorError(RuntimeError):
+    """QEMU is missing, failed to start, or the firmware did not answer."""
+
+
+def qemu_missing() -> str | None:
+    return None if shutil.which(QEMU) else f"{QEMU} not found; {QEMU_HINT}"
+
+
+def qemu_command(elf: str | os.PathLike, port: int, host: str = "127.0.0.1") -> list[str]:
+    """QEMU's command line for the board (MCU.md): icount makes TIM5 count instructions;
+    ``wait=on`` holds the guest until the first client connects (no early output lost);
+    ``nodelay=on`` avoids ~44 ms of Nagle delay per small reply."""
+    return [QEMU, "-M", "netduinoplus2", "-display", "none", "-monitor", "none",
+            "-icount", "shift=0", "-kernel", str(elf),
+            "-serial", f"tcp:{host}:{port},server=on,wait=on,nodelay=on"]
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+_LIVE: "weakref.WeakSet[EmulatedBoard]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for board in list(_LIVE):
+        board.stop()
+
+
+class EmulatedBoard:
+    """A QEMU-emulated STM32F405 running the bridge firmware, reachable at :attr:`url`.
+
+    ``elf``: firmware to run (default: build it); ``lifetime_s``: kill QEMU after this many
+    seconds whatever happens (None: no limit); ``boot_timeout_s``: how long to wait for the
+    firmware's first HELLO reply."""
+
+    def __init__(self, elf: str | os.PathLike | None = None, *, host: str = "127.0.0.1",
+                 port: int | None = None, lifetime_s: float | None = None,
+                 boot_timeout_s: float = 15.0):
+        self.elf = Path(elf) if elf else None
+        self.host = host
+        self.port = port
+        self.lifetime_s = lifetime_s
+        self.boot_timeout_s = boot_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.hello = None
+        self._log = None
+        self._timer: threading.Timer | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise EmulatorError("board not started")
+        return f"socket://{self.host}:{self.port}"
+
+    def __enter__(self) -> "EmulatedBoard":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        self.stop()
+
+    def start(self) -> "EmulatedBoard":
+        missing = qemu_missing()
+        if missing:
+            raise EmulatorError(missing)
+        if self.elf is None:
+            from .firmware import build_firmware
+
+            self.elf = build_firmware()
+        if not self.elf.is_file():
+            raise EmulatorError(f"{self.elf}: firmware not found (`nanofly firmware build`)")
+        fixed_port = self.port
+        last_error = None
+        for _ in range(3 if fixed_port is None else 1):  # a picked port can be taken meanwhile
+            self.port = fixed_port or free_tcp_port(self.host)
+            self._log = tempfile.TemporaryFile(prefix="nanofly-qemu-")
+            self.proc = subprocess.Popen(qemu_command(self.elf, self.port, self.host),
+                                         stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            _LIVE.add(self)
+            if self.lifetime_s:
+                self._timer = threading.Timer(self.lifetime_s, self._kill)
+                self._timer.daemon = True
+                self._timer.start()
+            try:
+                self._wait_for_firmware()
+                return self
+            except EmulatorError as exc:
+                last_error = exc
+                self.stop()
+        raise last_error
+
+    def _wait_for_firmware(self) -> None:
+        """Connect (this starts the guest: wait=on) and wait for a HELLO reply."""
+        from .client import BridgeClient, LinkError
+
+        deadline = time.monotonic() + self.boot_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EmulatorError(f"QEMU exited with code {self.proc.returncode}: {self.log_tail()}")
+            try:
+                # Bytes sent before the firmware enables its UART are lost: short retries.
+                with BridgeClient(self.url, timeout_s=0.2, retries=5, open_timeout_s=0.5) as probe:
+                    self.hello = probe.hello()
+                    return
+            except LinkError:
+                time.sleep(0.05)
+        raise EmulatorError(f"firmware on {self.url} did not answer HELLO within "
+                            f"{self.boot_timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, n_bytes: int = 2000) -> str:
+        if self._log is None or self._log.closed:
+            return ""
+        self._log.flush()
+        self._log.seek(0, os.SEEK_END)
+        size = self._log.tell()
+        self._log.seek(max(0, size - n_bytes))
+        return self._log.read().decode(errors="replace").strip()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def stop(self) -> None:
+        """Stop QEMU (SIGTERM, then SIGKILL after 3 s). Safe to call twice."""
+        timer, self._timer = getattr(self, "_timer", None), None
+        if timer is not None:
+            timer.cancel()
+        proc, self.proc = getattr(self, "proc", None), None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=3)
+        log, self._log = getattr(self, "_log", None), None
+        if log is not None:
+            log.close()

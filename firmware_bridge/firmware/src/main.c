@@ -1,0 +1,26 @@
+/* nanofly serial bridge firmware: receive frames on USART1, answer them, sleep when idle. */
+#include "board.h"
+#include "bridge.h"
+#include "frame.h"
+
+static nf_parser parser;
+
+void board_control_tick(uint32_t now_ms) { bridge_control_tick(now_ms); }
+
+int main(void) {
+    board_init();
+    nf_parser_init(&parser);
+    bridge_set_parser(&parser);
+    bridge_init();
+    for (;;) {
+        int c;
+        while ((c = board_uart_getc()) >= 0) {
+            nf_frame frame;
+            if (nf_parser_push(&parser, (uint8_t)c, &frame)) {
+                bridge_count_rx_overflow(board_uart_rx_overflows());
+                bridge_handle_frame(&frame);
+            }
+        }
+        board_wait_for_interrupt();
+    }
+}

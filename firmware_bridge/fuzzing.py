@@ -1,0 +1,104 @@
+"""libFuzzer runs of the firmware's frame parser and command handler (host build).
+
+The harness is ``firmware/host/fuzz_bridge.c``; its input format (a mode byte, then raw bytes
+or framed records) is described there. Seeds: whole valid sessions (HELLO, an upload of a
+real exported model, COMMIT, ACTIVATE, INFER, ARM, heartbeats, clock advances) so the
+fuzzer starts deep inside the command handler, plus raw wire captures of the same sessions.
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import protocol as P
+
+TICK = 0xFE  # harness record: advance the clock by 4 * arg ms
+
+
+def _record(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+    return struct.pack("<BBH", ftype, seq & 0xFF, len(payload)) + payload
+
+
+def session_records(blob: bytes, fmt: int, *, chunk: int = 512, seed: int = 0,
+                    obs_dim: int = 146) -> list[tuple[int, int, bytes]]:
+    """(type, seq, payload) of a complete upload + use of ``blob``."""
+    rng = np.random.default_rng(seed)
+    crc = P.model_crc(blob)
+    recs = [(P.CMD_HELLO, P.hello_request()), (P.CMD_BEGIN, P.begin_request(len(blob), crc, fmt, 7))]
+    recs += [(P.CMD_CHUNK, P.chunk_request(o, blob[o:o + chunk])) for o in range(0, len(blob), chunk)]
+    recs += [(P.CMD_COMMIT, b""), (P.CMD_ACTIVATE, struct.pack("<I", crc))]
+    obs = rng.uniform(-1, 1, (2, obs_dim)).astype("<f4")
+    recs += [(P.CMD_INFER, obs[0].tobytes()), (P.CMD_ARM, b""), (P.CMD_INFER, obs[1].tobytes()),
+             (P.CMD_HEARTBEAT, b""), (P.CMD_STATUS, b"")]
+    return [(t, i, p) for i, (t, p) in enumerate(recs)]
+
+
+def write_seed_corpus(corpus_dir: str | os.PathLike, blobs: dict[int, bytes]) -> int:
+    """Write seed inputs for each (format -> blob); returns the number of files."""
+    corpus_dir = Path(corpus_dir)
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+
+    def put(name: str, data: bytes) -> None:
+        nonlocal n
+        (corpus_dir / name).write_bytes(data)
+        n += 1
+
+    for fmt, blob in blobs.items():
+        recs = session_records(blob, fmt)
+        structured = b"".join(_record(t, s, p) for t, s, p in recs)
+        # with clock advances: heartbeat, then 60 * 4 ms of silence trips the dead man's switch
+        put(f"session_{fmt}", b"\x00" + structured + bytes([TICK, 20]) + _record(P.CMD_HEARTBEAT, 90)
+            + bytes([TICK, 60]) + _record(P.CMD_STATUS, 91))
+        put(f"wire_{fmt}", b"\x01" + b"".join(P.encode_frame(t, s, p) for t, s, p in recs))
+        put(f"repeat_{fmt}", b"\x00" + b"".join(_record(t, s, p) * 2 for t, s, p in recs[:4]))
+    put("unknown", b"\x00" + _record(0x42, 1) + _record(P.CMD_STATUS, 2))
+    put("garbage", b"\x01" + bytes(range(256)) * 4)
+    return n
+
+
+def run_fuzzer(binary: str | os.PathLike, corpus_dir: str | os.PathLike, *, seconds: float,
+               artifacts_dir: str | os.PathLike, seed: int = 0, timeout_per_input_s: int = 10,
+               max_len: int = 70000, log_path: str | os.PathLike | None = None) -> dict:
+    """Run libFuzzer for ``seconds``; returns executions, crashes, hangs and coverage.
+
+    A crash (sanitizer report or the harness's abort) or a hang (one input running longer
+    than ``timeout_per_input_s``) stops libFuzzer and leaves a ``crash-*`` / ``timeout-*``
+    file in ``artifacts_dir``."""
+    artifacts_dir = Path(artifacts_dir)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(binary), str(corpus_dir), f"-max_total_time={int(seconds)}", f"-seed={seed or 1}",
+           f"-timeout={timeout_per_input_s}", f"-max_len={max_len}", "-print_final_stats=1",
+           f"-artifact_prefix={artifacts_dir}/", "-close_fd_mask=1", "-rss_limit_mb=2048"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    wall = time.monotonic() - t0
+    log = proc.stderr
+    if log_path:
+        Path(log_path).write_text(log)
+
+    def stat(name: str) -> int | None:
+        m = re.search(rf"stat::{name}:\s+(\d+)", log)
+        return int(m.group(1)) if m else None
+
+    cov = re.findall(r"cov: (\d+) ft: (\d+)", log)
+    inited = re.search(r"INITED cov: (\d+)", log)
+    crashes = sorted(p.name for p in artifacts_dir.glob("crash-*")) + \
+        sorted(p.name for p in artifacts_dir.glob("leak-*")) + sorted(p.name for p in artifacts_dir.glob("oom-*"))
+    hangs = sorted(p.name for p in artifacts_dir.glob("timeout-*"))
+    return {
+        "exit_code": proc.returncode, "wall_s": wall, "seconds_requested": seconds,
+        "executions": stat("number_of_executed_units"),
+        "exec_per_s": stat("average_exec_per_sec"),
+        "coverage_edges": int(cov[-1][0]) if cov else None,
+        "features": int(cov[-1][1]) if cov else None,
+        "initial_coverage_edges": int(inited.group(1)) if inited else None,  # seeds alone
+        "crashes": len(crashes), "hangs": len(hangs), "artifacts": crashes + hangs,
+        "log_tail": "\n".join(log.strip().splitlines()[-15:]) if proc.returncode else "",
+    }

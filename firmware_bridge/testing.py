@@ -1,0 +1,110 @@
+"""Helpers for tests and benchmarks of the bridge: policies, exports, reference actions and
+deliberately broken blobs. (Not used by the bridge itself.)"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HOVER_POLICY = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover" / "policy.pt"
+
+
+def random_policy(path: str | os.PathLike, *, layer_sizes=(146, 64, 64, 4), seed: int = 0) -> Path:
+    """A seeded random actor saved as a policy file (stands in for a trained one)."""
+    from nanofly.train.policy import init_actor, save_policy
+
+    actor = init_actor(list(layer_sizes), seed)
+    return save_policy(path, actor,
+                       observation={"dim": int(layer_sizes[0]), "note": "random actor for bridge tests"},
+                       action={"dim": int(layer_sizes[-1]), "mapping": "rpm = (a + 1) / 2 * max_rpm"},
+                       vehicle={"preset": "crazyflie_paper", "params": {}},
+                       extra={"seed": seed, "purpose": "firmware bridge test"})
+
+
+def test_policy(work_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The lead's trained hover policy when it exists, else a seeded random actor."""
+    if HOVER_POLICY.is_file():
+        return HOVER_POLICY
+    return random_policy(Path(work_dir) / f"random_actor_{seed}.pt", seed=seed)
+
+
+test_policy.__test__ = False  # not a pytest test
+
+
+def export(policy: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0,
+           n_calibration: int = 2048) -> Path:
+    """Export with the real exporter; calibration and evaluation observations are the
+    exporter's synthetic hover-like ones (seeded), which keeps tests fast and independent of
+    the simulator. The bridge sends the resulting blobs unchanged either way."""
+    import torch
+
+    from nanofly.export import export_policy
+    from nanofly.export.calibration import synthetic_observations
+
+    dim = int(torch.load(policy, map_location="cpu", weights_only=True)["actor"]["layer_sizes"][0])
+    export_policy(policy, out_dir, seed=seed,
+                  calibration_obs=(synthetic_observations(n_calibration, dim, seed), "synthetic"),
+                  eval_obs=(synthetic_observations(1000, dim, seed + 1), "synthetic"))
+    return Path(out_dir)
+
+
+def f32_blob(layer_sizes, seed: int = 0) -> bytes:
+    """A float32 model blob of a seeded random actor, written by the exporter's blob writer
+    (``nanofly.export.blob.pack_f32``) without a full export."""
+    from nanofly.export.blob import pack_f32
+    from nanofly.train.policy import init_actor
+
+    layers = init_actor(list(layer_sizes), seed).linear_layers()
+    return pack_f32([l.weight.detach().numpy() for l in layers], [l.bias.detach().numpy() for l in layers])
+
+
+def observations(n: int, dim: int = 146, seed: int = 0) -> np.ndarray:
+    """Observations in [-1, 1] (float32), seeded."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, (n, dim)).astype(np.float32)
+
+
+def host_reference(export_dir: str | os.PathLike, fmt: str, obs: np.ndarray) -> np.ndarray:
+    """Actions of the host C runtime (``nanofly.export.backends``) for the same blob."""
+    from nanofly.export.backends import make_backend
+
+    backend = make_backend(f"c-{fmt}", str(export_dir))
+    try:
+        return np.asarray(backend(obs), dtype=np.float32)
+    finally:
+        close = getattr(backend, "close", None)
+        if close:
+            close()
+
+
+def payload_offset(blob: bytes) -> int:
+    n_layers = blob[8]
+    return (16 + 2 * (n_layers + 1) + 3) // 4 * 4
+
+
+def with_crc_fixed(body_and_old_crc: bytes) -> bytes:
+    body = bytes(body_and_old_crc[:-4])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def with_nan_weight(blob: bytes) -> bytes:
+    """The blob with its first payload float (f32: first bias; int8: first input multiplier)
+    set to NaN and its own CRC recomputed: only the finite-weights check can catch it."""
+    out = bytearray(blob)
+    struct.pack_into("<f", out, payload_offset(blob), float("nan"))
+    return with_crc_fixed(bytes(out))
+
+
+def with_stale_crc(blob: bytes) -> bytes:
+    """The blob with one payload byte changed and its own trailing CRC left as it was."""
+    out = bytearray(blob)
+    out[payload_offset(blob) + 5] ^= 0x10
+    return bytes(out)
+
+
+def truncated(blob: bytes, keep: int) -> bytes:
+    """The first ``keep`` bytes of the blob, ending in a CRC of those bytes, i.e. a file cut
+    short but internally consistent for the transfer."""
+    return with_crc_fixed(bytes(blob[:keep]) + b"\0\0\0\0")

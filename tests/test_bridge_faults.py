@@ -1,0 +1,223 @@
+"""Link and model faults, injected by a TCP fault proxy between the client and the emulated
+board. In every case the client either recovers or reports a clear error, and afterwards the
+active model is the one expected (the old one unless a new one arrived whole and verified) and
+intact: STATUS shows its CRC and INFER reproduces the host C runtime's actions.
+
+One emulated board for the module; model A (seed 0) is active before each test."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nanofly.firmware_bridge import protocol as P
+from nanofly.firmware_bridge import testing as T
+from nanofly.firmware_bridge.client import BridgeClient, LinkError, read_export_blob, upload_model
+from nanofly.firmware_bridge.emulator import EmulatedBoard, qemu_missing
+from nanofly.firmware_bridge.faultproxy import (Blackhole, Corrupt, Disconnect, Drop,
+                                                DuplicateFrames, FaultProxy)
+from nanofly.firmware_bridge.firmware import build_firmware, toolchain_missing
+
+pytestmark = pytest.mark.skipif(bool(toolchain_missing() or qemu_missing()),
+                                reason=f"{toolchain_missing() or qemu_missing()}")
+
+OBS = T.observations(6, seed=3)
+
+
+class Model:
+    def __init__(self, export_dir, fmt):
+        self.dir, self.fmt = export_dir, fmt
+        self.blob, self.id = read_export_blob(export_dir, fmt)
+        self.crc = P.model_crc(self.blob)
+        self.actions = T.host_reference(export_dir, fmt, OBS)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bridge_faults")
+    a = T.export(T.random_policy(work / "a.pt", seed=0), work / "a", seed=0)
+    b = T.export(T.random_policy(work / "b.pt", seed=1), work / "b", seed=0)
+    return {"A": Model(a, "int8"), "B": Model(b, "int8"), "A_f32": Model(a, "f32"),
+            # refused before they could run: the exporter's blob writer is enough for these
+            "wide_f32": T.f32_blob((146, 128, 128, 4), seed=2),
+            "dims_f32": T.f32_blob((100, 16, 4), seed=3)}
+
+
+@pytest.fixture(scope="module")
+def board():
+    with EmulatedBoard(build_firmware(), lifetime_s=600) as b:
+        yield b
+
+
+def connect(url, **kw) -> BridgeClient:
+    kw.setdefault("timeout_s", 0.25)
+    kw.setdefault("retries", 10)
+    return BridgeClient(url, **kw)
+
+
+def assert_active(board, model: Model) -> None:
+    """STATUS shows the model active, and INFER reproduces the host C runtime's actions."""
+    with connect(board.url) as c:
+        s = c.status()
+        assert s.active_crc == model.crc and s.active_size == len(model.blob), s
+        got = np.array([c.infer(row)[0] for row in OBS])
+    np.testing.assert_allclose(got, model.actions, rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def with_a(board, models):
+    """Model A active before the test (uploaded over a clean link when it is not)."""
+    a = models["A"]
+    with connect(board.url) as c:
+        if c.status().active_crc != a.crc:
+            upload_model(c, a.blob, a.fmt, model_id=a.id)
+    assert_active(board, a)
+    return a
+
+
+def test_corrupted_bytes_both_directions_recover(board, models, with_a):
+    b = models["B"]
+    to_board, to_host = Corrupt(1e-4, seed=11), Corrupt(every=250, seed=12)
+    with FaultProxy(board.port, to_board=[to_board], to_host=[to_host]) as proxy, connect(proxy.url) as c:
+        result = upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=512)
+    assert to_board.count > 0 and to_host.count > 0 and result.retries > 0
+    assert_active(board, b)
+
+
+def test_dropped_bytes_recover(board, models, with_a):
+    b = models["B"]
+    to_board, to_host = Drop(1e-4, seed=21), Drop(every=250, seed=22)
+    with FaultProxy(board.port, to_board=[to_board], to_host=[to_host]) as proxy, connect(proxy.url) as c:
+        result = upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=512)
+    assert to_board.count > 0 and to_host.count > 0 and result.retries > 0
+    assert_active(board, b)
+
+
+def test_duplicated_frames_are_answered_not_redone(board, models, with_a):
+    b = models["B"]
+    dup_to_board, dup_to_host = DuplicateFrames(every=1), DuplicateFrames(every=2)
+    with connect(board.url) as c:
+        repeats_before = c.status().repeats_answered
+    with FaultProxy(board.port, to_board=[dup_to_board], to_host=[dup_to_host]) as proxy, \
+            connect(proxy.url) as c:
+        upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=1024)  # ACTIVATE arrives twice: swaps once
+        assert c.stats.stale_frames > 0
+        s = c.status()
+    assert dup_to_board.count > 5 and s.repeats_answered > repeats_before
+    assert s.staging_state == "empty"  # a second swap would have staged A back
+    assert_active(board, b)
+
+
+def test_truncated_upload_reports_and_keeps_active_model(board, models, with_a):
+    b = models["B"]
+    cut = len(b.blob) // 2
+    with FaultProxy(board.port, to_board=[Blackhole(after_bytes=cut)]) as proxy, \
+            connect(proxy.url, timeout_s=0.2, retries=1) as c:
+        with pytest.raises(LinkError, match="no reply to CHUNK"):
+            upload_model(c, b.blob, b.fmt, model_id=b.id, max_reconnects=0, chunk_bytes=512)
+    assert_active(board, with_a)
+    with connect(board.url) as c:
+        s = c.status()
+        assert s.staging_state == "receiving" and 0 < s.staging_received < len(b.blob)
+        with pytest.raises(P.DeviceError, match="INCOMPLETE") as err:
+            c.commit()
+        assert "upload the rest" in str(err.value)
+        with pytest.raises(P.DeviceError, match="NOT_VERIFIED"):
+            c.activate(b.crc)
+    # a truncated file (consistent transfer CRC, wrong header size) fails verification
+    short = T.truncated(b.blob, len(b.blob) // 2)
+    with connect(board.url) as c, pytest.raises(P.DeviceError) as err:
+        upload_model(c, short, "int8", model_id=1)
+    assert err.value.code == P.ERR_MODEL and err.value.detail0 == -3  # NANOFLY_ERR_SIZE
+    assert_active(board, with_a)
+
+
+def test_disconnect_mid_upload_resumes(board, models, with_a):
+    b = models["B"]
+    fault = Disconnect(after_bytes=len(b.blob) // 2)
+    with FaultProxy(board.port, to_board=[fault]) as proxy, connect(proxy.url, timeout_s=0.3) as c:
+        result = upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=1024)
+        assert fault.fired and proxy.connections == 2
+    assert result.reconnects == 1
+    # the second BEGIN resumed: the bytes sent after reconnecting are about half the model
+    assert 0 < result.extra["resume_offsets"][-1] < len(b.blob)
+    assert_active(board, b)
+
+
+def test_wrong_transfer_crc_is_refused(board, models, with_a):
+    b = models["B"]
+    with connect(board.url) as c:
+        c.hello()
+        c.begin(len(b.blob), b.crc ^ 0x1, P.FORMAT_INT8, b.id)
+        for offset in range(0, len(b.blob), 2044):
+            c.chunk(offset, b.blob[offset:offset + 2044])
+        with pytest.raises(P.DeviceError, match="CRC-32 mismatch") as err:
+            c.commit()
+        assert err.value.detail0 & 0xFFFFFFFF == b.crc
+        with pytest.raises(P.DeviceError, match="NOT_VERIFIED"):
+            c.activate(b.crc ^ 0x1)
+    # a blob whose own CRC is stale (corrupted before sending) fails the runtime's check
+    with connect(board.url) as c, pytest.raises(P.DeviceError, match="own CRC") as err:
+        upload_model(c, T.with_stale_crc(b.blob), "int8", model_id=2)
+    assert err.value.detail0 == -4  # NANOFLY_ERR_CRC
+    assert_active(board, with_a)
+
+
+def test_oversized_model_is_refused_at_begin(board, models, with_a):
+    big = models["wide_f32"]
+    with connect(board.url) as c:
+        limit = c.hello().max_model_bytes
+        assert len(big) > limit
+        with pytest.raises(P.DeviceError, match="exceeds the firmware") as err:
+            upload_model(c, big, "f32", model_id=3)
+        assert err.value.code == P.ERR_SIZE and c.stats.bytes_sent < 200  # refused before any chunk
+    assert_active(board, with_a)
+
+
+def test_wrong_dimensions_are_refused(board, models, with_a):
+    with connect(board.url) as c, pytest.raises(P.DeviceError, match="100 -> 4") as err:
+        upload_model(c, models["dims_f32"], "f32", model_id=4)
+    assert err.value.code == P.ERR_DIMS
+    assert_active(board, with_a)
+
+
+@pytest.mark.parametrize("key", ["A_f32", "B"])
+def test_nan_weights_are_refused(board, models, with_a, key):
+    model = models[key]
+    with connect(board.url) as c, pytest.raises(P.DeviceError, match="NaN") as err:
+        upload_model(c, T.with_nan_weight(model.blob), model.fmt, model_id=5)
+    assert err.value.code == P.ERR_MODEL and err.value.detail0 == -7  # NANOFLY_ERR_NONFINITE
+    assert_active(board, with_a)
+
+
+def test_unknown_commands_and_bad_lengths_get_error_replies(board, with_a):
+    with connect(board.url) as c:
+        for ftype in (0x00, 0x42, 0x7F, 0x81, 0xFE):
+            with pytest.raises(P.DeviceError, match="UNKNOWN_COMMAND"):
+                c.request(ftype, b"\x01\x02")
+        with pytest.raises(P.DeviceError, match="LENGTH"):
+            c.request(P.CMD_HELLO, b"\x01")
+        with pytest.raises(P.DeviceError, match="PROTOCOL"):
+            c.request(P.CMD_HELLO, P.hello_request(version=99))
+        with pytest.raises(P.DeviceError, match="STATE"):
+            c.request(P.CMD_COMMIT)  # nothing being uploaded
+        with pytest.raises(P.DeviceError, match="FORMAT"):
+            c.begin(1000, 0, 7, 0)
+    assert_active(board, with_a)
+
+
+def test_garbage_flood_then_upload_works(board, models, with_a):
+    b = models["B"]
+    rng = np.random.default_rng(5)
+    with connect(board.url) as c:
+        bad_before = c.status().frames_bad
+        c.send_raw(rng.bytes(16_000))                       # random bytes, zeros included
+        c.send_raw(bytes(rng.integers(1, 256, 6_000, dtype=np.uint8)))  # one endless frame
+        c.send_raw(P.encode_frame(P.CMD_STATUS, 1)[:-9])   # cut-off frame
+        # the leading 0x00 of the next frame resynchronizes; QEMU takes ~1 s to swallow 22 KB
+        s = P.Status.decode(c.request(P.CMD_STATUS, timeout_s=10))
+        assert s.frames_bad > bad_before and s.frames_too_long > 0
+        assert s.active_crc == with_a.crc
+    assert_active(board, with_a)
+    with connect(board.url) as c:
+        upload_model(c, b.blob, b.fmt, model_id=b.id)
+    assert_active(board, b)

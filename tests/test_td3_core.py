@@ -1,0 +1,462 @@
+"""TD3Core (numba kernels) against a plain-PyTorch TD3 reference written here.
+
+Tolerances: both sides compute in float32 but sum in different orders (BLAS blocking vs
+torch's kernels) and the kernels use a rational tanh approximation (max error ~3 float32 ulps,
+tested below). Gradients then agree to ~1e-6 relative to their scale (asserted at 1e-4
+relative to the largest |grad| of the network). Adam normalises each step to about
+lr = 1e-3 per parameter, so after a few steps parameters agree to ~1e-7..1e-6 absolute;
+PERF_NOTES saw 7e-6 for the same comparison, and we assert 2e-5 absolute. A real bug (wrong
+sign, missing term, wrong target) moves parameters by ~1e-3 per step, 50x above that.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nanofly.train import td3_kernels
+from nanofly.train.policy import Actor
+from nanofly.train.td3_core import TD3Core
+
+PARAM_ATOL = 2e-5
+GRAD_RTOL = 1e-4
+
+
+# ------------------------------------------------------------------------------ reference
+class TorchTD3:
+    """Plain TD3 in PyTorch (CleanRL style), initialised from a TD3Core's weights."""
+
+    def __init__(self, core: TD3Core):
+        self.core = core
+        self.actor = core.to_actor()
+        self.q1, self.q2 = core.to_critics()
+        self.actor_target = copy.deepcopy(self.actor)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        kw = dict(lr=core.actor_lr, betas=core.betas, eps=core.eps,
+                  weight_decay=core.weight_decay)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), **kw)
+        self.critic_opt = torch.optim.Adam(list(self.q1.parameters()) + list(self.q2.parameters()),
+                                           **kw)
+
+    def critic_update(self, critic_obs, action, reward, next_critic_obs, next_actor_obs,
+                      terminated, noise):
+        t = [torch.from_numpy(a) for a in (critic_obs, action, reward.reshape(-1),
+                                           next_critic_obs, next_actor_obs,
+                                           terminated.reshape(-1), noise)]
+        obs_c, act, rew, next_obs_c, next_obs_a, term, noise = t
+        c = self.core
+        with torch.no_grad():
+            smoothing = (noise * c.smoothing_std).clamp(-c.smoothing_clip, c.smoothing_clip)
+            next_act = (self.actor_target(next_obs_a) + smoothing).clamp(-1.0, 1.0)
+            x_next = torch.cat([next_obs_c, next_act], 1)
+            q_next = torch.min(self.q1_target(x_next), self.q2_target(x_next)).view(-1)
+            y = rew + c.gamma * (1.0 - term) * q_next
+        x = torch.cat([obs_c, act], 1)
+        mse = nn.MSELoss()
+        loss = mse(self.q1(x).view(-1), y) + mse(self.q2(x).view(-1), y)
+        self.critic_opt.zero_grad()
+        loss.backward()
+        self.critic_opt.step()
+        return loss.item(), y
+
+    def actor_update(self, obs_a, obs_c, update_targets=True):
+        obs_a, obs_c = torch.from_numpy(obs_a), torch.from_numpy(obs_c)
+        loss = -self.q1(torch.cat([obs_c, self.actor(obs_a)], 1)).mean()
+        self.actor_opt.zero_grad()
+        loss.backward()
+        self.actor_opt.step()
+        if update_targets:
+            self.update_targets()
+        return loss.item()
+
+    def update_targets(self):
+        p = self.core.polyak
+        with torch.no_grad():
+            for net, tgt in ((self.actor, self.actor_target), (self.q1, self.q1_target),
+                             (self.q2, self.q2_target)):
+                for w, tw in zip(net.parameters(), tgt.parameters()):
+                    tw.mul_(p).add_(w, alpha=1.0 - p)
+
+
+def torch_params(module: nn.Module) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().ravel() for p in module.parameters()])
+
+
+def torch_grads(module: nn.Module) -> np.ndarray:
+    return np.concatenate([p.grad.numpy().ravel() for p in module.parameters()])
+
+
+def core_actor_params(core, target=False):
+    return torch_params(core.to_actor(target))
+
+
+def core_critic_params(core, target=False):
+    q1, q2 = core.to_critics(target)
+    return torch_params(q1), torch_params(q2)
+
+
+def core_grads(core):
+    """The core's last gradients in torch parameter order (actor, Q1, Q2)."""
+    actor = np.concatenate([a for w, b in core._actor_views(core.grads) for a in (w.ravel(), b)])
+    critics = [np.concatenate([a.ravel() for w, b in core._critic_views(core.grads, c)
+                               for a in (w, b)]) for c in (0, 1)]
+    return actor, critics[0], critics[1]
+
+
+def make_batch(rng, core, b=64, terminal_fraction=0.2):
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    return dict(
+        critic_obs=f(b, core.critic_obs_dim),
+        action=rng.uniform(-1, 1, (b, core.action_dim)).astype(np.float32),
+        reward=f(b),
+        next_critic_obs=f(b, core.critic_obs_dim),
+        next_actor_obs=f(b, core.actor_obs_dim),
+        terminated=(rng.random(b) < terminal_fraction).astype(np.float32),
+        noise=f(b, core.action_dim),
+    )
+
+
+def small_core(**kw):
+    args = dict(actor_obs_dim=20, critic_obs_dim=7, action_dim=3, actor_hidden=(16, 12),
+                critic_hidden=(10, 14), batch_size=64, seed=3)
+    args.update(kw)
+    return TD3Core(**args)
+
+
+def assert_close(a, b, atol=PARAM_ATOL, what=""):
+    err = float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol:.3g}"
+
+
+# --------------------------------------------------------------------------------- tests
+def test_tanh_approximation_error():
+    x = np.linspace(-10, 10, 400_001, dtype=np.float32)
+    out = np.empty_like(x)
+    td3_kernels.tanh_approx_array(x, out)
+    err = np.abs(out.astype(np.float64) - np.tanh(x.astype(np.float64)))
+    # measured 2.7e-7 (~5 float32 ulps; spacing near 1 is 6e-8); torch.tanh is 3e-8
+    assert err.max() < 4e-7, err.max()
+    assert np.all(np.abs(out) <= 1.0)
+    assert np.array_equal(out, -out[::-1])  # odd
+
+
+@pytest.mark.parametrize("dims", [dict(), dict(critic_obs_dim=20), dict(threads=2)],
+                         ids=["asymmetric", "symmetric-critic", "two-threads"])
+def test_updates_match_torch_reference(dims):
+    """A few interleaved critic/actor steps: gradients, parameters, targets and losses."""
+    core = small_core(**dims)
+    ref = TorchTD3(core)
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        batch = make_batch(rng, core)
+        loss = core.critic_update(**batch)
+        ref_loss, _ = ref.critic_update(**batch)
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        _, g1, g2 = core_grads(core)
+        for g, net in ((g1, ref.q1), (g2, ref.q2)):
+            rg = torch_grads(net)
+            assert_close(g, rg, GRAD_RTOL * np.abs(rg).max(), f"critic grads step {step}")
+        if step % 2 == 1:
+            a_loss = core.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
+            ref_a_loss = ref.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
+            assert a_loss == pytest.approx(ref_a_loss, rel=1e-5, abs=1e-6)
+            ga, _, _ = core_grads(core)
+            rg = torch_grads(ref.actor)
+            assert_close(ga, rg, GRAD_RTOL * np.abs(rg).max(), f"actor grads step {step}")
+    assert_close(core_actor_params(core), torch_params(ref.actor), what="actor")
+    assert_close(core_actor_params(core, True), torch_params(ref.actor_target), what="actor tgt")
+    for mine, theirs, name in zip(core_critic_params(core), (ref.q1, ref.q2), ("Q1", "Q2")):
+        assert_close(mine, torch_params(theirs), what=name)
+    for mine, theirs, name in zip(core_critic_params(core, True),
+                                  (ref.q1_target, ref.q2_target), ("Q1 tgt", "Q2 tgt")):
+        assert_close(mine, torch_params(theirs), what=name)
+    # the updates did move the parameters (so the comparison above is not vacuous)
+    assert np.abs(core_actor_params(core) - core_actor_params(small_core(**dims))).max() > 1e-3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_paper_sizes_match_torch_reference(threads):
+    core = TD3Core(seed=5, threads=threads)  # 146 / 28 / 4, 64-64, batch 256
+    ref = TorchTD3(core)
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        batch = make_batch(rng, core, b=256)
+        core.critic_update(**batch)
+        ref.critic_update(**batch)
+        core.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
+        ref.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
+    assert_close(core_actor_params(core), torch_params(ref.actor), what="actor")
+    for mine, theirs in zip(core_critic_params(core), (ref.q1, ref.q2)):
+        assert_close(mine, torch_params(theirs), what="critic")
+    obs = rng.standard_normal((5, 146)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref.actor(torch.from_numpy(obs)).numpy()
+    assert_close(core.actor_forward(obs), expected, 1e-6, "actor_forward")
+
+
+def _mean_td_target(core, batch):
+    """Mean TD target y over the batch that the kernel used (from its statistics)."""
+    core.critic_update(**batch)
+    return float(core.critic_stats[4])
+
+
+def _hand_td_target(ref, batch, next_action_fn, gamma):
+    with torch.no_grad():
+        mu = ref.actor_target(torch.from_numpy(batch["next_actor_obs"]))
+        x_next = torch.cat([torch.from_numpy(batch["next_critic_obs"]), next_action_fn(mu)], 1)
+        q_next = torch.min(ref.q1_target(x_next), ref.q2_target(x_next)).view(-1)
+        return torch.from_numpy(batch["reward"]) + gamma * (
+            1 - torch.from_numpy(batch["terminated"])) * q_next
+
+
+def test_target_smoothing_noise_and_action_clipping():
+    """Huge noise must be clipped to +-smoothing_clip, then the action to [-1, 1]."""
+    rng = np.random.default_rng(2)
+    batch = make_batch(rng, small_core())
+    for sign in (1.0, -1.0):
+        batch["noise"] = np.full_like(batch["noise"], sign * 1e3)
+        # noise clipped at 0.5: a' = clip(mu' + 0.5 sign, -1, 1)
+        core = small_core(smoothing_std=0.2, smoothing_clip=0.5)
+        ref = TorchTD3(core)
+        y_hand = _hand_td_target(ref, batch, lambda mu: (mu + 0.5 * sign).clamp(-1, 1), core.gamma)
+        _, y_ref = ref.critic_update(**batch)
+        assert torch.allclose(y_ref, y_hand, atol=1e-6)
+        assert _mean_td_target(core, batch) == pytest.approx(y_hand.mean().item(), abs=1e-5)
+        # noise clip out of the way: only the action clip bounds a' (= +-1 everywhere)
+        core = small_core(smoothing_std=0.2, smoothing_clip=1e3)
+        y_hand_sat = _hand_td_target(ref, batch, lambda mu: torch.full_like(mu, sign), core.gamma)
+        assert _mean_td_target(core, batch) == pytest.approx(y_hand_sat.mean().item(), abs=1e-5)
+        # the two cases differ, so each assertion above can tell the clips apart
+        assert abs(y_hand_sat.mean().item() - y_hand.mean().item()) > 1e-4
+
+
+def test_min_of_twin_critics_and_termination():
+    """y = r + gamma (1 - terminated) min(Q1', Q2'): set the target critics' output biases
+    so that Q2' = Q1' + 5 and check the target uses Q1'; terminated rows get only r."""
+    core = small_core(gamma=0.9)
+    c2 = core.critic_hidden[1]
+    # zero the last-layer weights of both target critics: Q' = output bias exactly
+    views1 = core._critic_views(core.targets, 0)
+    views2 = core._critic_views(core.targets, 1)
+    views1[2][0][...] = 0
+    views2[2][0][...] = 0
+    views1[2][1][...] = 1.5
+    views2[2][1][...] = 6.5
+    assert views1[2][0].shape == (1, c2)
+    rng = np.random.default_rng(3)
+    batch = make_batch(rng, core, b=32)
+    reward, term = batch["reward"], batch["terminated"]
+    term[:] = 0
+    term[::4] = 1  # a quarter terminated
+    expected = reward + 0.9 * (1 - term) * 1.5
+    q1, q2 = core.to_critics()  # online critics before the update
+    with torch.no_grad():
+        x = torch.cat([torch.from_numpy(batch["critic_obs"]), torch.from_numpy(batch["action"])], 1)
+        q = torch.cat([q1(x), q2(x)], 1).numpy()
+    expected_loss = float(((q - expected[:, None]) ** 2).mean(0).sum())
+    assert core.critic_update(**batch) == pytest.approx(expected_loss, rel=1e-5)
+    assert core.critic_stats[4] == pytest.approx(expected.mean(), abs=1e-6)
+    # swap which critic is lower: the target must follow the minimum (now Q2' = 1.5)
+    views1[2][1][...] = 6.5
+    views2[2][1][...] = 1.5
+    core.critic_update(**batch)
+    assert core.critic_stats[4] == pytest.approx(expected.mean(), abs=1e-6)
+    # truncation is not termination: with terminated all 0 every row bootstraps
+    core3 = small_core(gamma=0.9)
+    for views in (core3._critic_views(core3.targets, 0), core3._critic_views(core3.targets, 1)):
+        views[2][0][...] = 0
+    core3._critic_views(core3.targets, 0)[2][1][...] = 1.5
+    core3._critic_views(core3.targets, 1)[2][1][...] = 6.5
+    batch["terminated"][:] = 0
+    core3.critic_update(**batch)
+    assert core3.critic_stats[4] == pytest.approx((reward + 0.9 * 1.5).mean(), abs=1e-6)
+    batch["terminated"][:] = 1
+    core4 = small_core(gamma=0.9)
+    core4.critic_update(**batch)
+    assert core4.critic_stats[4] == pytest.approx(reward.mean(), abs=1e-6)
+
+
+def test_polyak_update_alone():
+    core = small_core(polyak=0.9)
+    rng = np.random.default_rng(4)
+    core.params[...] = rng.standard_normal(core.params.shape).astype(np.float32)
+    before = core.targets.copy()
+    online = core.params.copy()
+    core.update_targets()
+    np.testing.assert_allclose(core.targets, 0.9 * before + 0.1 * online, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(core.params, online)
+
+
+def test_actor_update_leaves_critics_and_critic_update_leaves_actor():
+    core = small_core()
+    rng = np.random.default_rng(5)
+    batch = make_batch(rng, core)
+    n_actor = core.n_actor_params
+    before = core.params.copy()
+    tgt_before = core.targets.copy()
+    core.critic_update(**batch)
+    np.testing.assert_array_equal(core.params[:n_actor], before[:n_actor])
+    assert np.abs(core.params[n_actor:] - before[n_actor:]).max() > 1e-4
+    np.testing.assert_array_equal(core.targets, tgt_before)  # critic step: no Polyak
+    mid = core.params.copy()
+    core.actor_update(batch["next_actor_obs"], batch["critic_obs"], update_targets=False)
+    np.testing.assert_array_equal(core.params[n_actor:], mid[n_actor:])
+    assert np.abs(core.params[:n_actor] - mid[:n_actor]).max() > 1e-4
+    np.testing.assert_array_equal(core.targets, tgt_before)
+    core.actor_update(batch["next_actor_obs"], batch["critic_obs"])  # with Polyak
+    assert np.abs(core.targets - tgt_before).max() > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_determinism(threads):
+    results = []
+    for _ in range(2):
+        core = small_core(seed=11, threads=threads)
+        rng = np.random.default_rng(6)
+        for _ in range(3):
+            batch = make_batch(rng, core)
+            core.critic_update(**batch)
+            core.actor_update(batch["next_actor_obs"], batch["critic_obs"])
+        results.append((core.params.copy(), core.targets.copy(), core.adam_v.copy(),
+                        core.actor_forward(batch["next_actor_obs"])))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    other = small_core(seed=12)
+    assert not np.array_equal(other.params, small_core(seed=11).params)
+
+
+def test_init_distribution_matches_torch_default():
+    core = TD3Core(seed=0)
+    for weight, bias in core._actor_views(core.params) + core._critic_views(core.params, 1):
+        bound = 1 / np.sqrt(weight.shape[1])
+        assert np.abs(weight).max() <= bound and np.abs(bias).max() <= bound
+        if weight.size > 1000:  # uniform on [-bound, bound]: std = bound / sqrt(3)
+            assert weight.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    np.testing.assert_array_equal(core.params, core.targets)
+
+
+def test_actor_round_trip_and_forward():
+    core = small_core()
+    rng = np.random.default_rng(7)
+    actor = core.to_actor()
+    assert isinstance(actor, Actor) and actor.layer_sizes == core.actor_sizes
+    obs = rng.standard_normal((9, core.actor_obs_dim)).astype(np.float32)
+    with torch.no_grad():
+        expected = actor(torch.from_numpy(obs)).numpy()
+    assert_close(core.actor_forward(obs), expected, 1e-6, "forward")
+    out = np.empty((9, core.action_dim), np.float32)
+    assert core.actor_forward(obs, out=out) is out
+    # a different actor loaded into a fresh core gives back the same weights and outputs
+    other = Actor(core.actor_sizes)
+    core2 = small_core(seed=99)
+    core2.load_actor(other)
+    for (k, v), (k2, v2) in zip(other.state_dict().items(), core2.to_actor().state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert torch.equal(torch.from_numpy(core_actor_params(core2, target=True)),
+                       torch.from_numpy(torch_params(other)))
+    core2.load_actor(core.to_actor().state_dict(), targets_too=False)
+    np.testing.assert_array_equal(core2.params[:core.n_actor_params],
+                                  core.params[:core.n_actor_params])
+    # critics round trip too
+    q1, q2 = core.to_critics()
+    core3 = small_core(seed=5)
+    core3.load_critics(q1, q2)
+    np.testing.assert_array_equal(core3.params[core.n_actor_params:],
+                                  core.params[core.n_actor_params:])
+
+
+def test_bad_inputs_give_clear_errors():
+    core = small_core()
+    rng = np.random.default_rng(8)
+    batch = make_batch(rng, core)
+    with pytest.raises(TypeError, match="float32"):
+        core.critic_update(**{**batch, "reward": batch["reward"].astype(np.float64)})
+    with pytest.raises(ValueError, match="next_actor_obs: shape"):
+        core.critic_update(**{**batch, "next_actor_obs": batch["next_actor_obs"][:, :5].copy()})
+    with pytest.raises(ValueError, match="C-contiguous"):
+        core.actor_update(np.asfortranarray(batch["next_actor_obs"]), batch["critic_obs"])
+    with pytest.raises(ValueError, match="two positive integers"):
+        TD3Core(actor_hidden=(64,))
+    with pytest.raises(ValueError, match="layer sizes"):
+        core.load_actor(Actor([5, 4, 3]))
+    before = core.params.copy()
+    with pytest.raises(ValueError):
+        core.critic_update(**{**batch, "noise": batch["noise"][:10]})
+    np.testing.assert_array_equal(core.params, before)  # a rejected call changes nothing
+    # (B, 1) rewards are accepted, larger batches grow the workspace
+    batch2 = make_batch(rng, core, b=200)
+    batch2["reward"] = batch2["reward"][:, None].copy()
+    assert np.isfinite(core.critic_update(**batch2))
+
+
+def test_warmup_leaves_state_unchanged():
+    core = small_core(threads=2)
+    rng = np.random.default_rng(9)
+    batch = make_batch(rng, core)
+    core.critic_update(**batch)
+    state = core.state_dict()
+    assert core.warmup() >= 0.0
+    after = core.state_dict()
+    for key in ("params", "targets", "adam_m", "adam_v"):
+        np.testing.assert_array_equal(state[key], after[key])
+    assert (after["actor_steps"], after["critic_steps"]) == (0, 1)
+    core.close()
+
+
+def test_state_dict_round_trip_resumes_identically():
+    rng = np.random.default_rng(10)
+    batches = [make_batch(rng, small_core()) for _ in range(3)]
+    core = small_core()
+    core.critic_update(**batches[0])
+    resumed = small_core(seed=42)
+    resumed.load_state_dict(core.state_dict())
+    for c in (core, resumed):
+        for b in batches[1:]:
+            c.critic_update(**b)
+            c.actor_update(b["next_actor_obs"], b["critic_obs"])
+    np.testing.assert_array_equal(core.params, resumed.params)
+    np.testing.assert_array_equal(core.targets, resumed.targets)
+    with pytest.raises(ValueError, match="different network sizes"):
+        TD3Core().load_state_dict(core.state_dict())
+
+
+@pytest.mark.parametrize("batch_rows", [37, 2, 1])
+def test_two_threads_match_one_thread_for_odd_and_tiny_batches(batch_rows):
+    """threads=2 splits the batch (37 -> 19 + 18; 1 row runs unsplit): same result."""
+    rng = np.random.default_rng(11)
+    batches = [make_batch(rng, small_core(), b=batch_rows) for _ in range(3)]
+    cores = [small_core(threads=1), small_core(threads=2)]
+    for core in cores:
+        for b in batches:
+            core.critic_update(**b)
+            core.actor_update(b["next_actor_obs"], b["critic_obs"])
+    assert_close(cores[0].params, cores[1].params, 1e-6, "params")
+    assert_close(cores[0].targets, cores[1].targets, 1e-6, "targets")
+    assert cores[0].critic_stats[0] == pytest.approx(cores[1].critic_stats[0], rel=1e-5)
+    assert np.abs(cores[0].params - small_core().params).max() > 1e-3  # they did train
+    cores[1].close()
+
+
+def test_learns_a_contextual_bandit():
+    """End to end: with reward -(a - a*(o))^2 (terminal steps) the actor learns a*(o)."""
+    core = TD3Core(3, 3, 1, (32, 32), (32, 32), batch_size=64, seed=0, gamma=0.0)
+    rng = np.random.default_rng(0)
+
+    def best_action(obs):
+        return 0.6 * np.tanh(2 * obs[:, :1])
+
+    test_obs = rng.uniform(-1, 1, (500, 3)).astype(np.float32)
+    error_before = np.abs(core.actor_forward(test_obs) - best_action(test_obs)).mean()
+    for step in range(2000):
+        obs = rng.uniform(-1, 1, (64, 3)).astype(np.float32)
+        action = rng.uniform(-1, 1, (64, 1)).astype(np.float32)
+        reward = (-(action - best_action(obs)) ** 2).ravel().astype(np.float32)
+        core.critic_update(obs, action, reward, obs, obs, np.ones(64, np.float32),
+                           rng.standard_normal((64, 1)).astype(np.float32))
+        if step % 2:
+            core.actor_update(obs, obs)
+    error_after = np.abs(core.actor_forward(test_obs) - best_action(test_obs)).mean()
+    assert error_before > 0.3 and error_after < 0.08, (error_before, error_after)
