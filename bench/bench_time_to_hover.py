@@ -41,7 +41,8 @@ def run_seed(seed: int, out_root: Path, cold: bool, extra: list[str]) -> dict:
     if proc.returncode != 0:
         return {"seed": seed, "error": proc.stderr[-2000:]}
     summary = json.loads(proc.stdout)
-    hover = summary["eval"]["hover"]
+    hover = summary.get("eval", {}).get("hover", {"success_rate": None,
+                                                  "final_position_rmse_m": None, "passed": False})
     return {"seed": seed, "process_start_to_policy_s": round(summary["policy_saved_at_unix"] - launched, 3),
             "train_wall_time_s": summary["train_wall_time_s"],
             "hover_success_rate": hover["success_rate"],

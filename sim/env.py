@@ -268,7 +268,7 @@ def _reset_env(i, blocks, cfg, seed, episode, target_p, target_v):
         blocks[p + dyn.P_INV_TAU_FALLING * B] = 0.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise_pool, ob, pr):
     """Write env i's privileged observation ``pr`` and the first 18 (noisy) values of its actor
     observation ``ob`` (the action history part is maintained by the callers); returns
@@ -355,6 +355,12 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
             wx * wx + wy * wy + wz * wz, out_of_bounds)
 
 
+# The same function inlined into the per-step kernel (a call with ~60 machine-word arguments
+# costs as much as the body); the other callers use the compiled function, which keeps the
+# cold compile time down.
+_observe_inlined = njit(inline="always")(_observe.py_func)
+
+
 @njit(inline="always")
 def _fill_history(ob, value):
     for k in range(STATE_PART, ob.shape[0]):
@@ -388,8 +394,8 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
             ob[STATE_PART + 2] = a2
             ob[STATE_PART + 3] = a3
         step_count[i] += 1
-        e_p, e_q, e_v, e_w, oob = _observe(i, blocks, cfg, seed, step_index, 0, target_p,
-                                          target_v, noise_pool, ob, pr)
+        e_p, e_q, e_v, e_w, oob = _observe_inlined(i, blocks, cfg, seed, step_index, 0,
+                                                  target_p, target_v, noise_pool, ob, pr)
         d0 = a0 - hover
         d1 = a1 - hover
         d2 = a2 - hover

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nanofly.sim.env import MDPConfig, VecEnv
+from nanofly.sim.env import TARGET_REWARD_WEIGHTS, MDPConfig, VecEnv
 from nanofly.sim.targets import figure_eight
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
@@ -101,11 +101,13 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
     degrees. ``record`` > 0 keeps the first ``record`` trajectories (positions, time) for plots."""
     mdp = mdp or MDPConfig()
     steps = mdp.episode_steps
-    env = VecEnv(episodes, preset, seed=seed, config=mdp)
+    # rewards under the curriculum's target weights: the reference's evaluation metric
+    env = VecEnv(episodes, preset, seed=seed, config=mdp, reward_weights=TARGET_REWARD_WEIGHTS)
     obs, info = env.reset()
     n = episodes
     alive = np.ones(n, dtype=bool)
     survived_steps = np.zeros(n, dtype=np.int64)
+    returns = np.zeros(n)
     pos_err = np.zeros((steps, n), np.float32)
     tilt = np.zeros((steps, n), np.float32)
     lin_vel = np.zeros((steps, n), np.float32)
@@ -119,7 +121,8 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
         if prev_action is not None:
             smooth_sum += np.abs(action - prev_action).mean(axis=1) * alive
         prev_action = action.copy()
-        obs, _, terminated, _, info = env.step(action)
+        obs, reward, terminated, _, info = env.step(action)
+        returns += reward * alive
         priv = np.where(info["_final_obs"][:, None], info["final_privileged_obs"],
                         info["privileged_obs"])
         pos_err[t] = np.linalg.norm(priv[:, 0:3], axis=1)
@@ -143,6 +146,7 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
         "success_rate": float(success.mean()),
         "termination_rate": float((~alive).mean()),
         "mean_steps_before_termination": float(survived_steps.mean()),
+        "mean_return_target_weights": float(returns.mean()),
         "settling_fraction_200mm": float((alive & (pos_err[200:] < SETTLE_RADIUS_M).all(axis=0)).mean()),
         "final_position_rmse_m": float(np.sqrt(np.mean(pos_err[-1, alive] ** 2))) if alive.any() else None,
         "action_smoothness": float(smooth_sum.sum() / max(1, alive.sum() * (steps - 1)) if alive.any() else 0.0),
