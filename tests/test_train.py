@@ -140,17 +140,23 @@ def test_ablation_switches_change_the_mdp():
     assert tr.state.critic_updates > 0
 
 
-def test_short_training_beats_untrained_policy():
-    cfg = TrainConfig(total_env_steps=40000, num_envs=16, critic_warmup_steps=2000,
-                      actor_warmup_steps=4000, curriculum_interval=20000, seed=1)
+def test_default_training_run_beats_untrained_policy():
+    # The default schedule (300 k steps, ~25 s here): the smallest run in which the policy
+    # learns to fly. Hover *success* of these policies is low (docs/benchmarks.md), so the
+    # assertions are on what reliably improves: surviving the episode and the reward.
+    cfg = TrainConfig(seed=2)
     tr = train(cfg)
-    untrained = init_actor([146, 64, 64, 4], seed=1)
+    untrained = init_actor([146, 64, 64, 4], seed=2)
     with torch.no_grad():
         base = hover_suite(lambda o: untrained(torch.from_numpy(np.ascontiguousarray(o))).numpy(),
                            episodes=200, seed=7)
     trained = hover_suite(lambda o: tr.core.actor_forward(np.ascontiguousarray(o)).copy(),
                           episodes=200, seed=7)
-    assert trained["mean_steps_before_termination"] > 1.5 * base["mean_steps_before_termination"]
+    assert base["termination_rate"] == 1.0 and base["success_rate"] == 0.0
+    assert trained["termination_rate"] < 0.5
+    assert trained["mean_steps_before_termination"] > 3 * base["mean_steps_before_termination"]
+    assert trained["mean_return_target_weights"] > base["mean_return_target_weights"] + 100
+    assert trained["success_rate"] >= base["success_rate"]
 
 
 def _cli(*args, **kw):
