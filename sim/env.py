@@ -269,7 +269,8 @@ def _reset_env(i, blocks, cfg, seed, episode, target_p, target_v):
 
 
 @njit(cache=True)
-def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise_pool, ob, pr):
+def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise_pool, ob, pr,
+             episode_constants):
     """Write env i's privileged observation ``pr`` and the first 18 (noisy) values of its actor
     observation ``ob`` (the action history part is maintained by the callers); returns
     (pos error^2, 1 - qw^2, vel error^2, angvel^2, out of bounds) for reward and termination."""
@@ -317,14 +318,15 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
     pr[15] = wx
     pr[16] = wy
     pr[17] = wz
-    # Disturbance force and torque in units of their standard deviation (O(1) inputs for the
-    # critic; raw torques are ~1e-5 N m and raw angular accelerations ~7 rad/s^2).
-    p = o + dyn.ROW_PARAMS * B
-    f_scale = 0.0 if cfg[CFG_DIST_F_STD] == 0.0 else 1.0 / (cfg[CFG_DIST_F_STD] * blocks[p + dyn.P_INV_MASS * B])
-    t_scale = 0.0 if cfg[CFG_DIST_T_STD] == 0.0 else 1.0 / cfg[CFG_DIST_T_STD]
-    for k in range(3):
-        pr[18 + k] = blocks[p + (dyn.P_DIST_ACC + k) * B] * f_scale
-        pr[21 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B] * blocks[p + (dyn.P_JXX + k) * B] * t_scale
+    if episode_constants:
+        # Disturbance force and torque in units of their standard deviation (O(1) inputs for
+        # the critic; raw torques are ~1e-5 N m). Constant per episode: written at resets only.
+        p = o + dyn.ROW_PARAMS * B
+        f_scale = 0.0 if cfg[CFG_DIST_F_STD] == 0.0 else 1.0 / (cfg[CFG_DIST_F_STD] * blocks[p + dyn.P_INV_MASS * B])
+        t_scale = 0.0 if cfg[CFG_DIST_T_STD] == 0.0 else 1.0 / cfg[CFG_DIST_T_STD]
+        for k in range(3):
+            pr[18 + k] = blocks[p + (dyn.P_DIST_ACC + k) * B] * f_scale
+            pr[21 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B] * blocks[p + (dyn.P_JXX + k) * B] * t_scale
     smin = cfg[CFG_SMIN]
     scale = 2.0 / (cfg[CFG_SMAX] - smin)
     for k in range(4):
@@ -400,7 +402,7 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
             ob[STATE_PART + 3] = a3
         step_count[i] += 1
         e_p, e_q, e_v, e_w, oob = _observe_inlined(i, blocks, cfg, seed, step_index, 0,
-                                                  target_p, target_v, noise_pool, ob, pr)
+                                                  target_p, target_v, noise_pool, ob, pr, False)
         d0 = a0 - hover
         d1 = a1 - hover
         d2 = a2 - hover
@@ -424,7 +426,8 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
             step_count[i] = 0
             _reset_env(i, blocks, cfg, seed, episode, target_p, target_v)
             _fill_history(ob, init_action)
-            _observe(i, blocks, cfg, seed, step_index, 1, target_p, target_v, noise_pool, ob, pr)
+            _observe(i, blocks, cfg, seed, step_index, 1, target_p, target_v, noise_pool, ob, pr,
+                     True)
 
 
 @njit(cache=True, parallel=True)
@@ -456,7 +459,8 @@ def _reset_all(blocks, cfg, seed, step_index, episode, step_count, target_p, tar
         step_count[i] = 0
         _reset_env(i, blocks, cfg, seed, episode, target_p, target_v)
         _fill_history(ob, init_action)
-        _observe(i, blocks, cfg, seed, step_index, 2, target_p, target_v, noise_pool, ob, priv[i])
+        _observe(i, blocks, cfg, seed, step_index, 2, target_p, target_v, noise_pool, ob, priv[i],
+                 True)
 
 
 @njit(cache=True)
@@ -464,7 +468,7 @@ def _observe_all(blocks, cfg, seed, step_index, target_p, target_v, noise_pool, 
                  obs_dim, priv):
     for i in range(obs_store.shape[0]):
         _observe(i, blocks, cfg, seed, step_index, 3, target_p, target_v, noise_pool,
-                 obs_store[i, base:base + obs_dim], priv[i])
+                 obs_store[i, base:base + obs_dim], priv[i], True)
 
 
 def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
