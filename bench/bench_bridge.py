@@ -6,6 +6,8 @@ Upload: bytes on the wire per model byte (both directions and host->board only),
 wall time through QEMU, and its projected time on a real 115 200-baud UART; the baseline is the
 same upload in 128-byte chunks, in the same run. INFER: round trip per step and instructions
 per inference (TIM5 under -icount shift=0); the baseline is an empty HEARTBEAT round trip.
+INFER_STATE (state part only, action history kept on board): per-step round trip with 1, 8
+and 27 rows per frame, and its speed-up over the full INFER per step measured in the same run.
 Same as `nanofly bench bridge --json`.
 """
 import argparse

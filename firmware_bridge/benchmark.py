@@ -1,6 +1,8 @@
 """Bridge benchmark on the emulated board: upload overhead and time, INFER round trip and
-instructions per inference. Baselines from the same run: the same upload in 128-byte chunks,
-and the round trip of an empty HEARTBEAT frame."""
+instructions per inference, and the per-step round trip of the compact INFER_STATE (on-board
+histories; 1 row per frame and as many rows as a frame holds). Baselines from the same run: the
+same upload in 128-byte chunks, the round trip of an empty HEARTBEAT frame, and the full INFER
+per step."""
 from __future__ import annotations
 
 import statistics
@@ -103,5 +105,44 @@ def run_bridge_bench(policy: str | None = None, *, repeats: int = 3, infer_steps
                 "infer_request_wire_bytes": P.wire_bytes(146 * 4),
                 "steps": infer_steps,
             })
+            out["infer_state"] = _infer_state_bench(c, obs, infer_steps, float(np.median(rtt)))
             out["link"] = c.stats.as_dict()
         return out
+
+
+def _infer_state_bench(c, obs: np.ndarray, steps: int, full_rtt_s: float) -> dict:
+    """Per-step round trip of INFER_STATE, ``steps`` inferences each, against the full INFER
+    round trip measured in the same run. The on-board histories are loaded with full INFERs
+    first (that is what the PIL backend does on an episode's first step)."""
+    from . import protocol as P
+
+    hello = c.hello()
+    rows_max = hello.state_rows_per_frame()
+    if not rows_max:
+        return {"supported": False}
+    s = hello.state_dim
+    out = {"supported": True, "state_dim": s, "history_length": hello.history_length,
+           "max_histories": hello.max_histories, "max_rows_per_frame": rows_max,
+           "full_infer_request_wire_bytes": P.wire_bytes(4 * hello.observation_dim + 4)}
+    for rows in sorted({1, 8, rows_max}):
+        for env in range(rows):
+            c.infer(obs[env], env=env)
+        frame_s, ticks = [], []
+        envs = list(range(rows))
+        for k in range(max(1, steps // rows)):
+            states = obs[[(k * rows + r) % len(obs) for r in envs], :s]
+            t0 = time.perf_counter()
+            _, tk, _ = c.infer_state(envs, states, hello.action_dim)
+            frame_s.append(time.perf_counter() - t0)
+            ticks.extend(int(t) for t in tk)
+        per_row = float(np.median(frame_s)) / rows
+        out[f"rows_{rows}"] = {
+            "frames": len(frame_s),
+            "frame_round_trip_ms_median": 1e3 * float(np.median(frame_s)),
+            "per_step_round_trip_ms": 1e3 * per_row,
+            "request_wire_bytes": P.wire_bytes(2 + rows * (2 + 4 * s)),
+            "reply_wire_bytes": P.wire_bytes(rows * (4 * hello.action_dim + 4) + 4),
+            "instructions_per_inference_median": int(np.median(ticks)),
+            "speedup_vs_full_infer": full_rtt_s / per_row,
+        }
+    return out

@@ -242,17 +242,45 @@ class BridgeClient:
         now_ms, armed, tripped = struct.unpack_from("<IBB", self.request(P.CMD_HEARTBEAT))
         return {"now_ms": now_ms, "armed": bool(armed), "failsafe_tripped": bool(tripped)}
 
-    def infer(self, observation) -> tuple[np.ndarray, int, int]:
+    def infer(self, observation, env: int | None = None) -> tuple[np.ndarray, int, int]:
         """One inference on the board: returns (action float32, cost ticks, model CRC).
 
+        ``env``: also load this environment's on-board action history from the observation
+        (then :meth:`infer_state` can continue it); None keeps no history.
         Cost ticks are instructions under QEMU (-icount shift=0) and CPU cycles on silicon
         (see ``hello().counter_kind``)."""
         obs = np.ascontiguousarray(observation, dtype="<f4").reshape(-1)
-        reply = self.request(P.CMD_INFER, obs.tobytes())
+        payload = obs.tobytes() if env is None else P.infer_request(obs.tobytes(), env)
+        reply = self.request(P.CMD_INFER, payload)
         n_act = (len(reply) - 8) // 4
         action = np.frombuffer(reply, dtype="<f4", count=n_act).astype(np.float32)
         ticks, crc = struct.unpack_from("<II", reply, 4 * n_act)
         return action, ticks, crc
+
+    def infer_state(self, envs, states, action_dim: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
+        """Compact inference for several environments in one frame: ``states`` (n, state dim)
+        is the state part of each observation, the board appends environment ``envs[i]``'s
+        on-board action history, runs the model and pushes the clipped action into that
+        history. Returns (actions (n, action_dim) float32, cost ticks (n,), model CRC).
+
+        The firmware refuses the whole frame (DeviceError HISTORY, nothing changed) when an
+        environment has no history on board; a repeated frame (retry) is answered from the
+        reply cache, so a history never advances twice."""
+        st = np.ascontiguousarray(states, dtype="<f4")
+        envs = [int(e) for e in envs]
+        if st.ndim != 2 or st.shape[0] != len(envs):
+            raise ValueError(f"states must be (len(envs)={len(envs)}, state dim), got {st.shape}")
+        reply = self.request(P.CMD_INFER_STATE, P.infer_state_request(envs, st.tobytes()))
+        n = len(envs)
+        row = 4 * action_dim + 4
+        if len(reply) != n * row + 4:
+            raise P.ProtocolError(f"INFER_STATE reply of {len(reply)} bytes, expected {n * row + 4} "
+                                  f"for {n} rows of {action_dim} actions")
+        rows = np.frombuffer(reply, dtype="<u4", count=n * row // 4).reshape(n, row // 4)
+        actions = rows[:, :action_dim].copy().view("<f4").astype(np.float32)
+        ticks = rows[:, action_dim].astype(np.int64)
+        (crc,) = struct.unpack_from("<I", reply, n * row)
+        return actions, ticks, crc
 
 
 # ---- upload -------------------------------------------------------------------------------

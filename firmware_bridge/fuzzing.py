@@ -36,6 +36,13 @@ def session_records(blob: bytes, fmt: int, *, chunk: int = 512, seed: int = 0,
     obs = rng.uniform(-1, 1, (2, obs_dim)).astype("<f4")
     recs += [(P.CMD_INFER, obs[0].tobytes()), (P.CMD_ARM, b""), (P.CMD_INFER, obs[1].tobytes()),
              (P.CMD_HEARTBEAT, b""), (P.CMD_STATUS, b"")]
+    # on-board histories: load envs 0 and 2, then compact steps (one repeated)
+    states = obs[:, :18].tobytes()
+    step = P.infer_state_request([0, 2], states)
+    recs += [(P.CMD_INFER, P.infer_request(obs[0].tobytes(), 0)),
+             (P.CMD_INFER, P.infer_request(obs[1].tobytes(), 2)),
+             (P.CMD_INFER_STATE, step), (P.CMD_INFER_STATE, step),
+             (P.CMD_INFER_STATE, P.infer_state_request([1], obs[0, :18].tobytes()))]
     return [(t, i, p) for i, (t, p) in enumerate(recs)]
 
 

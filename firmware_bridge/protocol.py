@@ -16,7 +16,7 @@ PROTOCOL_VERSION = 1
 FRAME_HEADER_BYTES = 4
 FRAME_CRC_BYTES = 4
 MAX_PAYLOAD = 2048          # the firmware's limit; HELLO negotiates the one in use
-MIN_PAYLOAD = 640           # INFER needs 4 * 146 bytes
+MIN_PAYLOAD = 640           # INFER needs 4 * 146 + 4 bytes
 MIN_MODEL_BYTES = 24
 
 CMD_HELLO = 0x01
@@ -29,13 +29,14 @@ CMD_STATUS = 0x07
 CMD_ARM = 0x08
 CMD_DISARM = 0x09
 CMD_HEARTBEAT = 0x0A
+CMD_INFER_STATE = 0x0B     # compact INFER: state part only, history kept on board
 REPLY_FLAG = 0x80
 REPLY_ERROR = 0xFF
 
 COMMAND_NAMES = {
     CMD_HELLO: "HELLO", CMD_BEGIN: "BEGIN", CMD_CHUNK: "CHUNK", CMD_COMMIT: "COMMIT",
     CMD_ACTIVATE: "ACTIVATE", CMD_INFER: "INFER", CMD_STATUS: "STATUS", CMD_ARM: "ARM",
-    CMD_DISARM: "DISARM", CMD_HEARTBEAT: "HEARTBEAT",
+    CMD_DISARM: "DISARM", CMD_HEARTBEAT: "HEARTBEAT", CMD_INFER_STATE: "INFER_STATE",
 }
 
 ERR_UNKNOWN_COMMAND = 1
@@ -54,6 +55,23 @@ ERR_ARMED = 13
 ERR_NONFINITE = 14
 ERR_PROTOCOL = 15
 ERR_MISMATCH = 16
+ERR_HISTORY = 17
+
+# Why INFER_STATE found no on-board history (ERR_HISTORY detail1).
+HIST_RANGE = 1            # env index >= max histories (HELLO)
+HIST_NOT_LOADED = 2       # no full INFER for this env since boot / the last upload
+HIST_BUSY = 3             # an upload occupies the staging slot that holds the histories
+HIST_LAYOUT = 4           # the firmware's input has no state + action-history layout
+HIST_DUPLICATE = 5        # the same env twice in one INFER_STATE frame
+HIST_REASONS = {
+    HIST_RANGE: "environment index beyond the board's on-board histories (HELLO max_histories)",
+    HIST_NOT_LOADED: "no history loaded for it yet (send a full INFER for this environment first)",
+    HIST_BUSY: "an upload occupies the staging slot that holds the histories (finish it, then "
+               "reload each history with a full INFER)",
+    HIST_LAYOUT: "the firmware's observation has no state + action-history layout",
+    HIST_DUPLICATE: "the same environment appears twice in one frame",
+}
+INFER_NO_ENV = 0xFFFF     # full INFER env index: keep no history
 
 ERROR_NAMES = {
     ERR_UNKNOWN_COMMAND: "UNKNOWN_COMMAND", ERR_LENGTH: "LENGTH", ERR_STATE: "STATE",
@@ -61,6 +79,7 @@ ERROR_NAMES = {
     ERR_INCOMPLETE: "INCOMPLETE", ERR_CRC: "CRC", ERR_MODEL: "MODEL", ERR_DIMS: "DIMS",
     ERR_NO_MODEL: "NO_MODEL", ERR_NOT_VERIFIED: "NOT_VERIFIED", ERR_ARMED: "ARMED",
     ERR_NONFINITE: "NONFINITE", ERR_PROTOCOL: "PROTOCOL", ERR_MISMATCH: "MISMATCH",
+    ERR_HISTORY: "HISTORY",
 }
 
 STAGE_EMPTY = 0
@@ -139,6 +158,8 @@ def describe_error(request: int, code: int, d0: int, d1: int) -> str:
         ERR_PROTOCOL: f"protocol version {d0} not supported by the firmware (it speaks {d1}); "
                       "rebuild and flash matching firmware (`nanofly firmware build`)",
         ERR_MISMATCH: f"staged model has CRC 0x{u0:08x}, ACTIVATE asked for 0x{u1:08x}",
+        ERR_HISTORY: f"environment {d0} has no on-board action history: "
+                     f"{HIST_REASONS.get(d1, d1)}",
     }.get(code, f"error code {code} ({d0}, {d1})")
     return f"{cmd} failed: {ERROR_NAMES.get(code, code)}: {text}"
 
@@ -263,6 +284,18 @@ class FrameDecoder:
 
 # ---- payloads ----------------------------------------------------------------------------
 
+def infer_request(observation: bytes, env: int = INFER_NO_ENV) -> bytes:
+    """Full INFER: float32[obs dim] observation, u16 env (whose on-board history it loads;
+    INFER_NO_ENV: none), u16 0."""
+    return bytes(observation) + struct.pack("<HH", env, 0)
+
+
+def infer_state_request(envs, states: bytes) -> bytes:
+    """INFER_STATE: u16 count, u16 env[count], float32 state[count][state dim]."""
+    envs = list(envs)
+    return struct.pack(f"<H{len(envs)}H", len(envs), *envs) + bytes(states)
+
+
 def hello_request(max_payload: int = MAX_PAYLOAD, version: int = PROTOCOL_VERSION) -> bytes:
     return struct.pack("<HH", version, max_payload)
 
@@ -289,8 +322,14 @@ class Hello:
     sysclk_hz: int
     firmware_max_payload: int
     firmware_min_payload: int
+    # INFER_STATE (firmware >= 0.2; 0 when absent or not supported)
+    state_dim: int = 0            # observation values sent per INFER_STATE row
+    history_length: int = 0       # past actions kept on board per environment
+    max_histories: int = 0        # environments with an on-board history
+    max_state_rows: int = 0       # INFER_STATE rows per frame at the firmware's max payload
 
     _FMT = "<HBBBBHIBBHHHHBxIIII HH".replace(" ", "")
+    _FMT_STATE = "<HHHH"          # at offset 44
 
     @classmethod
     def decode(cls, payload: bytes) -> "Hello":
@@ -306,7 +345,23 @@ class Hello:
             heartbeat_timeout_ms=hb, control_rate_hz=rate,
             active_format=FORMAT_NAMES.get(active_fmt) if size else None,
             active_model_id=model_id, active_crc=crc, active_size=size, sysclk_hz=sysclk,
-            firmware_max_payload=fw_max, firmware_min_payload=fw_min)
+            firmware_max_payload=fw_max, firmware_min_payload=fw_min,
+            **cls._state_caps(payload))
+
+    @classmethod
+    def _state_caps(cls, payload: bytes) -> dict:
+        base = struct.calcsize(cls._FMT)
+        if len(payload) < base + struct.calcsize(cls._FMT_STATE):
+            return {}  # older firmware: no INFER_STATE
+        state, hist, envs, rows = struct.unpack_from(cls._FMT_STATE, payload, base)
+        return {"state_dim": state, "history_length": hist, "max_histories": envs,
+                "max_state_rows": rows}
+
+    def state_rows_per_frame(self) -> int:
+        """INFER_STATE rows that fit the negotiated payload (0: not supported)."""
+        if not self.history_length or not self.state_dim:
+            return 0
+        return min(self.max_state_rows, (self.max_payload - 2) // (2 + 4 * self.state_dim))
 
     @property
     def has_model(self) -> bool:

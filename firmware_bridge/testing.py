@@ -108,3 +108,25 @@ def truncated(blob: bytes, keep: int) -> bytes:
     """The first ``keep`` bytes of the blob, ending in a CRC of those bytes, i.e. a file cut
     short but internally consistent for the transfer."""
     return with_crc_fixed(bytes(blob[:keep]) + b"\0\0\0\0")
+
+
+def closed_loop_rollout(policy, n_envs: int, steps: int, *, state_dim: int = 18, history_length: int = 32,
+                        reset_every: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Feed ``policy`` observations [random state | its own previous actions, clipped to
+    [-1, 1], newest first], as the simulator does, without the simulator: returns the
+    observations (steps, n_envs, dim) and actions (steps, n_envs, 4). Every ``reset_every``
+    steps env ``step % n_envs`` starts over with a constant history (a new episode)."""
+    rng = np.random.default_rng(seed)
+    dim = state_dim + 4 * history_length
+    history = np.full((n_envs, 4 * history_length), -0.25, np.float32)
+    all_obs = np.zeros((steps, n_envs, dim), np.float32)
+    all_actions = np.zeros((steps, n_envs, 4), np.float32)
+    for t in range(steps):
+        if reset_every and t and t % reset_every == 0:
+            history[t % n_envs] = np.float32(rng.uniform(-1, 1))
+        obs = np.concatenate([rng.uniform(-1, 1, (n_envs, state_dim)).astype(np.float32), history], axis=1)
+        actions = np.asarray(policy(obs), dtype=np.float32).reshape(n_envs, 4)
+        all_obs[t], all_actions[t] = obs, actions
+        clipped = np.minimum(np.maximum(actions, np.float32(-1)), np.float32(1))
+        history = np.concatenate([clipped, history[:, :-4]], axis=1)
+    return all_obs, all_actions

@@ -67,6 +67,9 @@ def test_hello_reports_capabilities(board):
     assert h.emulated and h.sysclk_hz == 168_000_000
     assert h.counter_kind == P.COUNTER_TIM5_TICKS
     assert h.heartbeat_timeout_ms == 200
+    # INFER_STATE: [18 state | 32 x 4 action history], histories in the 56 KiB staging slot
+    assert (h.state_dim, h.history_length) == (18, 32)
+    assert h.max_histories == 56 * 1024 // 512 and h.state_rows_per_frame() == 27
 
 
 def test_flash_int8_status_and_infer_match_host_c_runtime(board, exports, obs):
@@ -134,6 +137,122 @@ def test_pil_backend_uploads_once_and_matches(board, exports, obs):
         assert again.upload is None  # same CRC already active: no upload
         np.testing.assert_allclose(again(obs[0]), expected[0], rtol=0, atol=1e-6)
     assert board.alive()  # closing a backend on a given URL leaves the board running
+
+
+def _next_obs(state, prev_obs, action):
+    """[state | clip(action), previous history minus its oldest action]."""
+    clipped = np.clip(action, -1, 1).astype(np.float32)
+    return np.concatenate([state, clipped, prev_obs[18:-4]]).astype(np.float32)
+
+
+def test_infer_state_keeps_histories_on_board(board, exports, obs):
+    from nanofly.firmware_bridge.client import read_export_blob, upload_model
+
+    blob, model_id = read_export_blob(exports["dir"], "int8")
+    with client(board) as c:
+        h = c.hello()
+        upload_model(c, blob, "int8", model_id=model_id)  # an upload forgets every history
+        with pytest.raises(P.DeviceError) as e:
+            c.infer_state([3], obs[:1, :18])
+        assert e.value.code == P.ERR_HISTORY and e.value.detail1 == P.HIST_NOT_LOADED
+        assert "full INFER" in str(e.value)
+        with pytest.raises(P.DeviceError) as e:
+            c.infer_state([h.max_histories], obs[:1, :18])
+        assert e.value.detail1 == P.HIST_RANGE
+
+        # full INFER loads env 3's history; INFER_STATE continues it with the state part only
+        o = [obs[0]]
+        a = [c.infer(o[0], env=3)[0]]
+        for k in (1, 2):
+            o.append(_next_obs(obs[k, :18], o[-1], a[-1]))
+            actions, ticks, crc = c.infer_state([3], obs[k:k + 1, :18])
+            assert ticks[0] > 1000 and crc == P.model_crc(blob)
+            a.append(actions[0])
+        with pytest.raises(P.DeviceError) as e:  # refused whole: changes nothing
+            c.infer_state([3, 3], obs[3:5, :18])
+        assert e.value.detail1 == P.HIST_DUPLICATE
+
+        # a repeated frame (lost reply, retry) is answered from the cache: one step, not two
+        before = c.status()
+        payload = P.infer_state_request([3], obs[3:4, :18].tobytes())
+        first = c.request(P.CMD_INFER_STATE, payload)
+        c._seq = (c._seq - 1) & 0xFF
+        assert c.request(P.CMD_INFER_STATE, payload) == first
+        after = c.status()
+        assert after.inferences == before.inferences + 1
+        assert after.repeats_answered == before.repeats_answered + 1
+        o.append(_next_obs(obs[3, :18], o[-1], a[-1]))
+        a.append(np.frombuffer(first, "<f4", count=4))
+        o.append(_next_obs(obs[4, :18], o[-1], a[-1]))
+        a.append(c.infer_state([3], obs[4:5, :18])[0][0])
+        np.testing.assert_allclose(np.array(a), T.host_reference(exports["dir"], "int8", np.array(o)),
+                                   rtol=0, atol=1e-6)
+
+        # an upload that starts occupies the staging slot: histories unavailable, INFER works
+        c.begin(len(blob), P.model_crc(blob), P.FORMAT_INT8, model_id + 1)
+        with pytest.raises(P.DeviceError) as e:
+            c.infer_state([3], obs[:1, :18])
+        assert e.value.detail1 == P.HIST_BUSY
+        np.testing.assert_allclose(c.infer(obs[5], env=3)[0],
+                                   T.host_reference(exports["dir"], "int8", obs[5:6])[0], rtol=0, atol=1e-6)
+        upload_model(c, blob, "int8", model_id=model_id)
+        assert c.status().staging_state == "empty"
+
+
+def test_pil_compact_rollout_is_bit_identical_to_full_infer(board, exports):
+    from nanofly.firmware_bridge.pil import make_backend
+
+    runs = {}
+    for compact in (True, False):
+        with make_backend(board.url, exports["dir"], compact=compact, state_rows_per_frame=3) as backend:
+            runs[compact] = T.closed_loop_rollout(backend, n_envs=5, steps=24, reset_every=5, seed=4)
+            info = backend.info()["compact"]
+        if compact:
+            resets = 24 // 5 - (24 % 5 == 0)
+            assert info["rows_full_infer"] == 5 + resets  # first step and each new episode
+            assert info["rows_infer_state"] == 5 * 24 - 5 - resets
+        else:
+            assert info["rows_infer_state"] == 0
+    (obs_c, act_c), (obs_f, act_f) = runs[True], runs[False]
+    assert np.array_equal(act_c.view(np.uint32), act_f.view(np.uint32))
+    assert np.array_equal(obs_c.view(np.uint32), obs_f.view(np.uint32))
+    expected = T.host_reference(exports["dir"], "int8", obs_c.reshape(-1, 146))
+    np.testing.assert_allclose(act_c.reshape(-1, 4), expected, rtol=0, atol=1e-6)
+
+
+def test_pil_compact_follows_the_simulator(board, exports):
+    """In the simulator the observation's history is the clipped actions, bit for bit: after
+    the first step every row goes compact (except rows whose episode ended)."""
+    from nanofly.export.backends import make_backend as make_host
+    from nanofly.firmware_bridge.pil import make_backend
+    from nanofly.sim.env import MDPConfig, VecEnv
+
+    env = VecEnv(3, "crazyflie_paper", seed=5, config=MDPConfig())
+    obs, _ = env.reset()
+    host = make_host("c-int8", str(exports["dir"]))
+    new_episodes = 0
+    with make_backend(board.url, exports["dir"]) as backend:
+        for t in range(20):
+            actions = backend(obs)
+            np.testing.assert_allclose(actions, host(obs), rtol=0, atol=1e-6)
+            obs, _, terminated, truncated, _ = env.step(actions)
+            new_episodes += int(np.sum(terminated | truncated)) if t < 19 else 0
+        info = backend.info()["compact"]
+    assert info["rows_full_infer"] == 3 + new_episodes
+    assert info["rows_infer_state"] == 60 - 3 - new_episodes
+
+
+def test_pil_refuses_compact_for_another_layout():
+    from nanofly.firmware_bridge.pil import PILBackend
+
+    backend = object.__new__(PILBackend)
+    hello = dict(state_dim=18, history_length=32, max_histories=112, max_state_rows=27,
+                 observation_dim=146, action_dim=4, max_payload=2048, firmware_version="0.2.0")
+    backend.hello = type("H", (), {**hello, "state_rows_per_frame": lambda self: 27})()
+    assert backend._compact_support(146) is None
+    assert "100 inputs" in backend._compact_support(100)
+    backend.hello.history_length = 0
+    assert "no INFER_STATE" in backend._compact_support(146)
 
 
 def test_infer_refuses_nonfinite_observation(board, obs):

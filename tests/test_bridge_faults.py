@@ -221,3 +221,22 @@ def test_garbage_flood_then_upload_works(board, models, with_a):
     with connect(board.url) as c:
         upload_model(c, b.blob, b.fmt, model_id=b.id)
     assert_active(board, b)
+
+
+def test_pil_compact_steps_survive_lost_and_duplicated_frames(board, models, with_a):
+    """INFER_STATE advances on-board histories, so a retried or duplicated frame must not
+    advance them twice: through duplicated requests and dropped reply bytes, every action
+    still equals the host C runtime's on the very observation the rollout produced."""
+    from nanofly.firmware_bridge.pil import make_backend
+
+    a = models["A"]
+    dup, drop = DuplicateFrames(every=3), Drop(every=300, seed=31)
+    with FaultProxy(board.port, to_board=[dup], to_host=[drop]) as proxy, \
+            make_backend(proxy.url, a.dir, timeout_s=0.2, retries=10) as backend:
+        obs, actions = T.closed_loop_rollout(backend, n_envs=4, steps=25, reset_every=9, seed=6)
+        info = backend.info()
+    assert dup.count > 3 and drop.count > 3 and info["link"]["retries"] > 0
+    assert info["compact"]["rows_infer_state"] > 60
+    expected = T.host_reference(a.dir, a.fmt, obs.reshape(-1, 146))
+    np.testing.assert_allclose(actions.reshape(-1, 4), expected, rtol=0, atol=1e-6)
+    assert_active(board, a)

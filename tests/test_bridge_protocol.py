@@ -102,9 +102,35 @@ def test_model_crc_is_the_blobs_trailing_crc_field():
 
 def test_status_and_hello_layouts_have_the_sizes_the_firmware_sends():
     assert struct.calcsize(P.Status._FMT) == 100
-    assert struct.calcsize(P.Hello._FMT) == 44
+    assert struct.calcsize(P.Hello._FMT) + struct.calcsize(P.Hello._FMT_STATE) == 52
     text = (FIRMWARE_DIR / "src" / "bridge.c").read_text()
-    assert "reply_ok(req, 100);" in text and "reply_ok(req, 44);" in text
+    assert "reply_ok(req, 100);" in text and "reply_ok(req, 52);" in text
+
+
+def _hello_payload(state_caps: bytes) -> bytes:
+    return struct.pack(P.Hello._FMT, 1, 0, 2, 0, 2, 2048, 57344, 6, 4, 146, 4, 200, 500, 2,
+                       7, 0x1234, 15000, 168_000_000, 2048, 640) + state_caps
+
+
+def test_hello_infer_state_capabilities_and_older_firmware():
+    new = P.Hello.decode(_hello_payload(struct.pack("<HHHH", 18, 32, 112, 27)))
+    assert (new.state_dim, new.history_length, new.max_histories) == (18, 32, 112)
+    assert new.state_rows_per_frame() == 27
+    old = P.Hello.decode(_hello_payload(b""))  # 44-byte reply of firmware 0.1: no INFER_STATE
+    assert old.history_length == 0 and old.state_rows_per_frame() == 0
+    assert old.observation_dim == 146
+
+
+def test_infer_state_request_layout_and_history_errors():
+    states = np.arange(36, dtype="<f4").reshape(2, 18)
+    payload = P.infer_state_request([5, 9], states.tobytes())
+    assert struct.unpack_from("<HHH", payload) == (2, 5, 9)
+    assert payload[6:] == states.tobytes() and len(payload) == 2 + 2 * (2 + 72)
+    # the rows per frame the firmware allows at its maximum payload
+    assert (P.MAX_PAYLOAD - 2) // (2 + 4 * 18) == 27
+    assert P.infer_request(b"\0" * 584, 7)[-4:] == struct.pack("<HH", 7, 0)
+    msg = str(P.DeviceError(P.CMD_INFER_STATE, P.ERR_HISTORY, 4, P.HIST_NOT_LOADED))
+    assert "INFER_STATE" in msg and "environment 4" in msg and "full INFER" in msg
 
 
 def test_upload_overhead_bound_by_frame_arithmetic():

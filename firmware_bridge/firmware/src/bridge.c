@@ -1,5 +1,6 @@
 /* Command handler: HELLO, BEGIN/CHUNK/COMMIT/ACTIVATE (model upload into a staging slot),
- * INFER, STATUS, ARM/DISARM/HEARTBEAT (dead man's switch). Payload layouts: docs/protocol.md.
+ * INFER and INFER_STATE (on-board action histories, one per environment), STATUS,
+ * ARM/DISARM/HEARTBEAT (dead man's switch). Payload layouts: docs/protocol.md.
  *
  * Safety rules kept here:
  *  - uploads only ever write the staging slot; the active slot is never touched;
@@ -8,6 +9,8 @@
  *  - armed motors follow the last INFER action only while HEARTBEATs keep arriving; 200 ms
  *    without one zeroes the motors and disarms (from the timer interrupt, so a busy or stuck
  *    host link cannot delay it).
+ *  - the action histories live in the staging slot only while it is empty; BEGIN of a new
+ *    upload forgets them, so they never overlap model bytes.
  */
 #include "bridge.h"
 
@@ -18,7 +21,9 @@
 #include "nanofly_policy.h"
 
 #define FORMATS_SUPPORTED ((1u << NANOFLY_FORMAT_F32) | (1u << NANOFLY_FORMAT_INT8))
-#define REPLY_MAX 160          /* largest reply payload (STATUS) */
+/* largest reply payload: STATUS (100) or a full INFER_STATE reply */
+#define STATE_REPLY_MAX (NF_MAX_STATE_ROWS * NF_STATE_REPLY_ROW_BYTES + 4u)
+#define REPLY_MAX (STATE_REPLY_MAX > 160u ? STATE_REPLY_MAX : 160u)
 #define CACHE_MAX 32           /* replies of state-changing commands are kept for repeats */
 
 static uint8_t slot_mem[2][NF_SLOT_BYTES] __attribute__((aligned(8)));
@@ -53,6 +58,9 @@ static float last_action[NF_ACT_DIM];
 static float motors[4];
 
 static uint32_t inferences, last_infer_ticks, errors_sent, repeats_answered;
+#if NF_HIST_LEN > 0
+static uint8_t history_loaded[NF_MAX_HISTORIES]; /* env has a history in the staging slot */
+#endif
 static const nf_parser *parser_ref;
 static uint32_t rx_overflows;
 
@@ -60,6 +68,7 @@ static uint32_t rx_overflows;
  * whose reply was lost, or a duplicated frame) without doing it twice. */
 static struct {
     uint8_t valid, type, seq, reply_type;
+    uint8_t in_reply_buf;      /* the reply is still in reply_buf (too big to copy) */
     uint32_t request_crc;
     uint16_t length;
     uint8_t payload[CACHE_MAX];
@@ -75,18 +84,22 @@ static void send_frame(uint8_t type, uint8_t seq, const uint8_t *payload, uint16
 
 static uint8_t cacheable(uint8_t type) {
     return type == NF_CMD_BEGIN || type == NF_CMD_CHUNK || type == NF_CMD_COMMIT ||
-           type == NF_CMD_ACTIVATE || type == NF_CMD_ARM || type == NF_CMD_DISARM;
+           type == NF_CMD_ACTIVATE || type == NF_CMD_ARM || type == NF_CMD_DISARM ||
+           type == NF_CMD_INFER_STATE; /* shifts histories: a repeat must not shift twice */
 }
 
 static void reply(const nf_frame *req, uint8_t type, const uint8_t *payload, uint16_t length) {
-    if (cacheable(req->type) && length <= CACHE_MAX) {
+    /* reply_buf stays untouched until the next frame, and any frame other than the repeat
+     * forgets the cache, so a reply in reply_buf is kept by reference. */
+    if (cacheable(req->type) && (length <= CACHE_MAX || payload == reply_buf)) {
         cache.valid = 1;
         cache.type = req->type;
         cache.seq = req->seq;
         cache.request_crc = req->crc;
         cache.reply_type = type;
         cache.length = length;
-        memcpy(cache.payload, payload, length);
+        cache.in_reply_buf = payload == reply_buf;
+        if (!cache.in_reply_buf) memcpy(cache.payload, payload, length);
     }
     send_frame(type, req->seq, payload, length);
 }
@@ -120,6 +133,9 @@ void bridge_init(void) {
     memset(&staging, 0, sizeof staging);
     memset(&active, 0, sizeof active);
     memset(&cache, 0, sizeof cache);
+#if NF_HIST_LEN > 0
+    memset(history_loaded, 0, sizeof history_loaded);
+#endif
     active.slot = -1;
     armed = 0;
     failsafe_latched = 0;
@@ -167,7 +183,7 @@ static void cmd_hello(const nf_frame *req) {
         return;
     }
     uint8_t *p = reply_buf;
-    memset(p, 0, 48);
+    memset(p, 0, 52);
     nf_put_u16(p + 0, NF_PROTOCOL_VERSION);
     p[2] = NF_FW_VERSION_MAJOR;
     p[3] = NF_FW_VERSION_MINOR;
@@ -189,7 +205,12 @@ static void cmd_hello(const nf_frame *req) {
     nf_put_u32(p + 36, hal_sysclk_hz());
     nf_put_u16(p + 40, NF_MAX_PAYLOAD);
     nf_put_u16(p + 42, NF_MIN_PAYLOAD);
-    reply_ok(req, 44);
+    /* INFER_STATE capabilities (history length 0: not supported) */
+    nf_put_u16(p + 44, NF_HIST_LEN > 0 ? NF_STATE_DIM : 0);
+    nf_put_u16(p + 46, NF_HIST_LEN);
+    nf_put_u16(p + 48, (uint16_t)NF_MAX_HISTORIES);
+    nf_put_u16(p + 50, NF_HIST_LEN > 0 ? NF_MAX_STATE_ROWS : 0);
+    reply_ok(req, 52);
 }
 
 static void cmd_begin(const nf_frame *req) {
@@ -211,6 +232,9 @@ static void cmd_begin(const nf_frame *req) {
     int same = staging.state != NF_STAGE_EMPTY && staging.size == size && staging.crc == crc &&
                staging.format == format && staging.model_id == model_id;
     if (!same) {
+#if NF_HIST_LEN > 0
+        memset(history_loaded, 0, sizeof history_loaded); /* the upload overwrites them */
+#endif
         staging.state = NF_STAGE_RECEIVING;
         staging.size = size;
         staging.crc = crc;
@@ -338,13 +362,73 @@ static void cmd_activate(const nf_frame *req) {
     reply_ok(req, 12);
 }
 
+/* ---- action histories (one per environment, in the empty staging slot) --------------- */
+
+static float clip_action(float a) {
+    /* as the simulator stores it: min(max(a, -1), 1) in float32 */
+    return a < -1.0f ? -1.0f : (a > 1.0f ? 1.0f : a);
+}
+
+#if NF_HIST_LEN > 0
+static float *history_of(uint32_t env) {
+    return (float *)(void *)slot_mem[slot_of_staging()] + env * NF_HIST_FLOATS;
+}
+#endif
+
+/* 0 when env's history is on board, else why not (NF_HIST_*). */
+static int history_problem(uint32_t env, int need_loaded) {
+#if NF_HIST_LEN > 0
+    if (env >= NF_MAX_HISTORIES) return NF_HIST_RANGE;
+    if (staging.state != NF_STAGE_EMPTY) return NF_HIST_BUSY;
+    if (need_loaded && !history_loaded[env]) return NF_HIST_NOT_LOADED;
+    return 0;
+#else
+    (void)env;
+    (void)need_loaded;
+    return NF_HIST_LAYOUT;
+#endif
+}
+
+/* After an inference on obs: env's history = [clip(action), obs history minus its oldest]. */
+static void history_push(uint32_t env, const float *obs, const float *action) {
+#if NF_HIST_LEN > 0
+    float *h = history_of(env);
+    memmove(h + NF_ACT_DIM, obs + NF_STATE_DIM, 4u * (NF_HIST_FLOATS - NF_ACT_DIM));
+    for (int k = 0; k < NF_ACT_DIM; k++) h[k] = clip_action(action[k]);
+    history_loaded[env] = 1;
+#else
+    (void)env;
+    (void)obs;
+    (void)action;
+#endif
+}
+
+static float obs[NF_OBS_DIM]; /* model input of INFER / INFER_STATE */
+
+static uint32_t infer_once(const float *obs, float *action) {
+    uint32_t t0 = hal_cost_counter();
+    nanofly_policy_act(&active.model, obs, action);
+    uint32_t ticks = hal_cost_counter() - t0;
+    last_infer_ticks = ticks;
+    inferences++;
+    uint32_t irq = hal_irq_save();
+    memcpy(last_action, action, 4u * NF_ACT_DIM);
+    hal_irq_restore(irq);
+    return ticks;
+}
+
 static void cmd_infer(const nf_frame *req) {
-    if (!check_length(req, NF_OBS_DIM * 4)) return;
+    /* float32[obs] (the original layout: no history kept) or float32[obs], u16 env, u16 0 */
+    uint32_t env = NF_INFER_NO_ENV;
+    if (req->length == NF_OBS_DIM * 4 + 4) {
+        env = nf_get_u16(req->payload + NF_OBS_DIM * 4);
+    } else if (!check_length(req, NF_OBS_DIM * 4)) {
+        return;
+    }
     if (active.slot < 0) {
         reply_error(req, NF_ERR_NO_MODEL, 0, 0);
         return;
     }
-    static float obs[NF_OBS_DIM];
     float action[NF_ACT_DIM];
     memcpy(obs, req->payload, sizeof obs);
     for (int i = 0; i < NF_OBS_DIM; i++) {
@@ -353,18 +437,73 @@ static void cmd_infer(const nf_frame *req) {
             return;
         }
     }
-    uint32_t t0 = hal_cost_counter();
-    nanofly_policy_act(&active.model, obs, action);
-    uint32_t ticks = hal_cost_counter() - t0;
-    last_infer_ticks = ticks;
-    inferences++;
-    uint32_t irq = hal_irq_save();
-    memcpy(last_action, action, sizeof action);
-    hal_irq_restore(irq);
+    uint32_t ticks = infer_once(obs, action);
+    /* (Re)load env's history from this observation, so the host can resynchronize any time;
+     * idempotent, so a repeated INFER needs no reply cache. */
+    if (env != NF_INFER_NO_ENV && history_problem(env, 0) == 0) history_push(env, obs, action);
     memcpy(reply_buf, action, sizeof action); /* little-endian float32 on both ends */
     nf_put_u32(reply_buf + 4 * NF_ACT_DIM, ticks);
     nf_put_u32(reply_buf + 4 * NF_ACT_DIM + 4, active.crc);
     reply_ok(req, 4 * NF_ACT_DIM + 8);
+}
+
+static void cmd_infer_state(const nf_frame *req) {
+    /* u16 count, u16 env[count], float32 state[count][NF_STATE_DIM] */
+    if (req->length < 2) {
+        reply_error(req, NF_ERR_LENGTH, req->length, 2 + NF_STATE_ROW_BYTES);
+        return;
+    }
+    uint32_t count = nf_get_u16(req->payload);
+    if (count == 0 || count > NF_MAX_STATE_ROWS) {
+        reply_error(req, NF_ERR_LENGTH, req->length, 2 + NF_MAX_STATE_ROWS * NF_STATE_ROW_BYTES);
+        return;
+    }
+    if (!check_length(req, (uint16_t)(2 + count * NF_STATE_ROW_BYTES))) return;
+    if (active.slot < 0) {
+        reply_error(req, NF_ERR_NO_MODEL, 0, 0);
+        return;
+    }
+    const uint8_t *envs = req->payload + 2;
+    const uint8_t *states = envs + 2 * count;
+    /* Check every row before running any, so a refused frame changes no history. */
+    for (uint32_t r = 0; r < count; r++) {
+        uint32_t env = nf_get_u16(envs + 2 * r);
+        int problem = history_problem(env, 1);
+        if (problem) {
+            reply_error(req, NF_ERR_HISTORY, (int32_t)env, problem);
+            return;
+        }
+        for (uint32_t j = 0; j < r; j++) {
+            if (nf_get_u16(envs + 2 * j) == env) { /* one step per env and frame */
+                reply_error(req, NF_ERR_HISTORY, (int32_t)env, NF_HIST_DUPLICATE);
+                return;
+            }
+        }
+        for (int i = 0; i < NF_STATE_DIM; i++) {
+            float v;
+            memcpy(&v, states + 4u * (r * NF_STATE_DIM + i), 4);
+            if (!isfinite(v)) {
+                reply_error(req, NF_ERR_NONFINITE, (int32_t)(r * NF_STATE_DIM + i), (int32_t)r);
+                return;
+            }
+        }
+    }
+#if NF_HIST_LEN > 0
+    uint8_t *out = reply_buf;
+    for (uint32_t r = 0; r < count; r++) {
+        uint32_t env = nf_get_u16(envs + 2 * r);
+        float action[NF_ACT_DIM];
+        memcpy(obs, states + 4u * r * NF_STATE_DIM, 4u * NF_STATE_DIM);
+        memcpy(obs + NF_STATE_DIM, history_of(env), 4u * NF_HIST_FLOATS);
+        uint32_t ticks = infer_once(obs, action);
+        history_push(env, obs, action);
+        memcpy(out, action, sizeof action);
+        nf_put_u32(out + sizeof action, ticks);
+        out += NF_STATE_REPLY_ROW_BYTES;
+    }
+    nf_put_u32(out, active.crc);
+    reply_ok(req, (uint16_t)(count * NF_STATE_REPLY_ROW_BYTES + 4));
+#endif
 }
 
 static void cmd_status(const nf_frame *req) {
@@ -457,7 +596,7 @@ void bridge_handle_frame(const nf_frame *req) {
      * number that wrapped around can never be mistaken for a retry. */
     if (cache.valid && req->type == cache.type && req->seq == cache.seq && req->crc == cache.request_crc) {
         repeats_answered++;
-        send_frame(cache.reply_type, req->seq, cache.payload, cache.length);
+        send_frame(cache.reply_type, req->seq, cache.in_reply_buf ? reply_buf : cache.payload, cache.length);
         return;
     }
     cache.valid = 0;
@@ -468,6 +607,7 @@ void bridge_handle_frame(const nf_frame *req) {
     case NF_CMD_COMMIT: cmd_commit(req); break;
     case NF_CMD_ACTIVATE: cmd_activate(req); break;
     case NF_CMD_INFER: cmd_infer(req); break;
+    case NF_CMD_INFER_STATE: cmd_infer_state(req); break;
     case NF_CMD_STATUS: cmd_status(req); break;
     case NF_CMD_ARM: cmd_arm(req); break;
     case NF_CMD_DISARM: cmd_disarm(req); break;

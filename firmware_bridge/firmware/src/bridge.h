@@ -16,6 +16,30 @@
 #ifndef NF_SLOT_BYTES
 #define NF_SLOT_BYTES (56u * 1024u)
 #endif
+/* Observation layout [state (NF_STATE_DIM) | action history, NF_HIST_LEN actions newest first].
+ * INFER_STATE sends only the state part; the firmware keeps one history per environment.
+ * NF_STATE_DIM 0 (or an input that does not split that way) disables INFER_STATE. */
+#ifndef NF_STATE_DIM
+#define NF_STATE_DIM 18
+#endif
+#if NF_STATE_DIM > 0 && NF_STATE_DIM < NF_OBS_DIM && (NF_OBS_DIM - NF_STATE_DIM) % NF_ACT_DIM == 0
+#define NF_HIST_LEN ((NF_OBS_DIM - NF_STATE_DIM) / NF_ACT_DIM)
+#else
+#define NF_HIST_LEN 0
+#endif
+#define NF_HIST_FLOATS (NF_HIST_LEN * NF_ACT_DIM)
+/* The histories live in the staging model slot while no upload uses it (SRAM outside the two
+ * slots has room for only ~13 of them): 56 KiB / 512 B = 112 environments. An upload (BEGIN)
+ * forgets them all; the host then reloads each with a full INFER. */
+#if NF_HIST_LEN > 0
+#define NF_MAX_HISTORIES (NF_SLOT_BYTES / (4u * NF_HIST_FLOATS) < 255u ? NF_SLOT_BYTES / (4u * NF_HIST_FLOATS) : 255u)
+#else
+#define NF_MAX_HISTORIES 0u
+#endif
+/* INFER_STATE rows per frame: u16 count, u16 env[count], float32 state[count][NF_STATE_DIM]. */
+#define NF_STATE_ROW_BYTES (2u + 4u * NF_STATE_DIM)
+#define NF_MAX_STATE_ROWS ((NF_MAX_PAYLOAD - 2u) / NF_STATE_ROW_BYTES)
+#define NF_STATE_REPLY_ROW_BYTES (4u * NF_ACT_DIM + 4u)
 
 void bridge_init(void);
 /* Handle one valid frame and write its reply with hal_uart_write. */

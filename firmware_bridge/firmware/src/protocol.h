@@ -9,13 +9,13 @@
 
 #define NF_PROTOCOL_VERSION 1
 #define NF_FW_VERSION_MAJOR 0
-#define NF_FW_VERSION_MINOR 1
+#define NF_FW_VERSION_MINOR 2
 #define NF_FW_VERSION_PATCH 0
 
 #define NF_FRAME_HEADER_BYTES 4   /* type, seq, length */
 #define NF_FRAME_CRC_BYTES 4
 #define NF_MAX_PAYLOAD 2048       /* largest payload the firmware accepts (HELLO negotiates) */
-#define NF_MIN_PAYLOAD 640        /* INFER needs 4 * 146 = 584 bytes */
+#define NF_MIN_PAYLOAD 640        /* INFER needs 4 * 146 + 4 = 588 bytes */
 #define NF_MIN_MODEL_BYTES 24     /* smallest blob: header, widths, CRC */
 
 /* The "model CRC" everywhere in the protocol (BEGIN, COMMIT, ACTIVATE, HELLO, STATUS, INFER)
@@ -34,6 +34,7 @@
 #define NF_CMD_ARM 0x08
 #define NF_CMD_DISARM 0x09
 #define NF_CMD_HEARTBEAT 0x0A
+#define NF_CMD_INFER_STATE 0x0B  /* compact INFER: state part only, history kept on board */
 #define NF_REPLY_FLAG 0x80
 #define NF_REPLY_ERROR 0xFF       /* payload: request type u8, code u8, 0 u16, detail0 i32, detail1 i32 */
 
@@ -54,6 +55,15 @@
 #define NF_ERR_NONFINITE 14       /* observation has NaN/Inf; detail0 = index */
 #define NF_ERR_PROTOCOL 15        /* detail0 = host protocol version, detail1 = ours */
 #define NF_ERR_MISMATCH 16        /* ACTIVATE CRC differs from the verified model; detail0 = staged CRC */
+#define NF_ERR_HISTORY 17         /* INFER_STATE: no on-board history; detail0 = env index, detail1 = NF_HIST_* */
+
+/* Why INFER_STATE found no on-board history (NF_ERR_HISTORY detail1). */
+#define NF_HIST_RANGE 1           /* env index >= max histories (HELLO) */
+#define NF_HIST_NOT_LOADED 2      /* no full INFER for this env since boot / the last upload */
+#define NF_HIST_BUSY 3            /* an upload occupies the staging slot that holds the histories */
+#define NF_HIST_LAYOUT 4          /* the firmware's input has no state + action-history layout */
+#define NF_HIST_DUPLICATE 5       /* the same env twice in one INFER_STATE frame */
+#define NF_INFER_NO_ENV 0xFFFF    /* full INFER env index: store no history */
 
 /* Staging slot states. */
 #define NF_STAGE_EMPTY 0
