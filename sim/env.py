@@ -43,7 +43,7 @@ from .rng import hash4, normal, seed_to_uint64, uniform
 
 STATE_PART = 18  # position error, rotation matrix, velocity error, angular velocity
 PRIVILEGED_DIM = STATE_PART + 6 + 4
-NOISE_POOL_SIZE = 1 << 16  # minimum; grows to >= 2 x 18 x num_envs values
+NOISE_POOL_SIZE = 1 << 16
 HISTORY_SLACK = 32  # steps between moves of the observation windows (see VecEnv.__init__)
 
 
@@ -331,14 +331,9 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
     scale = 2.0 / (cfg[CFG_SMAX] - smin)
     for k in range(4):
         pr[24 + k] = (blocks[o + (13 + k) * B] - smin) * scale - 1.0
-    # Actor observation: the same 18 values plus noise from a window of the Gaussian pool
-    # (exact Gaussian samples, no transcendental calls per step). Each step draws one random
-    # start per stream; environment i reads the i-th 18-value window after it, so a step reads
-    # the pool sequentially (random windows per env cost two cache misses each) and the
-    # environments of one step never share a value (the pool holds >= 2 x 18 N values).
-    pool_size = noise_pool.shape[0] - STATE_PART
-    start = np.int64(hash4(seed, step_index, stream, 0) & np.uint64(pool_size - 1))
-    w = (start + STATE_PART * i) & (pool_size - 1)
+    # Actor observation: the same 18 values plus noise from a window of the Gaussian pool at a
+    # counter-based random offset (exact Gaussian samples, no transcendental calls per step).
+    w = np.int64(hash4(seed, step_index, i, stream) & np.uint64(NOISE_POOL_SIZE - 1))
     noise = noise_pool[w:w + STATE_PART]
     sp = np.float32(cfg[CFG_NOISE_P])
     sr = np.float32(cfg[CFG_NOISE_R])
@@ -555,8 +550,7 @@ class VecEnv:
         self._done = np.zeros(n, dtype=bool)
         self._info: dict[str, Any] = {}
         self._step_index = 0
-        pool_size = max(NOISE_POOL_SIZE, 1 << int(math.ceil(math.log2(2 * STATE_PART * n))))
-        self._noise_pool = np.zeros(pool_size + STATE_PART, dtype=np.float32)
+        self._noise_pool = np.zeros(NOISE_POOL_SIZE + STATE_PART, dtype=np.float32)
         self._pool_generation = -1
         self._needs_reset = True
         self.seed(seed)
@@ -621,10 +615,9 @@ class VecEnv:
         generation = self._step_index // self.config.episode_steps
         if generation != self._pool_generation:
             rng = np.random.default_rng([self._seed_value & 0xFFFFFFFF, generation, 7])
-            size = self._noise_pool.shape[0] - STATE_PART
-            pool = self._noise_pool[:size]
-            rng.standard_normal(out=pool, dtype=np.float32)
-            self._noise_pool[size:] = pool[:STATE_PART]
+            pool = rng.standard_normal(NOISE_POOL_SIZE, dtype=np.float32)
+            self._noise_pool[:NOISE_POOL_SIZE] = pool
+            self._noise_pool[NOISE_POOL_SIZE:] = pool[:STATE_PART]
             self._pool_generation = generation
 
     # -- Gymnasium-style API ----------------------------------------------------------------
