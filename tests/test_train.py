@@ -143,7 +143,9 @@ def test_ablation_switches_change_the_mdp():
 def test_default_training_run_beats_untrained_policy():
     # The default schedule (300 k steps, ~25 s here): the smallest run in which the policy
     # learns to fly. Hover *success* of these policies is low (docs/benchmarks.md), so the
-    # assertions are on what reliably improves: surviving the episode and the reward.
+    # assertions are on what reliably improves: surviving the episode. (The return under the
+    # target weights does not: a policy that survives 5 s with an offset collects more
+    # negative reward than one that crashes at once.)
     cfg = TrainConfig(seed=2)
     tr = train(cfg)
     untrained = init_actor([146, 64, 64, 4], seed=2)
@@ -155,7 +157,6 @@ def test_default_training_run_beats_untrained_policy():
     assert base["termination_rate"] == 1.0 and base["success_rate"] == 0.0
     assert trained["termination_rate"] < 0.5
     assert trained["mean_steps_before_termination"] > 3 * base["mean_steps_before_termination"]
-    assert trained["mean_return_target_weights"] > base["mean_return_target_weights"] + 100
     assert trained["success_rate"] >= base["success_rate"]
 
 
