@@ -10,8 +10,8 @@ import torch
 
 from nanofly.sim.env import RewardWeights
 from nanofly.train.evaluate import hover_suite
-from nanofly.train.policy import init_actor, load_policy, save_policy
-from nanofly.train.td3 import Interrupted, TrainConfig, Trainer, curriculum_step, run_loop, train
+from nanofly.train.policy import init_actor, load_policy
+from nanofly.train.td3 import TrainConfig, Trainer, curriculum_step, run_loop, train
 
 SMALL = dict(total_env_steps=6000, num_envs=8, critic_warmup_steps=1000, actor_warmup_steps=2000,
              curriculum_interval=2000, log_interval=1000, batch_size=64)
@@ -195,7 +195,6 @@ def test_train_cli_writes_run_dir_and_eval_exit_codes(tmp_path):
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
-    import os
     import signal
     import time
 

@@ -50,9 +50,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_train_config(args) -> "TrainConfig":
-    from nanofly.sim.presets import dumps_toml  # noqa: F401  (validates import early)
-
+def load_train_config(args):
+    """The TrainConfig from --config (TOML) and the command-line options."""
     from .td3 import TrainConfig
 
     data: dict[str, Any] = {}

@@ -1,8 +1,6 @@
 """CLI for the training stage: ``nanofly train`` and ``nanofly eval``."""
 from __future__ import annotations
 
-import argparse
-
 ABLATIONS = ("disturbance", "observation_noise", "asymmetric_critic", "rotor_delay",
              "action_history", "curriculum")
 

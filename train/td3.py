@@ -15,14 +15,10 @@ the paper is a switch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
