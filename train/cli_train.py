@@ -119,7 +119,7 @@ def run_train(args) -> int:
     def on_progress(trainer) -> None:
         m = trainer.metrics()
         fields = {"return": f"{m['mean_return']:.0f}" if m["mean_return"] is not None else "-",
-                  "est. success": f"{100 * m['survival_rate']:.0f}%" if m["survival_rate"] is not None else "-"}
+                  "survived 5 s": f"{100 * m['survival_rate']:.0f}%" if m["survival_rate"] is not None else "-"}
         bar.update(m["env_steps"], m["wall_time_s"], fields)
 
     def on_log(metrics: dict) -> None:

@@ -326,7 +326,8 @@ class Trainer:
             "mean_return": float(np.mean(st.recent_returns)) if st.recent_returns else None,
             "mean_episode_length": float(np.mean(st.recent_lengths)) if st.recent_lengths else None,
             # Fraction of recent training episodes that reached the time limit without
-            # crashing: a cheap live estimate of the hover success rate.
+            # crashing. Shown live instead of a success estimate: it is an upper bound only
+            # (policies that survive can still miss the 0.1 m success radius).
             "survival_rate": float(np.mean(st.recent_survived)) if st.recent_survived else None,
             "critic_loss": self.last_critic_loss, "actor_loss": self.last_actor_loss,
             "reward_weights": dataclasses.asdict(self.weights),
