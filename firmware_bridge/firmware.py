@@ -67,16 +67,22 @@ def _check_runtime(export_c: Path) -> None:
                                  "runtime); pass export_c= / --export-c to point at it")
 
 
+def _prepare_build(build_dir, export_c) -> tuple[Path, Path]:
+    """Resolve the build and export-runtime directories (defaults, runtime check, mkdir)."""
+    build_dir = Path(build_dir) if build_dir else default_build_dir()
+    export_c = Path(export_c) if export_c else export_c_dir()
+    _check_runtime(export_c)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return build_dir, export_c
+
+
 def build_firmware(build_dir: str | os.PathLike | None = None, *, export_c: str | os.PathLike | None = None,
                    extra_cflags: str = "", quiet: bool = True, jobs: int = 2) -> Path:
     """Build (incrementally) and return the path of ``nanofly_bridge.elf``."""
     missing = toolchain_missing()
     if missing:
         raise FirmwareBuildError(missing)
-    build_dir = Path(build_dir) if build_dir else default_build_dir()
-    export_c = Path(export_c) if export_c else export_c_dir()
-    _check_runtime(export_c)
-    build_dir.mkdir(parents=True, exist_ok=True)
+    build_dir, export_c = _prepare_build(build_dir, export_c)
     _run_make([f"-j{jobs}", f"BUILD={build_dir.resolve()}", f"EXPORT_C={export_c.resolve()}",
                f"EXTRA_CFLAGS={extra_cflags}", "all"], "firmware build", quiet)
     return build_dir.resolve() / ELF_NAME
@@ -105,10 +111,7 @@ def build_fuzzer(build_dir: str | os.PathLike | None = None, *, export_c: str | 
     missing = fuzzer_missing()
     if missing:
         raise FirmwareBuildError(missing)
-    build_dir = Path(build_dir) if build_dir else default_build_dir()
-    export_c = Path(export_c) if export_c else export_c_dir()
-    _check_runtime(export_c)
-    build_dir.mkdir(parents=True, exist_ok=True)
+    build_dir, export_c = _prepare_build(build_dir, export_c)
     _run_make([f"BUILD={build_dir.resolve()}", f"EXPORT_C={export_c.resolve()}", "fuzz"],
               "fuzzer build", quiet)
     return build_dir.resolve() / "host" / FUZZER_NAME

@@ -81,10 +81,10 @@ def test_rebuilt_next_observation_is_the_true_next_observation():
 def test_truncation_is_not_termination():
     cfg = TrainConfig(**{**SMALL, "total_env_steps": 400, "num_envs": 4})
     tr = Trainer(cfg)
-    # hold every env at its target with the hover action: episodes end only by truncation
-    tr.env.config.episode_steps = 50
+    # termination switched off: episodes end only by the 50-step time limit
+    tr.env.config = dataclasses.replace(tr.env.config, episode_steps=50,
+                                        termination_position=1e9)  # no termination
     tr.env._cfg[:] = tr.env._make_cfg()
-    tr.env._cfg[4] = 1e9  # CFG_TERM_P: no termination
     run_loop(tr)
     assert tr.state.episodes >= 4 and tr.buffer.terminated[:tr.buffer.size].sum() == 0
 
