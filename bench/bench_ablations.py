@@ -1,7 +1,7 @@
 """Ablation table: train with each of the paper's components switched off (one seed each by
 default) and report the hover-suite figures next to the full method.
 
-    python bench/bench_ablations.py [--seeds 0] [--steps 300000]
+    python bench/bench_ablations.py [--seeds 0] [--steps N]   (default: the training default)
 
 Prints one JSON object: per variant and seed the training wall time, hover success rate,
 termination rate and final position RMSE. The baseline in the same run is the full method.
@@ -29,7 +29,8 @@ VARIANTS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=300_000)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="total env steps (default: TrainConfig's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
     out: dict = {"steps": args.steps, "results": {}}
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run = root / f"{name}-{seed}"
             proc = subprocess.run([sys.executable, "-m", "nanofly", "train", "--seed", str(seed),
-                                   "--steps", str(args.steps), "--out", str(run), "--json",
+                                   *(["--steps", str(args.steps)] if args.steps else []),
+                                   "--out", str(run), "--json",
                                    "--no-plots", *VARIANTS[name]], capture_output=True, text=True)
             if proc.returncode != 0:
                 out["results"][name].append({"seed": seed, "error": proc.stderr[-1000:]})

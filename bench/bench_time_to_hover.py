@@ -44,7 +44,8 @@ def run_seed(seed: int, out_root: Path, cold: bool, extra: list[str]) -> dict:
     hover = summary.get("eval", {}).get("hover", {"success_rate": None,
                                                   "final_position_rmse_m": None, "passed": False})
     return {"seed": seed, "process_start_to_policy_s": round(summary["policy_saved_at_unix"] - launched, 3),
-            "train_wall_time_s": summary["train_wall_time_s"],
+            "train_wall_time_s": summary["train_wall_time_s"], "env_steps": summary["env_steps"],
+            "selected_env_steps": (summary.get("selected_snapshot") or {}).get("env_steps"),
             "hover_success_rate": hover["success_rate"],
             "final_position_rmse_m": hover["final_position_rmse_m"], "passed": hover["passed"]}
 

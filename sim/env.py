@@ -62,6 +62,10 @@ class RewardWeights:
     angular_velocity: float = 0.0
     action: float = 0.01
     termination_penalty: float = 0.0
+    # Clip the reward of non-terminated steps at 0 from below (the reference's reward
+    # functions have this switch): with a 0 termination penalty, a negative reward would make
+    # crashing look better than flying on.
+    non_negative: bool = False
 
     def as_array(self) -> np.ndarray:
         values = np.array(dataclasses.astuple(self), dtype=np.float64)
@@ -172,7 +176,7 @@ PRIVILEGED_LAYOUT = [("position_error", 3), ("rotation_matrix", 9),
  CFG_JZZ, CFG_C0, CFG_C1, CFG_C2, CFG_TAU_RISE, CFG_TAU_FALL, NUM_CFG) = range(34)
 
 # Reward weight indices (RewardWeights field order).
-W_SCALE, W_CONSTANT, W_P, W_Q, W_V, W_W, W_A, W_TERM = range(8)
+W_SCALE, W_CONSTANT, W_P, W_Q, W_V, W_W, W_A, W_TERM, W_NON_NEGATIVE = range(9)
 
 # Draw indices for the per-episode random numbers (hash counter c); orientation tries use 100+.
 _D_GUIDE, _D_POS, _D_VEL, _D_ANGVEL, _D_DR, _D_FORCE, _D_TORQUE, _D_ORI = 0, 1, 4, 7, 10, 14, 20, 100
@@ -410,9 +414,12 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
         if term:
             reward[i] = weights[W_TERM]
         else:
-            reward[i] = weights[W_CONSTANT] - weights[W_SCALE] * (
+            r = weights[W_CONSTANT] - weights[W_SCALE] * (
                 weights[W_P] * e_p + weights[W_Q] * e_q + weights[W_V] * e_v
                 + weights[W_W] * e_w + weights[W_A] * e_a)
+            if weights[W_NON_NEGATIVE] != 0.0 and r < 0.0:
+                r = 0.0
+            reward[i] = r
         done[i] = term or trunc
         if term or trunc:
             final_obs[i, :] = ob
@@ -481,6 +488,8 @@ def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
     e_a = np.einsum("ij,ij->i", d, d)
     r = w[W_CONSTANT] - w[W_SCALE] * (w[W_P] * e_p + w[W_Q] * e_q + w[W_V] * e_v
                                        + w[W_W] * e_w + w[W_A] * e_a)
+    if w[W_NON_NEGATIVE] != 0.0:
+        r = np.maximum(r, np.float32(0.0))
     return np.where(np.asarray(terminated, dtype=bool), w[W_TERM], r).astype(np.float32)
 
 

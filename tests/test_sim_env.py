@@ -272,3 +272,30 @@ def test_config_defaults_are_the_paper_mdp():
     w = RewardWeights()
     assert (w.scale, w.constant, w.position, w.orientation, w.linear_velocity, w.action) == (
         0.5, 2.0, 5.0, 5.0, 0.01, 0.01)
+
+
+def test_non_negative_reward_clips_at_zero_in_simulator_and_recomputation():
+    # Large weights make far-off states negative; the non_negative switch clips them at 0
+    # (terminated steps still get the termination penalty).
+    harsh = RewardWeights(position=200.0, orientation=50.0, termination_penalty=-1.0)
+    clipped = RewardWeights(position=200.0, orientation=50.0, termination_penalty=-1.0,
+                            non_negative=True)
+    rng = np.random.default_rng(1)
+    out = {}
+    for name, w in (("harsh", harsh), ("clipped", clipped)):
+        env = VecEnv(512, seed=11, reward_weights=w)
+        env.reset()
+        a = np.clip(env.hover_action + 0.2 * rng.standard_normal((512, 4)), -1, 1).astype(np.float32)
+        obs, r, term, trunc, info = env.step(a)
+        priv = np.where(info["_final_obs"][:, None], info["final_privileged_obs"],
+                        info["privileged_obs"])
+        out[name] = (r.copy(), term.copy())
+        assert np.allclose(r, recompute_rewards(priv, a, term, w, env.hover_action), atol=1e-5)
+        rng = np.random.default_rng(1)  # same actions for both
+    r_harsh, term = out["harsh"]
+    r_clip, term2 = out["clipped"]
+    assert np.array_equal(term, term2)
+    alive = ~term
+    assert (r_harsh[alive] < 0).any()
+    assert np.array_equal(r_clip[alive], np.maximum(r_harsh[alive], 0.0))
+    assert np.all(r_clip[term] == -1.0)

@@ -36,7 +36,7 @@ def test_schedule_delayed_actor_and_curriculum_recompute():
     assert st.critic_updates == (6000 - 1000) // 10 + 1
     assert st.actor_updates == (6000 - 2000) // 20 + 1
     assert st.curriculum_stage == 3
-    assert tr.weights.position == pytest.approx(5.0 * 1.2 ** 3)
+    assert tr.weights.position == pytest.approx(tr.cfg.initial_reward_weights.position * 1.2 ** 3)
     # stored rewards were recomputed with the current weights
     from nanofly.sim.env import recompute_rewards
     n = tr.buffer.size
@@ -111,6 +111,45 @@ def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
     assert np.array_equal(resumed.buffer.data[:full.buffer.size], full.buffer.data[:full.buffer.size])
 
 
+def test_critic_targets_follow_every_critic_update_and_actor_target_every_actor_update():
+    # critic_target_update_interval 10 (default): target critics move with each critic step,
+    # also before the actor warm-up; the target actor only with actor steps.
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 1600})  # critic from 1000, actor from 2000
+    tr = train(cfg)
+    n_actor = tr.core.n_actor_params
+    assert tr.state.critic_updates > 0 and tr.state.actor_updates == 0
+    assert not np.array_equal(tr.core.targets[n_actor:], tr.core.params[n_actor:])
+    start = Trainer(cfg)
+    assert not np.array_equal(tr.core.targets[n_actor:], start.core.targets[n_actor:])
+    assert np.array_equal(tr.core.targets[:n_actor], start.core.targets[:n_actor])
+    # 0: all targets together after each actor update, so none moved yet
+    old = train(TrainConfig(**{**SMALL, "total_env_steps": 1600, "critic_target_update_interval": 0}))
+    assert np.array_equal(old.core.targets, start.core.targets)
+
+
+def test_checkpoint_selection_keeps_best_snapshot_and_stops_early():
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 4000, "selection_start": 2000,
+                         "selection_interval": 1000, "selection_episodes": 16,
+                         "stop_at_selection_success": 1.1})
+    tr = train(cfg)
+    hist = tr.state.selection_history
+    assert [h[0] for h in hist] == [2000, 3000, 4000]
+    best = max(range(len(hist)), key=lambda i: (hist[i][1], -i))
+    assert tr.state.best_selection_step == hist[best][0]
+    assert tr.state.best_selection_score == hist[best][1]
+    saved = tr.policy_actor()
+    params = torch.cat([p.detach().flatten() for layer in saved.linear_layers()
+                        for p in (layer.weight, layer.bias)]).numpy()
+    assert np.array_equal(params, tr.best_actor_params)
+    # the snapshot survives a checkpoint round trip
+    again = Trainer(cfg)
+    again.restore(pickle.loads(pickle.dumps(tr.checkpoint())))
+    assert np.array_equal(again.best_actor_params, tr.best_actor_params)
+    # a reachable stop threshold ends the run at the first check that meets it
+    stop = train(dataclasses.replace(cfg, stop_at_selection_success=0.0))
+    assert stop.state.stopped_early and stop.state.env_steps == 2000
+
+
 def test_checkpoint_from_other_config_is_refused():
     tr = Trainer(TrainConfig(**SMALL))
     ck = tr.checkpoint()
@@ -128,6 +167,10 @@ def test_bad_training_config_is_refused():
         TrainConfig.from_dict({"total_env_steps": "many"})
     with pytest.raises(ValueError, match="multiple"):
         TrainConfig.from_dict({"actor_update_interval": 15})
+    with pytest.raises(ValueError, match="critic_target_update_interval"):
+        TrainConfig.from_dict({"critic_target_update_interval": 15})
+    with pytest.raises(ValueError, match="selection_interval"):
+        TrainConfig.from_dict({"selection_interval": -1})
 
 
 def test_ablation_switches_change_the_mdp():
@@ -140,24 +183,25 @@ def test_ablation_switches_change_the_mdp():
     assert tr.state.critic_updates > 0
 
 
-def test_default_training_run_beats_untrained_policy():
-    # The default schedule (300 k steps, ~25 s here): the smallest run in which the policy
-    # learns to fly. Hover *success* of these policies is low (docs/benchmarks.md), so the
-    # assertions are on what reliably improves: surviving the episode. (The return under the
-    # target weights does not: a policy that survives 5 s with an offset collects more
-    # negative reward than one that crashes at once.)
-    cfg = TrainConfig(seed=2)
+def test_default_training_run_hovers():
+    # The default schedule (up to 700 k steps with checkpoint selection, ~55 s here; the
+    # shipped model's seed). Over 10 seeds the 1000-episode hover success was 0.69-0.97
+    # (docs/benchmarks.md), so the assertions leave room for another CPU's float rounding.
+    cfg = TrainConfig(seed=0)
     tr = train(cfg)
-    untrained = init_actor([146, 64, 64, 4], seed=2)
+    assert tr.state.best_selection_step > 0
+    untrained = init_actor([146, 64, 64, 4], seed=0)
     with torch.no_grad():
         base = hover_suite(lambda o: untrained(torch.from_numpy(np.ascontiguousarray(o))).numpy(),
                            episodes=200, seed=7)
-    trained = hover_suite(lambda o: tr.core.actor_forward(np.ascontiguousarray(o)).copy(),
-                          episodes=200, seed=7)
+    actor = tr.policy_actor()
+    with torch.no_grad():
+        trained = hover_suite(lambda o: actor(torch.from_numpy(np.ascontiguousarray(o))).numpy(),
+                              episodes=200, seed=7)
     assert base["termination_rate"] == 1.0 and base["success_rate"] == 0.0
-    assert trained["termination_rate"] < 0.5
-    assert trained["mean_steps_before_termination"] > 3 * base["mean_steps_before_termination"]
-    assert trained["success_rate"] >= base["success_rate"]
+    assert trained["success_rate"] >= 0.5
+    assert trained["termination_rate"] < 0.1
+    assert trained["final_position_rmse_m"] < 0.1
 
 
 def _cli(*args, **kw):

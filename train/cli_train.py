@@ -120,6 +120,9 @@ def run_train(args) -> int:
         m = trainer.metrics()
         fields = {"return": f"{m['mean_return']:.0f}" if m["mean_return"] is not None else "-",
                   "survived 5 s": f"{100 * m['survival_rate']:.0f}%" if m["survival_rate"] is not None else "-"}
+        if m["selection"]:
+            fields["hover success (check)"] = (f"{100 * m['selection']['success_rate']:.0f}% "
+                                               f"(best {100 * m['selection']['best_success_rate']:.0f}%)")
         bar.update(m["env_steps"], m["wall_time_s"], fields)
 
     def on_log(metrics: dict) -> None:
@@ -146,10 +149,16 @@ def run_train(args) -> int:
     train_wall = trainer.state.wall_time_s
     from .policy import save_policy
 
-    actor = trainer.core.to_actor()
+    actor = trainer.policy_actor()
     policy_path = run_dir / "policy.pt"
+    st = trainer.state
+    selection = ({"env_steps": st.best_selection_step, "success_rate": st.best_selection_score,
+                  "episodes": cfg.selection_episodes, "seed": cfg.selection_seed,
+                  "history": st.selection_history}
+                 if trainer.best_actor_params is not None else None)
     save_policy(policy_path, actor, **trainer.policy_payload(),
-                metrics={"train_wall_time_s": train_wall, "env_steps": trainer.state.env_steps})
+                metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
+                         "selected_snapshot": selection})
     time_to_policy = time.perf_counter() - PROCESS_START
     saved_at = time.time()
     (run_dir / "checkpoint.pkl").unlink(missing_ok=True)
@@ -159,7 +168,8 @@ def run_train(args) -> int:
         "cli_start_to_saved_policy_s": round(time_to_policy, 3),
         "policy_saved_at_unix": saved_at,
         "env_steps": trainer.state.env_steps, "critic_updates": trainer.state.critic_updates,
-        "actor_updates": trainer.state.actor_updates,
+        "actor_updates": trainer.state.actor_updates, "selected_snapshot": selection,
+        "stopped_early": st.stopped_early,
     }
     if args.eval_episodes > 0:
         from .evaluate import TorchPolicy, hover_suite, policy_mdp, public
@@ -173,8 +183,8 @@ def run_train(args) -> int:
         summary["eval"] = {"hover": public(result)}
         # store the figures in the policy file too (self-describing)
         save_policy(policy_path, actor, **trainer.policy_payload(),
-                    metrics={"train_wall_time_s": train_wall, "env_steps": trainer.state.env_steps,
-                             "hover": public(result)})
+                    metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
+                             "selected_snapshot": selection, "hover": public(result)})
         if not args.no_plots:
             from .plots import plot_hover_rollouts, plot_learning_curve
 

@@ -392,6 +392,16 @@ class TD3Core:
         """Polyak: target = polyak * target + (1 - polyak) * online, all three networks."""
         _k.polyak_kernel(self.params, self.targets, _F32(self.polyak))
 
+    def update_critic_targets(self) -> None:
+        """Polyak on the two target critics only."""
+        c0 = self.n_actor_params
+        _k.polyak_kernel(self.params[c0:], self.targets[c0:], _F32(self.polyak))
+
+    def update_actor_target(self) -> None:
+        """Polyak on the target actor only."""
+        c0 = self.n_actor_params
+        _k.polyak_kernel(self.params[:c0], self.targets[:c0], _F32(self.polyak))
+
     def actor_forward(self, obs: np.ndarray, out: np.ndarray | None = None,
                       target: bool = False) -> np.ndarray:
         """Batched actor inference: obs (N, Oa) float32 -> actions (N, A) in [-1, 1]."""
@@ -408,14 +418,18 @@ class TD3Core:
         return out
 
     # --------------------------------------------------------------------------------- torch
-    def to_actor(self, target: bool = False):
-        """The (online or target) actor as a ``nanofly.train.policy.Actor`` (copied weights)."""
+    def to_actor(self, target: bool = False, actor_params: np.ndarray | None = None):
+        """The (online or target) actor as a ``nanofly.train.policy.Actor`` (copied weights);
+        ``actor_params``: instead, the actor part of a parameter vector saved earlier
+        (``params[:n_actor_params]``)."""
         import torch
 
         from nanofly.train.policy import Actor
 
         actor = Actor(self.actor_sizes)
-        buf = self.targets if target else self.params
+        buf = actor_params if actor_params is not None else (self.targets if target else self.params)
+        if len(buf) < self.n_actor_params:
+            raise ValueError(f"actor_params has {len(buf)} values, the actor {self.n_actor_params}")
         with torch.no_grad():
             for layer, (weight, bias) in zip(actor.linear_layers(), self._actor_views(buf)):
                 layer.weight.copy_(torch.from_numpy(weight.copy()))
