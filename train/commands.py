@@ -8,12 +8,15 @@ ABLATIONS = ("disturbance", "observation_noise", "asymmetric_critic", "rotor_del
 def register(sub, bench_sub) -> None:
     p = sub.add_parser(
         "train", help="train a hover policy (TD3, asymmetric actor-critic)",
-        description="Train a policy with the paper's defaults and save it to a run directory "
-                    "(policy.pt, metrics.jsonl, config.toml, plots). Ctrl-C saves a checkpoint "
-                    "that --resume continues from.")
+        description="Train a policy (defaults: the paper's TD3 setup with the changes measured "
+                    "in docs/benchmarks.md) and save it to a run directory (policy.pt, "
+                    "metrics.jsonl, config.toml, plots). Ctrl-C saves a checkpoint that "
+                    "--resume continues from.")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="total environment steps (default 300000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total environment steps (default 700000; training may stop earlier, "
+                        "see stop_at_selection_success)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel simulators (default 16)")
     p.add_argument("--preset", default=None, help="vehicle preset name or .toml file")
     p.add_argument("--config", default=None,
