@@ -24,7 +24,7 @@ def test_curriculum_schedule_multiplies_and_caps():
     assert (w1.position, w1.linear_velocity, w1.action) == pytest.approx((6.0, 0.014, 0.014))
     for _ in range(60):
         w = curriculum_step(w, cfg)
-    assert (w.position, w.linear_velocity, w.action) == (40.0, 1.0, 1.0)
+    assert (w.position, w.linear_velocity, w.action) == (cfg.curriculum_position_max, 1.0, 1.0)
     assert w.orientation == 5.0 and w.constant == 2.0
 
 

@@ -78,7 +78,9 @@ class TrainConfig:
     # time limit (0: the paper's fixed schedule).
     curriculum_min_survival: float = 0.0
     curriculum_position_factor: float = 1.2
-    curriculum_position_max: float = 40.0
+    # Cap of the position weight. The paper: 40; 80 here, since the precision a 0.1 m success
+    # radius needs comes from it (10 seeds: 4 -> 5 pass, worst seed 68.5 % -> 93.6 %).
+    curriculum_position_max: float = 80.0
     curriculum_linear_velocity_factor: float = 1.4
     curriculum_linear_velocity_max: float = 1.0
     curriculum_action_factor: float = 1.4
