@@ -77,10 +77,15 @@ def make_policy(backend: str, policy_path) -> Any:
     raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, c-f32, c-int8 or pil:URL")
 
 
+def evaluation_mdp(history_length: int) -> MDPConfig:
+    """The MDP every policy is evaluated on: the paper's (noise, disturbance, rotor delay) with
+    the policy's observation layout (its action-history length). Policies trained with an
+    ablation are evaluated on the full system, which is what the ablation asks."""
+    return MDPConfig(history_length=int(history_length))
+
+
 def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
-    """The vehicle and the evaluation MDP for a policy file: the paper's MDP (noise, disturbance,
-    rotor delay) with the policy's observation layout (its action-history length). Policies
-    trained with an ablation are evaluated on the full system, which is what the ablation asks."""
+    """The vehicle and the evaluation MDP (``evaluation_mdp``) for a policy file."""
     from nanofly.sim.presets import VehicleParams
 
     vehicle = payload.get("vehicle", {})
@@ -88,7 +93,7 @@ def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
     preset = VehicleParams.from_dict(params) if params else vehicle.get("preset", "crazyflie_paper")
     mdp = payload.get("mdp") or {}
     history = int(mdp.get("history_length", payload.get("observation", {}).get("history_length", 32)))
-    return preset, MDPConfig(history_length=history)
+    return preset, evaluation_mdp(history)
 
 
 # -- hover --------------------------------------------------------------------------------------

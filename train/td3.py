@@ -335,13 +335,13 @@ class Trainer:
 
     def _select(self) -> None:
         """Score the current policy on the selection episodes; keep it if it is the best."""
-        from .evaluate import hover_suite
+        from .evaluate import evaluation_mdp, hover_suite
 
         cfg, st, core = self.cfg, self.state, self.core
         target = cfg.save_target_actor
         result = hover_suite(lambda obs: core.actor_forward(np.ascontiguousarray(obs), target=target),
-                             preset=self.env.params, mdp=dataclasses.replace(
-                                 MDPConfig(), history_length=self.env.config.history_length),
+                             preset=self.env.params,
+                             mdp=evaluation_mdp(self.env.config.history_length),
                              episodes=cfg.selection_episodes, seed=cfg.selection_seed)
         score = float(result["success_rate"])
         st.selection_history.append([st.env_steps, score, float(result["termination_rate"])])
