@@ -460,3 +460,33 @@ def test_learns_a_contextual_bandit():
             core.actor_update(obs, obs)
     error_after = np.abs(core.actor_forward(test_obs) - best_action(test_obs)).mean()
     assert error_before > 0.3 and error_after < 0.08, (error_before, error_after)
+
+
+def test_half_worker_hands_off_after_sleeping_reraises_errors_and_closes():
+    """The second update thread spins for new work, then blocks; jobs submitted in either
+    state run, an exception in the thread reaches the caller, and close() ends the thread."""
+    import time
+
+    from nanofly.train.td3_core import _HalfWorker
+
+    worker = _HalfWorker()
+    out = []
+    worker.submit(out.append, (1,))  # while it spins
+    worker.wait()
+    time.sleep(0.05)  # well past the ~2 ms of spinning: now blocked on its Event
+    assert worker._sleeping
+    worker.submit(out.append, (2,))
+    worker.wait()
+    assert out == [1, 2]
+
+    def fail():
+        raise ZeroDivisionError("in the worker")
+
+    worker.submit(fail, ())
+    with pytest.raises(ZeroDivisionError, match="in the worker"):
+        worker.wait()
+    worker.submit(out.append, (3,))  # still usable after an error
+    worker.wait()
+    assert out == [1, 2, 3]
+    worker.close()
+    assert not worker._thread.is_alive()

@@ -541,40 +541,67 @@ class TD3Core:
 class _HalfWorker:
     """One daemon thread that runs a kernel call on request (for ``threads=2``).
 
-    Hand-off through two locks used as binary semaphores: no polling, no GIL held while the
-    numba kernel runs. Errors in the thread are re-raised by ``wait``.
+    Hand-off through two counters that both sides spin on outside the GIL (numba
+    ``spin_until_at_least``): a sleeping thread takes 50-150 us to wake in this VM, as long as
+    half an update, so the blocking hand-off this replaced made two threads only ~10 % faster
+    than one (critic update 0.40 vs 0.44 ms; spinning: 0.26 ms). A worker with nothing to do
+    for ~2 ms blocks on an Event instead, so an idle trainer does not burn a core. Errors in
+    the thread are re-raised by ``wait``.
     """
 
+    IDLE_SPIN_TURNS = 80_000  # ~2 ms of 25 ns ``pause`` turns before the worker blocks
+    WAIT_SPIN_TURNS = 40_000  # the caller re-checks the thread between bursts of ~1 ms
+
     def __init__(self):
-        self._go = threading.Lock()
-        self._go.acquire()
-        self._done = threading.Lock()
-        self._done.acquire()
+        self._counters = np.zeros(2, dtype=np.int64)  # [jobs submitted, jobs finished]
+        self._wake = threading.Event()
+        self._sleeping = False  # read and written with the GIL held (see _next_job)
         self._job = None
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="nanofly-td3-half", daemon=True)
         self._thread.start()
 
+    def _next_job(self, number: int) -> None:
+        """Return once job ``number`` has been submitted: spin first, then block."""
+        if _k.spin_until_at_least(self._counters, 0, number, self.IDLE_SPIN_TURNS):
+            return
+        # Python code from here on runs with the GIL, as submit() does: the flag and the
+        # counter are never read by one side between the other side's two steps.
+        self._sleeping = True
+        while self._counters[0] < number:
+            self._wake.clear()
+            if self._counters[0] >= number:
+                break
+            self._wake.wait(0.1)
+        self._sleeping = False
+
     def _loop(self) -> None:
+        number = 0
         while True:
-            self._go.acquire()
+            number += 1
+            self._next_job(number)
             job = self._job
-            if job is None:
-                self._done.release()
-                return
             try:
+                if job is None:
+                    return
                 job[0](*job[1])
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc
-            self._done.release()
+            finally:
+                self._counters[1] = number
 
     def submit(self, fn, args) -> None:
         self._job = (fn, args)
-        self._go.release()
+        self._counters[0] += 1
+        if self._sleeping:
+            self._wake.set()
 
     def wait(self) -> None:
-        self._done.acquire()
+        number = self._counters[0]
+        while not _k.spin_until_at_least(self._counters, 1, number, self.WAIT_SPIN_TURNS):
+            if not self._thread.is_alive():
+                raise RuntimeError("the second update thread has died")
         self._job = None
         if self._error is not None:
             error, self._error = self._error, None
@@ -585,5 +612,6 @@ class _HalfWorker:
             return
         self._closed = True
         self._job = None
-        self._go.release()
+        self._counters[0] += 1
+        self._wake.set()
         self._thread.join(timeout=5.0)
