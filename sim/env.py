@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dynamics as dyn
+from .cpu import prefetch_for_write
 from .presets import VehicleParams, get_preset
 from .rng import hash4, normal, seed_to_uint64, uniform
 
@@ -183,15 +184,20 @@ _D_GUIDE, _D_POS, _D_VEL, _D_ANGVEL, _D_DR, _D_FORCE, _D_TORQUE, _D_ORI = 0, 1, 
 
 
 @njit(cache=True)
-def _apply_actions(actions, blocks, n, rotor_delay, smin, smax, clipped):
-    """Check, clip and write (N, 4) actions into the blocks. Returns the first row with a
-    non-finite action, or -1 (then nothing has been stepped yet)."""
-    for i in range(n):
+def _first_non_finite(actions):
+    """The first row of (N, 4) ``actions`` holding NaN or Inf, or -1."""
+    for i in range(actions.shape[0]):
         for k in range(4):
             if not math.isfinite(actions[i, k]):
                 return i
+    return -1
+
+
+@njit(inline="always")
+def _write_actions(first, last, actions, blocks, rotor_delay, smin, smax, clipped):
+    """Clip actions [first, last) to [-1, 1] and write them into the blocks."""
     half_span = (smax - smin) * 0.5
-    for i in range(n):
+    for i in range(first, last):
         o = (i // dyn.BLOCK) * (dyn.BLOCK_ROWS * dyn.BLOCK) + (i % dyn.BLOCK)
         for k in range(4):
             a = min(max(actions[i, k], -1.0), 1.0)
@@ -199,7 +205,6 @@ def _apply_actions(actions, blocks, n, rotor_delay, smin, smax, clipped):
             blocks[o + (dyn.ROW_ACTION + k) * dyn.BLOCK] = a
             if not rotor_delay:  # ablation: the rotor is at its set point at once
                 blocks[o + (dyn.ROW_STATE + 13 + k) * dyn.BLOCK] = smin + (a + 1.0) * half_span
-    return -1
 
 
 @njit(cache=True)
@@ -373,6 +378,12 @@ def _fill_history(ob, value):
         ob[k] = value
 
 
+# Each env writes 22 values of its observation row and its 28-value privileged row; at large N
+# these lines are not in any cache, and the hardware prefetchers do not follow the observation
+# windows (rows ~1 KB apart, a start that moves every step), so each write stalled on memory.
+PREFETCH_ENVS_AHEAD = 8
+
+
 @njit(cache=True)
 def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clipped, step_count,
                      episode, target_p, target_v, noise_pool, obs_store, base, priv, reward,
@@ -388,6 +399,12 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
     hover = np.float32(cfg[CFG_HOVER_ACTION])
     obs_dim = final_obs.shape[1]
     for i in range(first, last):
+        ahead = i + PREFETCH_ENVS_AHEAD
+        if ahead < last:  # the rows written below, a few envs ahead (see PREFETCH_ENVS_AHEAD)
+            prefetch_for_write(obs_store, ahead, base)
+            prefetch_for_write(obs_store, ahead, base + STATE_PART + 3)
+            prefetch_for_write(priv, ahead, 0)
+            prefetch_for_write(priv, ahead, PRIVILEGED_DIM - 1)
         ob = obs_store[i, base:base + obs_dim]
         pr = priv[i]
         a0 = clipped[i, 0]
@@ -432,24 +449,70 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
                      True)
 
 
-@njit(cache=True, parallel=True)
-def _post_step_parallel(num_chunks, n, blocks, cfg, weights, seed, step_index, clipped,
-                        step_count, episode, target_p, target_v, noise_pool, obs_store, base,
-                        priv, reward, terminated, truncated, final_obs, final_priv, done):
-    for c in prange(num_chunks):
-        _post_step_range((n * c) // num_chunks, (n * (c + 1)) // num_chunks, blocks, cfg,
-                         weights, seed, step_index, clipped, step_count, episode, target_p,
-                         target_v, noise_pool, obs_store, base, priv, reward, terminated,
-                         truncated, final_obs, final_priv, done)
+@njit(inline="always")
+def _copy(dst, src):
+    for k in range(dst.shape[0]):  # 1-D views that do not overlap: LLVM vectorizes this
+        dst[k] = src[k]
+
+
+@njit(inline="always")
+def _rewind_rows(first, last, obs_store, old_base, new_base, obs_dim):
+    """Move the observation windows of rows [first, last) from ``old_base`` to ``new_base``
+    (> old_base) in pieces no longer than the distance, from the top down, so that no piece
+    overlaps itself (memmove order; each piece is a vectorized copy)."""
+    gap = new_base - old_base
+    for i in range(first, last):
+        row = obs_store[i]
+        hi = obs_dim
+        while hi > 0:
+            lo = max(hi - gap, 0)
+            _copy(row[new_base + lo:new_base + hi], row[old_base + lo:old_base + hi])
+            hi = lo
+
+
+# Environments per piece of a fused step: small enough that the piece's blocks, actions and
+# bookkeeping stay in the L2 cache from the action write through the dynamics to the
+# observation (at 65 536 envs the three passes over everything cost ~2x), a multiple of BLOCK.
+STEP_PIECE_ENVS = 512
 
 
 @njit(cache=True)
-def _rewind(obs_store, old_base, new_base, obs_dim):
-    """Move every observation window from ``old_base`` to ``new_base`` (> old_base)."""
-    for i in range(obs_store.shape[0]):
-        row = obs_store[i]
-        for k in range(obs_dim - 1, -1, -1):  # backwards: the ranges may overlap
-            row[new_base + k] = row[old_base + k]
+def _step_range(first, last, actions, rotor_delay, smin, smax, consts, rewind_from, blocks, cfg,
+                weights, seed, step_index, clipped, step_count, episode, target_p, target_v,
+                noise_pool, obs_store, base, priv, reward, terminated, truncated, final_obs,
+                final_priv, done):
+    """One whole environment step of envs [first, last) (``first`` a multiple of BLOCK), in
+    pieces of STEP_PIECE_ENVS: write the actions, RK4 the piece's blocks, move the observation
+    windows back to the top if ``rewind_from`` >= 0 (from there to ``base`` + 4), then
+    observations, reward, termination and resets (``_post_step_range``)."""
+    B = dyn.BLOCK
+    rows = dyn.BLOCK_ROWS * B
+    obs_dim = final_obs.shape[1]
+    for p0 in range(first, last, STEP_PIECE_ENVS):
+        p1 = min(p0 + STEP_PIECE_ENVS, last)
+        _write_actions(p0, p1, actions, blocks, rotor_delay, smin, smax, clipped)
+        # whole blocks: the padding lanes of the last one are stepped too
+        dyn._step_block_range(blocks[(p0 // B) * rows:((p1 + B - 1) // B) * rows], consts)
+        if rewind_from >= 0:
+            _rewind_rows(p0, p1, obs_store, rewind_from, base + 4, obs_dim)
+        _post_step_range(p0, p1, blocks, cfg, weights, seed, step_index, clipped, step_count,
+                         episode, target_p, target_v, noise_pool, obs_store, base, priv, reward,
+                         terminated, truncated, final_obs, final_priv, done)
+
+
+@njit(cache=True, parallel=True)
+def _step_parallel(num_chunks, n, actions, rotor_delay, smin, smax, consts, rewind_from, blocks,
+                   cfg, weights, seed, step_index, clipped, step_count, episode, target_p,
+                   target_v, noise_pool, obs_store, base, priv, reward, terminated, truncated,
+                   final_obs, final_priv, done):
+    num_blocks = (n + dyn.BLOCK - 1) // dyn.BLOCK
+    for c in prange(num_chunks):
+        first = ((num_blocks * c) // num_chunks) * dyn.BLOCK
+        last = min(((num_blocks * (c + 1)) // num_chunks) * dyn.BLOCK, n)
+        _step_range(first, last, actions, rotor_delay, smin, smax, consts, rewind_from, blocks,
+                    cfg, weights, seed, step_index, clipped, step_count, episode, target_p,
+                    target_v, noise_pool, obs_store, base, priv, reward, terminated, truncated,
+                    final_obs, final_priv, done)
 
 
 @njit(cache=True)
@@ -668,29 +731,28 @@ class VecEnv:
             if not np.issubdtype(actions.dtype, np.floating):
                 raise TypeError(f"actions must be floating point, got {actions.dtype}")
             actions = actions.astype(np.float32)
-        bad = _apply_actions(actions, self._blocks, self.num_envs, self.config.rotor_delay,
-                             np.float32(self.params.rotor_speed_min),
-                             np.float32(self.params.rotor_speed_max), self._clipped)
+        bad = _first_non_finite(actions)
         if bad >= 0:
             raise ValueError(f"actions of env {bad} are not finite: {actions[bad].tolist()}; "
                              "nothing was stepped")
-        dyn.step_blocks(self._blocks, self._consts, self.threads)
         self._step_index += 1
+        rewind_from = -1
         if self._top:
-            if self._base == 0:
-                _rewind(self._obs_store, 0, self._top, self.observation_dim)
-                self._base = self._top
+            if self._base == 0:  # the windows reached the row start: back to the top
+                rewind_from, self._base = 0, self._top
             self._base -= 4
         self._refresh_noise_pool()
-        args = (self._blocks, self._cfg, self._weights, self._seed, self._step_index,
-                self._clipped, self._step_count, self._episode, self.target_position, self.target_velocity, self._noise_pool,
-                self._obs_store, self._base, self._priv, self._reward, self._terminated,
-                self._truncated,
-                self._final_obs, self._final_priv, self._done)
+        args = (actions, self.config.rotor_delay, np.float32(self.params.rotor_speed_min),
+                np.float32(self.params.rotor_speed_max), self._consts, rewind_from,
+                self._blocks, self._cfg, self._weights, self._seed, self._step_index,
+                self._clipped, self._step_count, self._episode, self.target_position,
+                self.target_velocity, self._noise_pool, self._obs_store, self._base, self._priv,
+                self._reward, self._terminated, self._truncated, self._final_obs,
+                self._final_priv, self._done)
         if self.threads > 1 and self.num_envs >= 2048:
-            _post_step_parallel(self.threads, self.num_envs, *args)
+            _step_parallel(self.threads, self.num_envs, *args)
         else:
-            _post_step_range(0, self.num_envs, *args)
+            _step_range(0, self.num_envs, *args)
         return (self._out(self.obs), self._out(self._reward), self._out(self._terminated),
                 self._out(self._truncated), self._out_info())
 

@@ -87,6 +87,7 @@ first layers run as one matrix product. Weights are (out, in) as in torch.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from typing import Any
@@ -542,15 +543,18 @@ class _HalfWorker:
     """One daemon thread that runs a kernel call on request (for ``threads=2``).
 
     Hand-off through two counters that both sides spin on outside the GIL (numba
-    ``spin_until_at_least``): a sleeping thread takes 50-150 us to wake in this VM, as long as
+    ``spin_until_at_least``): waking a sleeping thread took 50-150 us in this VM, as long as
     half an update, so the blocking hand-off this replaced made two threads only ~10 % faster
-    than one (critic update 0.40 vs 0.44 ms; spinning: 0.26 ms). A worker with nothing to do
+    than one (critic update 0.40 vs 0.44 ms; spinning: 0.27 ms). A worker with nothing to do
     for ~2 ms blocks on an Event instead, so an idle trainer does not burn a core. Errors in
     the thread are re-raised by ``wait``.
     """
 
-    IDLE_SPIN_TURNS = 80_000  # ~2 ms of 25 ns ``pause`` turns before the worker blocks
-    WAIT_SPIN_TURNS = 40_000  # the caller re-checks the thread between bursts of ~1 ms
+    # Spinning in bursts of ~50 us (2 000 ``pause`` turns of ~25 ns), with a sched_yield
+    # between them: on a machine where both threads share one CPU the other thread then still
+    # gets to run. With fewer than two usable CPUs the worker does not spin at all.
+    SPIN_BURST_TURNS = 2_000
+    IDLE_SPIN_BURSTS = 40  # ~2 ms of spinning before an idle worker blocks
 
     def __init__(self):
         self._counters = np.zeros(2, dtype=np.int64)  # [jobs submitted, jobs finished]
@@ -559,12 +563,24 @@ class _HalfWorker:
         self._job = None
         self._error: BaseException | None = None
         self._closed = False
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            cpus = os.cpu_count() or 1
+        self._idle_bursts = self.IDLE_SPIN_BURSTS if cpus >= 2 else 0
         self._thread = threading.Thread(target=self._loop, name="nanofly-td3-half", daemon=True)
         self._thread.start()
 
+    def _spin(self, index: int, value: int, bursts: int) -> bool:
+        for _ in range(bursts):
+            if _k.spin_until_at_least(self._counters, index, value, self.SPIN_BURST_TURNS):
+                return True
+            os.sched_yield()
+        return bool(self._counters[index] >= value)
+
     def _next_job(self, number: int) -> None:
         """Return once job ``number`` has been submitted: spin first, then block."""
-        if _k.spin_until_at_least(self._counters, 0, number, self.IDLE_SPIN_TURNS):
+        if self._spin(0, number, self._idle_bursts):
             return
         # Python code from here on runs with the GIL, as submit() does: the flag and the
         # counter are never read by one side between the other side's two steps.
@@ -599,7 +615,7 @@ class _HalfWorker:
 
     def wait(self) -> None:
         number = self._counters[0]
-        while not _k.spin_until_at_least(self._counters, 1, number, self.WAIT_SPIN_TURNS):
+        while not self._spin(1, number, 20):
             if not self._thread.is_alive():
                 raise RuntimeError("the second update thread has died")
         self._job = None

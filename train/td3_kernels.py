@@ -39,9 +39,9 @@ import os
 
 import numpy as np
 from numba import njit, types
-from numba.core import cgutils
-from llvmlite import ir
-from numba.extending import intrinsic, register_jitable
+from numba.extending import register_jitable
+
+from nanofly.sim.cpu import cpu_relax, load_acquire
 
 try:  # numba's BLAS helper imports this lazily; fail here, with a clear message, instead
     import scipy.linalg.cython_blas  # noqa: F401
@@ -150,38 +150,14 @@ def limit_blas_threads(n: int = 1) -> str:
 # ---------------------------------------------------------------------------------------------
 # spin wait (hand-off between the two update threads, see td3_core._HalfWorker)
 # ---------------------------------------------------------------------------------------------
-@intrinsic
-def _load_acquire(typingctx, array, index):
-    """``array[index]`` (int64, C-contiguous) as an atomic acquire load: re-read from memory
-    on every call (a plain load could be hoisted out of the spin loop by LLVM)."""
-    def codegen(context, builder, signature, args):
-        array_struct = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array_struct,
-                                           [args[1]])
-        return builder.load_atomic(pointer, "acquire", 8)
-    return types.int64(array, index), codegen
-
-
-@intrinsic
-def _cpu_relax(typingctx):
-    """x86 ``pause`` (spin-loop hint: saves power and memory-order flushes while spinning)."""
-    def codegen(context, builder, signature, args):
-        module = builder.module
-        pause = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), []),
-                                               "llvm.x86.sse2.pause")
-        builder.call(pause, [])
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
 @njit(cache=True, nogil=True)
 def spin_until_at_least(counter, index, value, max_turns):
     """Spin (without the GIL) until ``counter[index] >= value``; False after ``max_turns``."""
     for _ in range(max_turns):
-        if _load_acquire(counter, index) >= value:
+        if load_acquire(counter, index) >= value:
             return True
-        _cpu_relax()
-    return _load_acquire(counter, index) >= value
+        cpu_relax()
+    return load_acquire(counter, index) >= value
 
 
 # ---------------------------------------------------------------------------------------------

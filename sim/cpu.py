@@ -1,0 +1,60 @@
+"""Three CPU operations numba does not offer, as intrinsics for the kernels: an atomic acquire
+load (for spin waits), the spin-loop hint ``pause`` and a cache-line prefetch.
+
+Each emits one LLVM instruction or intrinsic call; nothing here holds state.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _item_pointer(context, builder, array_type, array_value, indices):
+    array = context.make_array(array_type)(context, builder, array_value)
+    return cgutils.get_item_pointer(context, builder, array_type, array, indices)
+
+
+@intrinsic
+def load_acquire(typingctx, array, index):
+    """``array[index]`` (1-D int64) as an atomic acquire load: re-read from memory on every
+    call, where a plain load could be hoisted out of a spin loop by LLVM."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64 and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _item_pointer(context, builder, signature.args[0], args[0], [args[1]])
+        return builder.load_atomic(pointer, "acquire", 8)
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """x86 ``pause``: the spin-loop hint (saves power, avoids a memory-order flush on exit)."""
+    def codegen(context, builder, signature, args):
+        pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                               "llvm.x86.sse2.pause")
+        builder.call(pause, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def prefetch_for_write(typingctx, array, row, column):
+    """Start loading the cache line of ``array[row, column]`` (2-D) for a coming write
+    (``prefetchw``); no effect on results. For rows of a large array written in an order the
+    hardware prefetchers do not follow."""
+    if not (isinstance(array, types.Array) and array.ndim == 2):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _item_pointer(context, builder, signature.args[0], args[0], [args[1], args[2]])
+        int32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), int32, int32, int32]),
+            "llvm.prefetch.p0")
+        # rw = 1 (write), locality = 3 (keep in all cache levels), data cache
+        builder.call(fn, [pointer, int32(1), int32(3), int32(1)])
+        return context.get_dummy_value()
+    return types.void(array, row, column), codegen
