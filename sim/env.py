@@ -470,29 +470,28 @@ def _rewind_rows(first, last, obs_store, old_base, new_base, obs_dim):
             hi = lo
 
 
-# Environments per piece of a fused step: small enough that the piece's blocks, actions and
-# bookkeeping stay in the L2 cache from the action write through the dynamics to the
-# observation (at 65 536 envs the three passes over everything cost ~2x), a multiple of BLOCK.
+@njit(cache=True)
+def _write_all_actions(actions, blocks, rotor_delay, smin, smax, clipped):
+    _write_actions(0, actions.shape[0], actions, blocks, rotor_delay, smin, smax, clipped)
+
+
+# Environments per piece of the observation pass: the window move and the observation of a
+# piece's rows run back to back while those rows are in the L2 cache. (The dynamics are not
+# fused into it: inlined into another kernel, the fastmath RK4 compiled to different
+# instructions and moved results by 1 ulp, which changes every trained policy.)
 STEP_PIECE_ENVS = 512
 
 
 @njit(cache=True)
-def _step_range(first, last, actions, rotor_delay, smin, smax, consts, rewind_from, blocks, cfg,
-                weights, seed, step_index, clipped, step_count, episode, target_p, target_v,
-                noise_pool, obs_store, base, priv, reward, terminated, truncated, final_obs,
-                final_priv, done):
-    """One whole environment step of envs [first, last) (``first`` a multiple of BLOCK), in
-    pieces of STEP_PIECE_ENVS: write the actions, RK4 the piece's blocks, move the observation
-    windows back to the top if ``rewind_from`` >= 0 (from there to ``base`` + 4), then
-    observations, reward, termination and resets (``_post_step_range``)."""
-    B = dyn.BLOCK
-    rows = dyn.BLOCK_ROWS * B
+def _post_step_pieces(first, last, rewind_from, blocks, cfg, weights, seed, step_index, clipped,
+                      step_count, episode, target_p, target_v, noise_pool, obs_store, base, priv,
+                      reward, terminated, truncated, final_obs, final_priv, done):
+    """Everything after the dynamics for envs [first, last), in pieces of STEP_PIECE_ENVS:
+    move the observation windows back to the top if ``rewind_from`` >= 0 (from there to
+    ``base`` + 4), then ``_post_step_range``."""
     obs_dim = final_obs.shape[1]
     for p0 in range(first, last, STEP_PIECE_ENVS):
         p1 = min(p0 + STEP_PIECE_ENVS, last)
-        _write_actions(p0, p1, actions, blocks, rotor_delay, smin, smax, clipped)
-        # whole blocks: the padding lanes of the last one are stepped too
-        dyn._step_block_range(blocks[(p0 // B) * rows:((p1 + B - 1) // B) * rows], consts)
         if rewind_from >= 0:
             _rewind_rows(p0, p1, obs_store, rewind_from, base + 4, obs_dim)
         _post_step_range(p0, p1, blocks, cfg, weights, seed, step_index, clipped, step_count,
@@ -501,18 +500,14 @@ def _step_range(first, last, actions, rotor_delay, smin, smax, consts, rewind_fr
 
 
 @njit(cache=True, parallel=True)
-def _step_parallel(num_chunks, n, actions, rotor_delay, smin, smax, consts, rewind_from, blocks,
-                   cfg, weights, seed, step_index, clipped, step_count, episode, target_p,
-                   target_v, noise_pool, obs_store, base, priv, reward, terminated, truncated,
-                   final_obs, final_priv, done):
-    num_blocks = (n + dyn.BLOCK - 1) // dyn.BLOCK
+def _post_step_parallel(num_chunks, n, rewind_from, blocks, cfg, weights, seed, step_index,
+                        clipped, step_count, episode, target_p, target_v, noise_pool, obs_store,
+                        base, priv, reward, terminated, truncated, final_obs, final_priv, done):
     for c in prange(num_chunks):
-        first = ((num_blocks * c) // num_chunks) * dyn.BLOCK
-        last = min(((num_blocks * (c + 1)) // num_chunks) * dyn.BLOCK, n)
-        _step_range(first, last, actions, rotor_delay, smin, smax, consts, rewind_from, blocks,
-                    cfg, weights, seed, step_index, clipped, step_count, episode, target_p,
-                    target_v, noise_pool, obs_store, base, priv, reward, terminated, truncated,
-                    final_obs, final_priv, done)
+        _post_step_pieces((n * c) // num_chunks, (n * (c + 1)) // num_chunks, rewind_from,
+                          blocks, cfg, weights, seed, step_index, clipped, step_count, episode,
+                          target_p, target_v, noise_pool, obs_store, base, priv, reward,
+                          terminated, truncated, final_obs, final_priv, done)
 
 
 @njit(cache=True)
@@ -735,6 +730,10 @@ class VecEnv:
         if bad >= 0:
             raise ValueError(f"actions of env {bad} are not finite: {actions[bad].tolist()}; "
                              "nothing was stepped")
+        _write_all_actions(actions, self._blocks, self.config.rotor_delay,
+                           np.float32(self.params.rotor_speed_min),
+                           np.float32(self.params.rotor_speed_max), self._clipped)
+        dyn.step_blocks(self._blocks, self._consts, self.threads)
         self._step_index += 1
         rewind_from = -1
         if self._top:
@@ -742,17 +741,15 @@ class VecEnv:
                 rewind_from, self._base = 0, self._top
             self._base -= 4
         self._refresh_noise_pool()
-        args = (actions, self.config.rotor_delay, np.float32(self.params.rotor_speed_min),
-                np.float32(self.params.rotor_speed_max), self._consts, rewind_from,
-                self._blocks, self._cfg, self._weights, self._seed, self._step_index,
-                self._clipped, self._step_count, self._episode, self.target_position,
-                self.target_velocity, self._noise_pool, self._obs_store, self._base, self._priv,
-                self._reward, self._terminated, self._truncated, self._final_obs,
-                self._final_priv, self._done)
+        args = (rewind_from, self._blocks, self._cfg, self._weights, self._seed,
+                self._step_index, self._clipped, self._step_count, self._episode,
+                self.target_position, self.target_velocity, self._noise_pool, self._obs_store,
+                self._base, self._priv, self._reward, self._terminated, self._truncated,
+                self._final_obs, self._final_priv, self._done)
         if self.threads > 1 and self.num_envs >= 2048:
-            _step_parallel(self.threads, self.num_envs, *args)
+            _post_step_parallel(self.threads, self.num_envs, *args)
         else:
-            _step_range(0, self.num_envs, *args)
+            _post_step_pieces(0, self.num_envs, *args)
         return (self._out(self.obs), self._out(self._reward), self._out(self._terminated),
                 self._out(self._truncated), self._out_info())
 
