@@ -78,6 +78,15 @@ def _export(args) -> int:
     for name in ("c_f32", "c_int8"):
         if not err[name]["within_bound"]:
             print(f"  WARNING: {name} error exceeds its bound", file=sys.stderr)
+    int8 = err["c_int8"]
+    if not int8["within_bound"] and int8.get("saturated_observations"):
+        rest = int8.get("max_abs_unsaturated")
+        print(f"  {int8['saturated_observations']} of {err['observations']['count']} observations "
+              f"exceed the int8 input range set from the calibration observations (the runtime "
+              f"saturates them); on the others the int8 error is "
+              f"{'n/a' if rest is None else f'{rest:.2e}'}. Calibrate on observations that "
+              f"cover the range the vehicle meets, or check closed loop: "
+              f"nanofly eval POLICY --backend c-int8", file=sys.stderr)
     if args.mcu:
         print(json.dumps(result["mcu"], indent=2))
     return 0

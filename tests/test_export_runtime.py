@@ -198,3 +198,27 @@ def test_tanh_exhaustive_on_1_to_10(tmp_path):
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, "tanh above 1 or not odd"
     assert float(res.stdout) <= 4e-7
+
+
+def test_manifest_separates_saturated_inputs_from_rounding(tmp_path):
+    """Evaluation rows beyond the calibrated int8 input range are counted, and the error
+    without them is reported, so a failed bound says whether saturation or rounding did it."""
+    import json
+
+    policy = write_policy(tmp_path / "policy.pt", seed=1)
+    cal, cal_source = observations_for(policy, 1024, seed=5, dim=146)
+    obs, source = observations_for(policy, 1000, seed=7, dim=146)
+    obs = obs.copy()
+    obs[3, 15] = 1e5  # an angular velocity no calibration row came near
+    export_policy(policy, tmp_path / "export", calibration_obs=(cal, cal_source),
+                  eval_obs=(obs, source))
+    int8 = json.loads((tmp_path / "export" / "manifest.json").read_text())["errors"]["c_int8"]
+    assert int8["saturated_observations"] == 1
+    actor, _ = load_policy(policy)
+    with torch.no_grad():
+        ref = actor(torch.from_numpy(obs)).numpy()
+    act = CModel((tmp_path / "export" / "policy_int8.bin").read_bytes())(obs)
+    others = np.delete(np.arange(len(obs)), 3)
+    assert int8["max_abs_unsaturated"] == pytest.approx(
+        float(np.abs(act[others] - ref[others]).max()), rel=1e-6)
+    assert int8["max_abs_unsaturated"] <= int8["max_abs"]
