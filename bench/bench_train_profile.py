@@ -16,7 +16,7 @@ import time
 
 WATCH = ("critic_update_kernel", "actor_update_kernel", "_gather", "spin_until_at_least",
          "finish_halves_kernel", "polyak_kernel", "actor_forward_kernel", "step", "_update",
-         "hover_suite", "acquire")
+         "hover_suite")
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=340_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from pathlib import Path
+
+    import nanofly.sim
+    import nanofly.train
     from nanofly.train.td3 import TrainConfig, train
+
+    ours = tuple(str(Path(m.__file__).parent) for m in (nanofly.sim, nanofly.train))
 
     cfg = TrainConfig(seed=args.seed, total_env_steps=args.steps)
     profile = cProfile.Profile()
@@ -35,8 +41,7 @@ def main(argv=None) -> int:
     out: dict = {"env_steps": args.steps, "seed": args.seed, "wall_s": round(wall, 2),
                  "functions": {}}
     for (filename, _, name), (_, calls, tottime, cumtime, _) in stats.items():
-        if name in WATCH and ("nanofly" in filename or "/main/" in filename or name == "acquire"
-                              or "train/" in filename or "sim/" in filename):
+        if name in WATCH and filename.startswith(ours):
             key = name if name not in out["functions"] else f"{name} ({filename.rsplit('/', 1)[-1]})"
             out["functions"][key] = {"calls": calls, "total_s": round(tottime, 3),
                                      "cumulative_s": round(cumtime, 3),

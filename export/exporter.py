@@ -163,12 +163,6 @@ def _sha256(data: bytes) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
-def _saturated_rows(obs: np.ndarray, input_multiplier: np.ndarray) -> np.ndarray:
-    """Rows with a value the int8 runtime saturates (|obs * multiplier| > 32767, float32)."""
-    scaled = np.abs(np.asarray(obs, np.float32) * np.asarray(input_multiplier, np.float32))
-    return np.any(scaled > np.float32(32767.0), axis=1)
-
-
 def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
                   eval_obs=None, num_calibration: int = DEFAULT_CALIBRATION,
                   num_eval: int = DEFAULT_EVALUATION, rounding: str = "gptq") -> dict[str, Any]:
@@ -182,7 +176,7 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
     import torch
 
     from .onnx_export import OnnxRunner, build_onnx
-    from .quantize import quantize_mlp
+    from .quantize import quantize_mlp, saturated_rows
 
     policy_path = Path(policy_path)
     out_dir = Path(out_dir)
@@ -244,7 +238,7 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
     # Observations beyond the int8 input range (set from the calibration peaks) are saturated
     # by the runtime, which is a different error from the rounding of weights: count them
     # and give the error without them, so a warning can say which of the two it is.
-    saturated = _saturated_rows(evo, qm.input_multiplier)
+    saturated = saturated_rows(evo, qm.input_multiplier)
     errors["c_int8"]["saturated_observations"] = int(saturated.sum())
     errors["c_int8"]["max_abs_unsaturated"] = (
         float(np.abs(out_int8[~saturated] - ref[~saturated]).max()) if (~saturated).any() else None)

@@ -88,11 +88,20 @@ def input_multipliers(first_layer_weights: np.ndarray, calibration_obs: np.ndarr
     return np.exp2(exps).astype(np.float32)
 
 
+def _rounded_input(obs: np.ndarray, mult: np.ndarray) -> np.ndarray:
+    v = np.asarray(obs, np.float32) * np.asarray(mult, np.float32)   # float32 product, as in C
+    return np.rint(np.where(np.isnan(v), np.float32(0), v))
+
+
 def quantize_input(obs: np.ndarray, mult: np.ndarray) -> np.ndarray:
     """The C runtime's input quantization: sat16(round_half_even(obs * mult)), NaN -> 0."""
-    v = obs.astype(np.float32) * mult.astype(np.float32)   # float32 product, as in C
-    v = np.where(np.isnan(v), np.float32(0), v)
-    return np.clip(np.rint(v), -32768, 32767).astype(np.int32)
+    return np.clip(_rounded_input(obs, mult), -32768, 32767).astype(np.int32)
+
+
+def saturated_rows(obs: np.ndarray, mult: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows of ``obs`` with a value that ``quantize_input`` saturates."""
+    r = _rounded_input(obs, mult)
+    return np.any((r > 32767) | (r < -32768), axis=1)
 
 
 def tanh_c(z: np.ndarray) -> np.ndarray:

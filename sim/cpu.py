@@ -1,12 +1,13 @@
-"""Three CPU operations numba does not offer, as intrinsics for the kernels: an atomic acquire
-load (for spin waits), the spin-loop hint ``pause`` and a cache-line prefetch.
+"""Low-level helpers for the numba kernels: three CPU operations numba does not offer, as
+intrinsics (an atomic acquire load for spin waits, the spin-loop hint ``pause``, a cache-line
+prefetch), and the element copy loop the kernels share.
 
-Each emits one LLVM instruction or intrinsic call; nothing here holds state.
+Each intrinsic emits one LLVM instruction or intrinsic call; nothing here holds state.
 """
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -58,3 +59,12 @@ def prefetch_for_write(typingctx, array, row, column):
         builder.call(fn, [pointer, int32(1), int32(3), int32(1)])
         return context.get_dummy_value()
     return types.void(array, row, column), codegen
+
+
+@njit(inline="always")
+def copy_into(dst, src):
+    """``dst[:] = src`` for 1-D views of equal length that do not overlap, as a plain loop
+    that LLVM vectorizes (numba's slice assignment checks for overlap and goes through a
+    general indexing path)."""
+    for k in range(dst.shape[0]):
+        dst[k] = src[k]

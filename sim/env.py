@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dynamics as dyn
-from .cpu import prefetch_for_write
+from .cpu import copy_into, prefetch_for_write
 from .presets import VehicleParams, get_preset
 from .rng import hash4, normal, seed_to_uint64, uniform
 
@@ -193,11 +193,11 @@ def _first_non_finite(actions):
     return -1
 
 
-@njit(inline="always")
-def _write_actions(first, last, actions, blocks, rotor_delay, smin, smax, clipped):
-    """Clip actions [first, last) to [-1, 1] and write them into the blocks."""
+@njit(cache=True)
+def _write_actions(actions, blocks, rotor_delay, smin, smax, clipped):
+    """Clip (N, 4) actions to [-1, 1] and write them into the blocks."""
     half_span = (smax - smin) * 0.5
-    for i in range(first, last):
+    for i in range(actions.shape[0]):
         o = (i // dyn.BLOCK) * (dyn.BLOCK_ROWS * dyn.BLOCK) + (i % dyn.BLOCK)
         for k in range(4):
             a = min(max(actions[i, k], -1.0), 1.0)
@@ -450,12 +450,6 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
 
 
 @njit(inline="always")
-def _copy(dst, src):
-    for k in range(dst.shape[0]):  # 1-D views that do not overlap: LLVM vectorizes this
-        dst[k] = src[k]
-
-
-@njit(inline="always")
 def _rewind_rows(first, last, obs_store, old_base, new_base, obs_dim):
     """Move the observation windows of rows [first, last) from ``old_base`` to ``new_base``
     (> old_base) in pieces no longer than the distance, from the top down, so that no piece
@@ -466,13 +460,8 @@ def _rewind_rows(first, last, obs_store, old_base, new_base, obs_dim):
         hi = obs_dim
         while hi > 0:
             lo = max(hi - gap, 0)
-            _copy(row[new_base + lo:new_base + hi], row[old_base + lo:old_base + hi])
+            copy_into(row[new_base + lo:new_base + hi], row[old_base + lo:old_base + hi])
             hi = lo
-
-
-@njit(cache=True)
-def _write_all_actions(actions, blocks, rotor_delay, smin, smax, clipped):
-    _write_actions(0, actions.shape[0], actions, blocks, rotor_delay, smin, smax, clipped)
 
 
 # Environments per piece of the observation pass: the window move and the observation of a
@@ -730,9 +719,9 @@ class VecEnv:
         if bad >= 0:
             raise ValueError(f"actions of env {bad} are not finite: {actions[bad].tolist()}; "
                              "nothing was stepped")
-        _write_all_actions(actions, self._blocks, self.config.rotor_delay,
-                           np.float32(self.params.rotor_speed_min),
-                           np.float32(self.params.rotor_speed_max), self._clipped)
+        _write_actions(actions, self._blocks, self.config.rotor_delay,
+                       np.float32(self.params.rotor_speed_min),
+                       np.float32(self.params.rotor_speed_max), self._clipped)
         dyn.step_blocks(self._blocks, self._consts, self.threads)
         self._step_index += 1
         rewind_from = -1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from nanofly.sim.cpu import copy_into
+
 STATE_PART = 18  # observation values before the action history
 
 # Stored per row. The next actor observation is not stored whole: its action history is the
@@ -19,12 +21,6 @@ FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs_state", "next_criti
           "terminated")
 BATCH_FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_critic_obs",
                 "terminated")
-
-
-@njit(inline="always")
-def _copy(dst, src):
-    for k in range(dst.shape[0]):  # 1-D contiguous views: LLVM vectorizes this copy
-        dst[k] = src[k]
 
 
 @njit(cache=True)
@@ -48,15 +44,15 @@ def _gather(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_
         touched += row[width - 1]
     for j in range(idx.shape[0]):
         row = data[idx[j]]
-        _copy(b_obs[j], row[o_obs:o_obs + obs_dim])
-        _copy(b_cobs[j], row[o_cobs:o_cobs + b_cobs.shape[1]])
-        _copy(b_act[j], row[o_act:o_act + act_dim])
+        copy_into(b_obs[j], row[o_obs:o_obs + obs_dim])
+        copy_into(b_cobs[j], row[o_cobs:o_cobs + b_cobs.shape[1]])
+        copy_into(b_act[j], row[o_act:o_act + act_dim])
         b_rew[j] = row[o_rew]
-        _copy(b_nobs[j, :STATE_PART], row[o_nst:o_nst + STATE_PART])
+        copy_into(b_nobs[j, :STATE_PART], row[o_nst:o_nst + STATE_PART])
         if obs_dim > STATE_PART:  # history: newest action, then the older ones shifted
-            _copy(b_nobs[j, STATE_PART:STATE_PART + act_dim], row[o_act:o_act + act_dim])
-            _copy(b_nobs[j, STATE_PART + act_dim:], row[o_obs + STATE_PART:o_obs + obs_dim - act_dim])
-        _copy(b_ncobs[j], row[o_ncobs:o_ncobs + b_ncobs.shape[1]])
+            copy_into(b_nobs[j, STATE_PART:STATE_PART + act_dim], row[o_act:o_act + act_dim])
+            copy_into(b_nobs[j, STATE_PART + act_dim:], row[o_obs + STATE_PART:o_obs + obs_dim - act_dim])
+        copy_into(b_ncobs[j], row[o_ncobs:o_ncobs + b_ncobs.shape[1]])
         b_term[j] = row[o_term]
     return touched  # returned so the first pass is not optimized away
 

@@ -114,8 +114,8 @@ class TrainConfig:
     # policy is scored on `selection_episodes` episodes of the hover suite (seed
     # `selection_seed`, not the evaluation suite's) and the best one is saved, not the last
     # (0: off). 1000 episodes (~0.4 s per check), not 256: snapshots 20 k steps apart differ
-    # by a few points, as much as the noise of 256 episodes, and 10 seeds went from 5 to 9
-    # passing the 1000-episode suite (docs/benchmarks.md).
+    # by a few points, as much as the noise of 256 episodes (10 seeds, curriculum every 50 k:
+    # 5 -> 6 passing the 1000-episode suite, and early stops fire; docs/benchmarks.md).
     selection_interval: int = 20_000
     selection_start: int = 300_000
     selection_episodes: int = 1000
