@@ -439,8 +439,10 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
             reward[i] = r
         done[i] = term or trunc
         if term or trunc:
-            final_obs[i, :] = ob
-            final_priv[i, :] = pr
+            # copy loops, not slice assignments: numba compiles a formatted shape-mismatch
+            # error into every slice assignment (~2 s of cold compile here)
+            copy_into(final_obs[i], ob)
+            copy_into(final_priv[i], pr)
             episode[i] += 1
             step_count[i] = 0
             _reset_env(i, blocks, cfg, seed, episode, target_p, target_v)

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -268,3 +269,35 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["env_steps"] >= stopped_at + 1000
     assert (run / "policy.pt").is_file() and not (run / "checkpoint.pkl").exists()
+
+
+def test_cold_cache_helper_compiles_update_kernels_into_numba_cache(tmp_path):
+    """With an empty numba cache, start_if_cold starts the helper process; once it finished,
+    a new process finds the update kernels in the cache (and starts nothing)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    script = (
+        "from nanofly.train import compile_cache as c\n"
+        "print(c.kernels_cached())\n"
+        "h = c.start_if_cold(dict(actor_obs_dim=20, critic_obs_dim=8, action_dim=4, "
+        "batch_size=8, threads=2), (20, 8, 4, 8))\n"
+        "print(h is not None and h.wait())\n")
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["False", "True"]
+    again = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.stdout.split() == ["True", "False"]
+
+
+def test_cold_cache_helper_failure_or_hang_is_reported_not_raised(monkeypatch):
+    from nanofly.train import compile_cache
+
+    failed = compile_cache.BackgroundCompile(
+        subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
+    assert failed.wait() is False
+    monkeypatch.setattr(compile_cache, "HELPER_TIMEOUT_S", 0.5)
+    hung = compile_cache.BackgroundCompile(
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    assert hung.wait() is False
+    assert hung.process.poll() is not None  # stopped, not left running

@@ -25,6 +25,7 @@ import numpy as np
 
 from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, recompute_rewards
 
+from .compile_cache import start_if_cold
 from .replay import STATE_PART, ReplayBuffer
 
 
@@ -247,13 +248,17 @@ class Trainer:
                           reward_weights=self.weights)
         self.obs_dim = self.env.observation_dim
         self.critic_obs_dim = self.env.privileged_dim if cfg.asymmetric_critic else self.obs_dim
-        self.core = TD3Core(actor_obs_dim=self.obs_dim, critic_obs_dim=self.critic_obs_dim,
-                            action_dim=4, actor_hidden=cfg.actor_hidden,
-                            critic_hidden=cfg.critic_hidden, lr=cfg.learning_rate,
-                            betas=cfg.adam_betas, weight_decay=cfg.weight_decay, gamma=cfg.gamma,
-                            polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
-                            smoothing_clip=cfg.target_noise_clip, batch_size=cfg.batch_size,
-                            seed=cfg.seed, threads=cfg.update_threads)
+        core_kwargs = dict(actor_obs_dim=self.obs_dim, critic_obs_dim=self.critic_obs_dim,
+                           action_dim=4, actor_hidden=cfg.actor_hidden,
+                           critic_hidden=cfg.critic_hidden, lr=cfg.learning_rate,
+                           betas=cfg.adam_betas, weight_decay=cfg.weight_decay, gamma=cfg.gamma,
+                           polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
+                           smoothing_clip=cfg.target_noise_clip, batch_size=cfg.batch_size,
+                           seed=cfg.seed, threads=cfg.update_threads)
+        # cold numba cache: the update kernels compile in a helper process meanwhile
+        self._background_compile = start_if_cold(
+            core_kwargs, (self.obs_dim, self.critic_obs_dim, 4, cfg.batch_size))
+        self.core = TD3Core(**core_kwargs)
         if cfg.init_actor_at_hover:
             import torch
 
@@ -364,6 +369,9 @@ class Trainer:
 
     def _update(self, at_step: int) -> None:
         cfg, core = self.cfg, self.core
+        if self._background_compile is not None:  # its kernels are in numba's cache then
+            self._background_compile.wait()
+            self._background_compile = None
         batch = self.buffer.sample(self.rng)
         noise = self.rng.standard_normal((cfg.batch_size, 4), dtype=np.float32)
         reward = batch["reward"]
