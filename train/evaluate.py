@@ -97,6 +97,13 @@ def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
 
 
 # -- hover --------------------------------------------------------------------------------------
+def _norm3(v: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis (length 3), summed in the order np.linalg.norm sums
+    (same float32 results) but ~10x faster than its reduction over a short axis."""
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    return np.sqrt(x * x + y * y + z * z)
+
+
 def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | None = None,
                 episodes: int = 1000, seed: int = 12345, record: int = 0,
                 thresholds: HoverThresholds = HoverThresholds()) -> dict[str, Any]:
@@ -113,10 +120,12 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
     alive = np.ones(n, dtype=bool)
     survived_steps = np.zeros(n, dtype=np.int64)
     returns = np.zeros(n)
-    pos_err = np.zeros((steps, n), np.float32)
-    tilt = np.zeros((steps, n), np.float32)
-    lin_vel = np.zeros((steps, n), np.float32)
-    ang_vel = np.zeros((steps, n), np.float32)
+    # Per step and episode: position error (3), R22 (cosine of the tilt), linear and angular
+    # velocity (3 each), and whether the episode is still alive. Collected with two copies per
+    # step; the norms and angles are taken once at the end (small per-step NumPy calls cost
+    # as much as the policy's forward pass did).
+    recorded = np.empty((steps, n, 10), np.float32)
+    alive_at = np.empty((steps, n), dtype=bool)
     smooth_sum = np.zeros(n)
     prev_action = None
     positions = np.zeros((steps + 1, min(record, n), 3), np.float32)
@@ -128,21 +137,28 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
         prev_action = action.copy()
         obs, reward, terminated, _, info = env.step(action)
         returns += reward * alive
-        priv = np.where(info["_final_obs"][:, None], info["final_privileged_obs"],
-                        info["privileged_obs"])
-        pos_err[t] = np.linalg.norm(priv[:, 0:3], axis=1)
-        tilt[t] = np.arccos(np.clip(priv[:, 11], -1.0, 1.0))
-        lin_vel[t] = np.linalg.norm(priv[:, 12:15], axis=1)
-        ang_vel[t] = np.linalg.norm(priv[:, 15:18], axis=1)
+        row = recorded[t]
+        priv = info["privileged_obs"]
+        row[:, 0:3] = priv[:, 0:3]
+        row[:, 3:10] = priv[:, 11:18]
+        done = info["_final_obs"]
+        if done.any():  # those rows already hold the next episode's first observation
+            final = info["final_privileged_obs"]
+            row[done, 0:3] = final[done, 0:3]
+            row[done, 3:10] = final[done, 11:18]
         if record:
-            positions[t + 1] = priv[:record, 0:3]
+            positions[t + 1] = row[:record, 0:3]
         alive &= ~terminated
         survived_steps += alive
-        # after a termination the row belongs to the next episode: freeze its figures
-        dead = ~alive
-        if dead.any():
-            pos_err[t, dead] = np.inf
-            tilt[t, dead] = np.inf
+        alive_at[t] = alive
+    pos_err = _norm3(recorded[:, :, 0:3])
+    tilt = np.arccos(np.clip(recorded[:, :, 3], -1.0, 1.0))
+    lin_vel = _norm3(recorded[:, :, 4:7])
+    ang_vel = _norm3(recorded[:, :, 7:10])
+    del recorded
+    # after a termination the row belongs to the next episode: freeze its figures
+    pos_err[~alive_at] = np.inf
+    tilt[~alive_at] = np.inf
     last = slice(steps - 100, steps)
     success = alive & (pos_err[last] < SUCCESS_POSITION_M).all(axis=0) & (
         tilt[last] < SUCCESS_TILT_RAD).all(axis=0)
