@@ -129,6 +129,11 @@ def run_train(args) -> int:
         log_file.write(json.dumps(metrics) + "\n")
         log_file.flush()
 
+    from .compile_cache import kernels_cached
+
+    if not args.json and not kernels_cached():
+        print("first run with this numba cache: compiling the simulator and update kernels "
+              "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
     trainer = Trainer(cfg)
     if resume is not None:
         trainer.restore(resume)
