@@ -341,15 +341,20 @@ def test_cli_emulate_prints_url_and_stops_qemu(tmp_path):
 
     from nanofly.firmware_bridge.client import BridgeClient
 
+    import signal
+
+    # SIGINT back to its default in the child: a test run started as a background job
+    # (`cmd &`) inherits SIGINT ignored, and Python then installs no Ctrl+C handler.
     proc = subprocess.Popen([sys.executable, "-m", "nanofly", "firmware", "emulate", "--seconds", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("socket://127.0.0.1:")
         with BridgeClient(url) as c:
             assert c.hello().observation_dim == 146
         qemu_pid = int(proc.stderr.readline().split("(pid ")[1].split(")")[0])
-        proc.send_signal(__import__("signal").SIGINT)  # Ctrl+C
+        proc.send_signal(signal.SIGINT)  # Ctrl+C
         assert proc.wait(timeout=10) == 0
         time.sleep(0.2)
         assert not os.path.exists(f"/proc/{qemu_pid}") or "zombie" in open(f"/proc/{qemu_pid}/status").read()
