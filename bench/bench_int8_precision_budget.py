@@ -34,17 +34,15 @@ def _gptq(w: np.ndarray, x: np.ndarray, fine_columns: np.ndarray, fine_levels: i
     """Dequantized weights (in integer-input units): coarse columns on a per-row grid of
     ``coarse_levels``, then ``fine_columns`` on their own per-row grid of ``fine_levels``,
     rounded last with GPTQ error feedback (so they absorb the coarse columns' errors)."""
+    from nanofly.export.quantize import gptq_factor
+
     n = w.shape[1]
     coarse = np.setdiff1d(np.arange(n), fine_columns)
     h = x.T @ x / len(x)
     energy = np.diag(h)
     order = np.concatenate([coarse[np.argsort(-energy[coarse], kind="stable")],
                             fine_columns[np.argsort(-energy[fine_columns], kind="stable")]])
-    h = h[np.ix_(order, order)]
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h += damp * np.mean(np.diag(h)) * np.eye(n)
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    u = gptq_factor(h, order, damp)
     w = w[:, order].copy()
     out = np.zeros_like(w)
     step = np.abs(w[:, :len(coarse)]).max(axis=1) / coarse_levels if len(coarse) else None

@@ -119,6 +119,18 @@ def _round_nearest(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(w / scale[:, None]), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int32)
 
 
+def gptq_factor(h: np.ndarray, order: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """GPTQ's update matrix: the upper Cholesky factor U of H^-1 (H^-1 = U^T U), where H is
+    the inputs' second-moment matrix ``h`` with its columns taken in ``order``, unused inputs
+    given a unit diagonal and ``damp`` times the mean diagonal added. Row i of U holds the
+    update that column i's rounding error pushes onto the columns after it."""
+    h = h[np.ix_(order, order)]
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h += damp * np.mean(np.diag(h)) * np.eye(len(order))
+    return np.linalg.cholesky(np.linalg.inv(h)).T
+
+
 def _round_gptq(w: np.ndarray, scale: np.ndarray, x: np.ndarray, damp: float = 0.01) -> np.ndarray:
     """Round ``w`` (out x in, in integer-input units) column by column with error feedback.
 
@@ -129,12 +141,7 @@ def _round_gptq(w: np.ndarray, scale: np.ndarray, x: np.ndarray, damp: float = 0
     n = w.shape[1]
     h = x.T @ x / max(len(x), 1)
     order = np.argsort(-np.diag(h), kind="stable")
-    h = h[np.ix_(order, order)]
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h += damp * np.mean(np.diag(h)) * np.eye(n)
-    # upper Cholesky factor U of H^-1 (H^-1 = U^T U): row i holds the update for column i
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    u = gptq_factor(h, order, damp)
     w = w[:, order].copy()
     q = np.zeros(w.shape, np.int32)
     for i in range(n):

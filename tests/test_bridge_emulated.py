@@ -336,12 +336,11 @@ def test_firmware_sleeps_when_idle(board):
 
 
 def test_cli_emulate_prints_url_and_stops_qemu(tmp_path):
+    import signal
     import subprocess
     import sys
 
     from nanofly.firmware_bridge.client import BridgeClient
-
-    import signal
 
     # SIGINT back to its default in the child: a test run started as a background job
     # (`cmd &`) inherits SIGINT ignored, and Python then installs no Ctrl+C handler.

@@ -97,6 +97,11 @@ def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
 
 
 # -- hover --------------------------------------------------------------------------------------
+# Privileged-observation values the hover suite keeps per step: position error (0:3), R22 (the
+# cosine of the tilt; 3), linear velocity (4:7) and angular velocity (7:10) in that order.
+_RECORDED_COLUMNS = np.r_[0:3, 11:18]
+
+
 def _norm3(v: np.ndarray) -> np.ndarray:
     """Euclidean norm over the last axis (length 3), summed in the order np.linalg.norm sums
     (same float32 results) but ~10x faster than its reduction over a short axis."""
@@ -120,11 +125,11 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
     alive = np.ones(n, dtype=bool)
     survived_steps = np.zeros(n, dtype=np.int64)
     returns = np.zeros(n)
-    # Per step and episode: position error (3), R22 (cosine of the tilt), linear and angular
-    # velocity (3 each), and whether the episode is still alive. Collected with two copies per
-    # step; the norms and angles are taken once at the end (small per-step NumPy calls cost
-    # as much as the policy's forward pass did).
-    recorded = np.empty((steps, n, 10), np.float32)
+    # Per step and episode: the _RECORDED_COLUMNS of the privileged observation, and whether
+    # the episode is still alive. Collected with one copy per step; the norms and angles are
+    # taken once at the end (small per-step NumPy calls cost as much as the policy's forward
+    # pass did).
+    recorded = np.empty((steps, n, len(_RECORDED_COLUMNS)), np.float32)
     alive_at = np.empty((steps, n), dtype=bool)
     smooth_sum = np.zeros(n)
     prev_action = None
@@ -138,14 +143,10 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
         obs, reward, terminated, _, info = env.step(action)
         returns += reward * alive
         row = recorded[t]
-        priv = info["privileged_obs"]
-        row[:, 0:3] = priv[:, 0:3]
-        row[:, 3:10] = priv[:, 11:18]
+        np.take(info["privileged_obs"], _RECORDED_COLUMNS, axis=1, out=row)
         done = info["_final_obs"]
         if done.any():  # those rows already hold the next episode's first observation
-            final = info["final_privileged_obs"]
-            row[done, 0:3] = final[done, 0:3]
-            row[done, 3:10] = final[done, 11:18]
+            row[done] = info["final_privileged_obs"][done][:, _RECORDED_COLUMNS]
         if record:
             positions[t + 1] = row[:record, 0:3]
         alive &= ~terminated
