@@ -1,6 +1,6 @@
-"""Low-level helpers for the numba kernels: three CPU operations numba does not offer, as
-intrinsics (an atomic acquire load for spin waits, the spin-loop hint ``pause``, a cache-line
-prefetch), and the element copy loop the kernels share.
+"""Low-level helpers for the numba kernels: four CPU operations numba does not offer, as
+intrinsics (an atomic acquire load for spin waits, the spin-loop hint ``pause``, cache-line
+prefetches for reading and for writing), and the element copy loop the kernels share.
 
 Each intrinsic emits one LLVM instruction or intrinsic call; nothing here holds state.
 """
@@ -41,6 +41,15 @@ def cpu_relax(typingctx):
     return types.void(), codegen
 
 
+def _prefetch(builder, pointer, write):
+    int32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), int32, int32, int32]),
+        "llvm.prefetch.p0")
+    # rw = 1 (write) or 0 (read), locality = 3 (keep in all cache levels), data cache
+    builder.call(fn, [pointer, int32(1 if write else 0), int32(3), int32(1)])
+
+
 @intrinsic
 def prefetch_for_write(typingctx, array, row, column):
     """Start loading the cache line of ``array[row, column]`` (2-D) for a coming write
@@ -50,15 +59,24 @@ def prefetch_for_write(typingctx, array, row, column):
         return None
 
     def codegen(context, builder, signature, args):
-        pointer = _item_pointer(context, builder, signature.args[0], args[0], [args[1], args[2]])
-        int32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), int32, int32, int32]),
-            "llvm.prefetch.p0")
-        # rw = 1 (write), locality = 3 (keep in all cache levels), data cache
-        builder.call(fn, [pointer, int32(1), int32(3), int32(1)])
+        _prefetch(builder, _item_pointer(context, builder, signature.args[0], args[0],
+                                         [args[1], args[2]]), write=True)
         return context.get_dummy_value()
     return types.void(array, row, column), codegen
+
+
+@intrinsic
+def prefetch_for_read(typingctx, array, index):
+    """Start loading the cache line of ``array[index]`` (1-D) for a coming read; no effect on
+    results. For loads at addresses computed late (e.g. from a hash) in a long loop body."""
+    if not (isinstance(array, types.Array) and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        _prefetch(builder, _item_pointer(context, builder, signature.args[0], args[0], [args[1]]),
+                  write=False)
+        return context.get_dummy_value()
+    return types.void(array, index), codegen
 
 
 @njit(inline="always")

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dynamics as dyn
-from .cpu import copy_into, prefetch_for_write
+from .cpu import copy_into, prefetch_for_read, prefetch_for_write
 from .presets import VehicleParams, get_preset
 from .rng import hash4, normal, seed_to_uint64, uniform
 
@@ -277,6 +277,12 @@ def _reset_env(i, blocks, cfg, seed, episode, target_p, target_v):
         blocks[p + dyn.P_INV_TAU_FALLING * B] = 0.0
 
 
+@njit(inline="always")
+def _noise_window(seed, step_index, i, stream):
+    """Start of env i's observation-noise window in the Gaussian pool at this step."""
+    return np.int64(hash4(seed, step_index, i, stream) & np.uint64(NOISE_POOL_SIZE - 1))
+
+
 @njit(cache=True)
 def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise_pool, ob, pr,
              episode_constants):
@@ -342,18 +348,19 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
         pr[24 + k] = (blocks[o + (13 + k) * B] - smin) * scale - 1.0
     # Actor observation: the same 18 values plus noise from a window of the Gaussian pool at a
     # counter-based random offset (exact Gaussian samples, no transcendental calls per step).
-    w = np.int64(hash4(seed, step_index, i, stream) & np.uint64(NOISE_POOL_SIZE - 1))
-    noise = noise_pool[w:w + STATE_PART]
+    # (indexed from w, not sliced: a slice is a new array whose reference count numba updates
+    # with an atomic call per env, which cost more than the rest of this function)
+    w = _noise_window(seed, step_index, i, stream)
     sp = np.float32(cfg[CFG_NOISE_P])
     sr = np.float32(cfg[CFG_NOISE_R])
     sv = np.float32(cfg[CFG_NOISE_V])
     sw = np.float32(cfg[CFG_NOISE_W])
     for k in range(3):
-        ob[k] = pr[k] + sp * noise[k]
-        ob[12 + k] = pr[12 + k] + sv * noise[12 + k]
-        ob[15 + k] = pr[15 + k] + sw * noise[15 + k]
+        ob[k] = pr[k] + sp * noise_pool[w + k]
+        ob[12 + k] = pr[12 + k] + sv * noise_pool[w + 12 + k]
+        ob[15 + k] = pr[15 + k] + sw * noise_pool[w + 15 + k]
     for k in range(3, 12):
-        ob[k] = pr[k] + sr * noise[k]
+        ob[k] = pr[k] + sr * noise_pool[w + k]
     out_of_bounds = not (abs(px) <= cfg[CFG_TERM_P] and abs(py) <= cfg[CFG_TERM_P]
                          and abs(pz) <= cfg[CFG_TERM_P]
                          and abs(vx) <= cfg[CFG_TERM_V] and abs(vy) <= cfg[CFG_TERM_V]
@@ -384,7 +391,7 @@ def _fill_history(ob, value):
 PREFETCH_ENVS_AHEAD = 8
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clipped, step_count,
                      episode, target_p, target_v, noise_pool, obs_store, base, priv, reward,
                      terminated, truncated, final_obs, final_priv, done):
@@ -405,6 +412,9 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
             prefetch_for_write(obs_store, ahead, base + STATE_PART + 3)
             prefetch_for_write(priv, ahead, 0)
             prefetch_for_write(priv, ahead, PRIVILEGED_DIM - 1)
+            w_ahead = _noise_window(seed, step_index, ahead, 0)
+            prefetch_for_read(noise_pool, w_ahead)
+            prefetch_for_read(noise_pool, w_ahead + STATE_PART - 1)
         ob = obs_store[i, base:base + obs_dim]
         pr = priv[i]
         a0 = clipped[i, 0]
