@@ -1,13 +1,15 @@
-"""Low-level helpers for the numba kernels: four CPU operations numba does not offer, as
+"""Low-level helpers for the numba kernels: CPU operations numba does not offer, as
 intrinsics (an atomic acquire load for spin waits, the spin-loop hint ``pause``, cache-line
-prefetches for reading and for writing), and the element copy loop the kernels share.
+prefetches for reading and for writing, a call to another kernel's own machine code), and the
+element copy loop the kernels share.
 
-Each intrinsic emits one LLVM instruction or intrinsic call; nothing here holds state.
+Each intrinsic emits one LLVM instruction or call; nothing here holds state.
 """
 from __future__ import annotations
 
 from llvmlite import ir
 from numba import njit, types
+from numba.core.registry import CPUDispatcher
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -77,6 +79,33 @@ def prefetch_for_read(typingctx, array, index):
                   write=False)
         return context.get_dummy_value()
     return types.void(array, index), codegen
+
+
+def kernel_address(kernel: CPUDispatcher, *arg_types) -> int:
+    """Address of ``kernel``'s machine code for ``arg_types`` (numba types), compiling it (or
+    loading it from the cache) first: the argument of ``call_kernel``."""
+    cres = kernel.get_compile_result(types.none(*arg_types))
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+
+
+@intrinsic
+def call_kernel(typingctx, address, a, b):
+    """Call the compiled kernel at ``address`` (``kernel_address``) on two array arguments,
+    ignoring its result. numba would otherwise link a copy of the kernel into the caller and
+    optimize it there, and LLVM compiles fastmath code differently in a different module
+    (results moved by 1 ulp); through its address the caller runs the very machine code that
+    a call from Python runs. The kernel must not raise."""
+    if not (isinstance(address, types.Integer) and isinstance(a, types.Array)
+            and isinstance(b, types.Array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arg_types = [signature.args[1], signature.args[2]]
+        fnty = context.call_conv.get_function_type(types.none, arg_types)
+        function = builder.inttoptr(args[0], fnty.as_pointer())
+        context.call_conv.call_function(builder, function, types.none, arg_types, args[1:])
+        return context.get_dummy_value()
+    return types.void(address, a, b), codegen
 
 
 @njit(inline="always")

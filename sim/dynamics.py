@@ -152,7 +152,7 @@ def _derivative(state, setpoints, env, shared):
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _step_block_range(blocks, consts):
+def step_block_range(blocks, consts):
     """RK4-step every block of ``blocks`` in place (the loop starts at 0: a loop from a
     runtime start lets numba emit negative-index wraparound, which blocks vectorization).
 
@@ -302,7 +302,7 @@ def _step_blocks_parallel(blocks, consts, num_chunks):
     for c in prange(num_chunks):
         first = (num_blocks * c) // num_chunks
         last = (num_blocks * (c + 1)) // num_chunks
-        _step_block_range(blocks[first * BLOCK_ROWS * BLOCK:last * BLOCK_ROWS * BLOCK], consts)
+        step_block_range(blocks[first * BLOCK_ROWS * BLOCK:last * BLOCK_ROWS * BLOCK], consts)
 
 
 # Below this many blocks a parallel region costs more than it saves.
@@ -310,12 +310,12 @@ PARALLEL_MIN_BLOCKS = 64
 
 
 def step_blocks(blocks: np.ndarray, consts: np.ndarray, threads: int = 1) -> None:
-    """In-place RK4 step of every block of a flat block array (see ``_step_block_range``)."""
+    """In-place RK4 step of every block of a flat block array (see ``step_block_range``)."""
     num_blocks = blocks.shape[0] // (BLOCK_ROWS * BLOCK)
     if threads > 1 and num_blocks >= PARALLEL_MIN_BLOCKS:
         _step_blocks_parallel(blocks, consts, threads)
     else:
-        _step_block_range(blocks, consts)
+        step_block_range(blocks, consts)
 
 
 # ---------------------------------------------------------------------------------------------

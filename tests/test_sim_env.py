@@ -132,8 +132,9 @@ def test_same_seed_same_numbers_different_seed_different():
     a, b, c = run(7), run(7), run(8)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    # results do not depend on the number of threads
-    big1, big2 = run(5, 1, 4096), run(5, 2, 4096)
+    # results do not depend on the number of threads (4100: the chunks split at a block
+    # boundary, the last block has padding lanes)
+    big1, big2 = run(5, 1, 4100), run(5, 2, 4100)
     assert all(np.array_equal(x, y) for x, y in zip(big1, big2))
 
 
