@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import njit, types
-from numba.core.registry import CPUDispatcher
 from numba.core import cgutils
+from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic
 
 
