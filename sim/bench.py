@@ -1,9 +1,12 @@
 """Simulator benchmark (``nanofly bench sim``): steps/s of the dynamics kernel and of the full
 ``VecEnv.step``, for several environment counts, plus numba compile and import times.
 
-Speeds are the best of ``repeats`` runs of a fixed number of steps. The reference simulator
-(``l2f``) is not timed in the same run (not implemented); PERF_NOTES.md's figures for it are
-quoted as labelled constants, with ratios against them.
+Speeds are the best of ``repeats`` runs of a fixed number of steps. When the reference
+simulator is installed (``pip install l2f``: the C++ simulator of "Learning to Fly in Seconds"
+with Python bindings; it compiles from source, a few minutes and ~6 GB of RAM), the same run
+times its vectorized ``step`` and ``step`` + ``observe`` at the same environment counts, in a
+subprocess with ``OMP_NUM_THREADS`` set to the thread count, and reports the ratios. Otherwise
+PERF_NOTES.md's figures for it are quoted as labelled constants.
 """
 from __future__ import annotations
 
@@ -101,6 +104,61 @@ def reference_installed() -> bool:
     return importlib.util.find_spec("l2f") is not None
 
 
+# Runs in a fresh process (OpenMP reads OMP_NUM_THREADS at start). l2f's vectorized API has
+# one module per power-of-two environment count up to 8192 (``l2f.vector1024`` ...); larger
+# counts are timed as several such vectors stepped one after the other. Actions: a constant
+# mid-range command (0 in l2f's normalized [-1, 1]); its vectorized step never resets, so this
+# times the reference without resets while VecEnv.step pays for its own (see bench_env).
+_REFERENCE_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import l2f
+counts, target = json.loads(sys.argv[1]), float(sys.argv[2])
+from importlib.metadata import version
+out = {"version": version("l2f"), "step": {}, "step_observe": {}}
+for n in counts:
+    per = min(n, 8192)
+    if per & (per - 1) or n % per:
+        continue
+    vector = getattr(l2f, f"vector{per}")
+    device = l2f.Device()
+    parts = []
+    for k in range(n // per):
+        env, params, rng = vector.VectorEnvironment(), vector.VectorParameters(), vector.VectorRng()
+        state, next_state = vector.VectorState(), vector.VectorState()
+        vector.initialize_rng(device, rng, k)
+        vector.initialize_environment(device, env)
+        vector.sample_initial_parameters(device, env, params, rng)
+        vector.sample_initial_state(device, env, params, state, rng)
+        obs = np.zeros((per, env.OBSERVATION_DIM), dtype=np.float32)
+        parts.append((env, params, rng, state, next_state, obs))
+    actions = np.zeros((per, 4), dtype=np.float32)
+    steps = int(max(20, min(20000, target // n)))
+    for name, observe in (("step", False), ("step_observe", True)):
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(steps):
+                for env, params, rng, state, next_state, obs in parts:
+                    vector.step(device, env, params, state, actions, next_state, rng)
+                    if observe:
+                        vector.observe(device, env, params, next_state, obs, rng)
+            best = min(best, (time.perf_counter() - t) / steps)
+        out[name][str(n)] = round(n / best)
+print(json.dumps(out))
+"""
+
+
+def bench_reference(env_counts, threads: int, target_env_steps: float = 4e6) -> dict:
+    """Steps/s of the reference simulator (``l2f``) at ``env_counts``, or {"error": why}."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-c", _REFERENCE_SCRIPT, json.dumps(list(env_counts)),
+                           str(target_env_steps)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run(env_counts=DEFAULT_ENV_COUNTS, threads: int = 1, compile_times: bool = True,
         progress=None) -> dict:
     import numba
@@ -118,10 +176,27 @@ def run(env_counts=DEFAULT_ENV_COUNTS, threads: int = 1, compile_times: bool = T
         if progress:
             progress(f"VecEnv.step, {n} envs")
         result["env_steps_per_s"][str(n)] = round(bench_env(n, threads))
-    # Timing the reference in the same run is not implemented (its Python API was not available
-    # here to bind against): PERF_NOTES.md's figures are quoted, clearly labelled as such.
-    result["reference"] = ("l2f installed, but timing it is not implemented" if reference_installed()
-                           else "l2f not installed (pip install l2f)") + "; quoted figures below"
+    measured = None
+    if reference_installed():
+        if progress:
+            progress("the reference simulator (l2f)")
+        measured = bench_reference(env_counts, threads)
+        if "error" in measured:
+            result["reference"] = f"l2f installed, but timing it failed: {measured['error']}"
+            measured = None
+    else:
+        result["reference"] = "l2f not installed (pip install l2f); quoted figures below"
+    if measured is not None:
+        result["reference"] = f"l2f {measured['version']}, measured in this run"
+        result["reference_steps_per_s"] = {"step": measured["step"],
+                                           "step_observe": measured["step_observe"]}
+        # nanofly's dynamics vs l2f's step; VecEnv.step (observation, reward, termination,
+        # resets included) vs l2f's step + observe
+        result["ratio_vs_reference"] = {
+            "dynamics": {n: result["dynamics_steps_per_s"][n] / v for n, v in measured["step"].items()},
+            "env": {n: result["env_steps_per_s"][n] / v for n, v in measured["step_observe"].items()},
+        }
+        return result
     result["reference_quoted"] = REFERENCE_NOTE
     key = str(max(env_counts))
     result["ratio_vs_quoted_reference"] = {
@@ -160,6 +235,11 @@ def handle(args) -> int:
         for n in counts:
             print(f"{n:>8} {result['dynamics_steps_per_s'][str(n)]:>18,.0f} "
                   f"{result['env_steps_per_s'][str(n)]:>14,.0f}")
+        print(f"reference: {result['reference']}")
+        for n, v in result.get("reference_steps_per_s", {}).get("step_observe", {}).items():
+            print(f"{n:>8} l2f step {result['reference_steps_per_s']['step'][n]:>14,.0f}/s, "
+                  f"step + observe {v:>12,.0f}/s; nanofly x{result['ratio_vs_reference']['dynamics'][n]:.1f} "
+                  f"(dynamics), x{result['ratio_vs_reference']['env'][n]:.1f} (env step)")
     return 0
 
 

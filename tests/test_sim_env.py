@@ -305,3 +305,20 @@ def test_non_negative_reward_clips_at_zero_in_simulator_and_recomputation():
     assert (r_harsh[alive] < 0).any()
     assert np.array_equal(r_clip[alive], np.maximum(r_harsh[alive], 0.0))
     assert np.all(r_clip[term] == -1.0)
+
+
+def test_bench_sim_reports_speeds_and_the_reference():
+    # `nanofly bench sim --json`'s object: speeds keyed by env count, the thread count, and the
+    # reference simulator either measured in the same run (l2f installed) or quoted and labelled.
+    from nanofly.sim.bench import reference_installed, run
+
+    result = run((1, 16), threads=1, compile_times=False)
+    assert result["threads"] == 1
+    for key in ("dynamics_steps_per_s", "env_steps_per_s"):
+        assert set(result[key]) == {"1", "16"} and all(v > 0 for v in result[key].values())
+    if reference_installed():
+        assert "measured in this run" in result["reference"], result["reference"]
+        assert set(result["ratio_vs_reference"]["env"]) == {"1", "16"}
+    else:
+        assert result["reference"].startswith("l2f not installed")
+        assert result["reference_quoted"]["source"].startswith("PERF_NOTES.md")
