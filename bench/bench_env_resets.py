@@ -1,10 +1,11 @@
 """Where a `VecEnv.step` spends its time as episodes end: each step's wall time per env next to
 the fraction of envs that terminated or truncated in it, from a fresh reset, with the actions of
-`nanofly bench sim` (hover action + 0.05 N(0, 1), open loop, so most episodes crash within ~1 s).
+`nanofly bench sim` (``nanofly.sim.bench.bench_actions``: hover action + 0.05 N(0, 1), open loop,
+so most episodes crash within ~1 s).
 
     python bench/bench_env_resets.py [--envs 65536] [--steps 120] [--seed 0]
 
-Prints one JSON object: per step the time in ns per env and the done fraction; the mean time
+Prints one JSON object: per step the time in ns per env and the done fraction; the median time
 of the steps without resets (the baseline in the same run) and of the steps where more than 1 %
 of the envs reset, their ratio, and the implied cost of one reset in ns.
 """
@@ -16,6 +17,7 @@ import time
 
 import numpy as np
 
+from nanofly.sim.bench import bench_actions
 from nanofly.sim.env import VecEnv
 
 
@@ -28,8 +30,7 @@ def main(argv=None) -> int:
     n = args.envs
     env = VecEnv(n, seed=args.seed)
     env.reset()
-    rng = np.random.default_rng(args.seed)
-    actions = np.clip(env.hover_action + 0.05 * rng.standard_normal((n, 4)), -1, 1).astype(np.float32)
+    actions = bench_actions(env.hover_action, n, args.seed)
     env.step(actions)  # compile / load the kernels
     env.reset(seed=args.seed)
     ns_per_env, done_fraction = [], []
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
         done_fraction.append(float((terminated | truncated).mean()))
     ns = np.array(ns_per_env)
     done = np.array(done_fraction)
-    quiet, busy = ns[done == 0.0], ns[done > 0.01]
+    busy_steps = done > 0.01
+    quiet, busy = ns[done == 0.0], ns[busy_steps]
     result = {"envs": n, "steps": args.steps,
               "ns_per_env": np.round(ns, 1).tolist(), "done_fraction": np.round(done, 4).tolist(),
               "steps_without_resets": int(quiet.size), "steps_with_over_1pct_resets": int(busy.size)}
@@ -50,8 +52,8 @@ def main(argv=None) -> int:
             median_ns_per_env_without_resets=round(float(np.median(quiet)), 1),
             median_ns_per_env_over_1pct_resets=round(float(np.median(busy)), 1),
             ratio=round(float(np.median(busy) / np.median(quiet)), 3),
-            mean_done_fraction_of_those=round(float(done[done > 0.01].mean()), 4),
-            implied_ns_per_reset=round(extra / float(done[done > 0.01].mean()), 0))
+            mean_done_fraction_of_those=round(float(done[busy_steps].mean()), 4),
+            implied_ns_per_reset=round(extra / float(done[busy_steps].mean()), 0))
     print(json.dumps(result))
     return 0
 

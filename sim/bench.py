@@ -25,6 +25,13 @@ REFERENCE_NOTE = {"l2f_steps_per_s_1_thread": 6.3e6, "l2f_steps_per_s_2_threads"
                   "source": "PERF_NOTES.md (not measured in this run)"}
 
 
+def bench_actions(hover_action: float, n: int, seed: int = 0) -> np.ndarray:
+    """The benchmarks' (n, 4) float32 actions: the hover action plus 0.05 N(0, 1), clipped to
+    [-1, 1], held fixed (open loop: most episodes crash within about a second)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(hover_action + 0.05 * rng.standard_normal((n, 4)), -1, 1).astype(np.float32)
+
+
 def _steps_for(n: int, target_env_steps: float) -> int:
     return int(max(20, min(20000, target_env_steps // n)))
 
@@ -33,10 +40,8 @@ def bench_dynamics(n: int, threads: int, repeats: int = 3, target_env_steps: flo
     from . import dynamics as dyn
     from .presets import crazyflie_paper as params
 
-    rng = np.random.default_rng(0)
     states = np.tile(dyn.hover_state(params), (n, 1))
-    actions = np.clip(params.hover_action + 0.05 * rng.standard_normal((n, 4)), -1, 1)
-    blocks = dyn.make_blocks(states, actions.astype(np.float32),
+    blocks = dyn.make_blocks(states, bench_actions(params.hover_action, n),
                              np.tile(dyn.env_param_values(params), (n, 1)).astype(np.float32),
                              dyn.HOVER_PAD_STATE.astype(np.float32),
                              dyn.env_param_values(params).astype(np.float32))
@@ -57,8 +62,7 @@ def bench_env(n: int, threads: int, repeats: int = 3, target_env_steps: float = 
 
     env = VecEnv(n, seed=0, threads=threads)
     env.reset()
-    rng = np.random.default_rng(0)
-    actions = np.clip(env.hover_action + 0.05 * rng.standard_normal((n, 4)), -1, 1).astype(np.float32)
+    actions = bench_actions(env.hover_action, n)
     steps = _steps_for(n, target_env_steps)
     for _ in range(3):
         env.step(actions)
