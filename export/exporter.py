@@ -68,6 +68,24 @@ def load_actor(policy_path) -> tuple[Any, dict, list[np.ndarray], list[np.ndarra
     return actor, payload, weights, biases
 
 
+def recorded_input_multiplier(payload: dict, n_inputs: int, policy_path) -> np.ndarray | None:
+    """The int8 input multipliers a policy trained on the int8 grid recorded
+    (``payload["extra"]["int8_grid"]``), checked; None for other policies."""
+    grid = (payload.get("extra") or {}).get("int8_grid")
+    if grid is None:
+        return None
+    try:
+        mult = np.asarray(grid["input_multiplier"], np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"cannot export {policy_path}: malformed int8_grid ({exc!r})") from exc
+    exponents = np.log2(mult) if mult.ndim == 1 and np.all(mult > 0) else None
+    if (mult.shape != (n_inputs,) or exponents is None or not np.all(np.isfinite(exponents))
+            or not np.array_equal(exponents, np.round(exponents))):
+        raise ExportError(f"cannot export {policy_path}: int8_grid.input_multiplier must be "
+                          f"{n_inputs} positive powers of two, got shape {mult.shape}")
+    return mult.astype(np.float32)
+
+
 def _as_observations(obs, dim: int, what: str) -> tuple[np.ndarray, str]:
     label = "provided"
     if isinstance(obs, tuple):
@@ -212,7 +230,8 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
             "nanofly.policy_sha256": _sha256(policy_path.read_bytes())}
     onnx_bytes = build_onnx(weights, biases, metadata=meta).SerializeToString()
     blob_f32 = blobfmt.pack_f32(weights, biases)
-    qm = quantize_mlp(weights, biases, cal, rounding=rounding)
+    qm = quantize_mlp(weights, biases, cal, rounding=rounding,
+                      input_multiplier=recorded_input_multiplier(payload, sizes[0], policy_path))
     blob_int8 = blobfmt.pack_int8(qm.input_multiplier, qm.q_weights, qm.scales, qm.biases)
 
     # measured errors against the float actor (torch, float32)

@@ -40,7 +40,7 @@ class QuantizedModel:
 
 
 def input_multipliers(first_layer_weights: np.ndarray, calibration_obs: np.ndarray,
-                      *, search_octaves: int = 12) -> np.ndarray:
+                      *, search_octaves: int = 12, min_span: np.ndarray | float = 0.0) -> np.ndarray:
     """Power-of-two multiplier per input channel, chosen to minimize the first layer's expected
     pre-activation error on the calibration observations.
 
@@ -54,12 +54,13 @@ def input_multipliers(first_layer_weights: np.ndarray, calibration_obs: np.ndarr
         sum_i [ (max_j |W'_ij| / 127)^2 sum_j mult_j^2 E[x_j^2] + sum_j W_ij^2 / mult_j^2 ] / 12,
     the weight-rounding plus input-rounding error variance. A coarser input grid costs little
     with 16-bit inputs; in exchange small weights get a finer int8 grid. Powers of two keep
-    obs * mult exact in float32, and the range limit keeps saturation at INPUT_HEADROOM."""
+    obs * mult exact in float32, and the range limit keeps saturation at INPUT_HEADROOM.
+    ``min_span``: per channel, a range the grid must cover whatever the calibration peaks."""
     w = np.asarray(first_layer_weights, np.float64)
     x = np.asarray(calibration_obs, np.float64)
     peak = np.abs(x).max(axis=0)
     ex2 = np.mean(x * x, axis=0)
-    span = np.maximum(peak * INPUT_HEADROOM, INPUT_FLOOR)
+    span = np.maximum(np.maximum(peak * INPUT_HEADROOM, INPUT_FLOOR), min_span)
     hi = np.floor(np.log2(32767.0 / span)).astype(np.int64)
     exps = hi.copy()
     aw = np.abs(w)
@@ -154,14 +155,39 @@ def _round_gptq(w: np.ndarray, scale: np.ndarray, x: np.ndarray, damp: float = 0
     return out
 
 
+def _layer_steps(weights: list[np.ndarray], input_multiplier: np.ndarray) -> list[np.ndarray]:
+    """Per layer, the real value of one unit of its integer inputs (1 / multiplier for the
+    observations, 1 / 32767 for the Q15 hidden activations)."""
+    first = 1.0 / np.asarray(input_multiplier, np.float64)
+    return [first] + [np.full(np.shape(w)[1], 1.0 / Q15) for w in weights[1:]]
+
+
+def snap_to_int8_grid(weights: list[np.ndarray], input_multiplier: np.ndarray) -> list[np.ndarray]:
+    """The float32 weights that the int8 format represents exactly: each row rounded to its own
+    grid (scale = max|w| / 127 in integer-input units, as ``quantize_mlp`` chooses it). The
+    straight-through projection of quantization-aware training (``TrainConfig.int8_aware_steps``):
+    weights snapped here come back unchanged, bit for bit in the integers, from ``quantize_mlp``
+    with the same ``input_multiplier``."""
+    out = []
+    for w, step in zip(weights, _layer_steps(weights, input_multiplier)):
+        w_int = np.asarray(w, np.float64) * step[None, :]
+        scale = _choose_scales(w_int)
+        q = _round_nearest(w_int, scale)
+        out.append((q * scale[:, None] / step[None, :]).astype(np.float32))
+    return out
+
+
 def quantize_mlp(weights: list[np.ndarray], biases: list[np.ndarray],
                  calibration_obs: np.ndarray, *, rounding: str = "gptq",
-                 bias_correction: bool = True) -> QuantizedModel:
-    """Quantize float layers (W out x in, b out) for the int8 blob."""
+                 bias_correction: bool = True,
+                 input_multiplier: np.ndarray | None = None) -> QuantizedModel:
+    """Quantize float layers (W out x in, b out) for the int8 blob. ``input_multiplier``: use
+    these (a policy trained on the int8 grid records them) instead of searching."""
     if rounding not in ("gptq", "nearest"):
         raise ValueError(f"rounding must be 'gptq' or 'nearest', got {rounding!r}")
     obs = np.asarray(calibration_obs, np.float32)
-    mult = input_multipliers(weights[0], obs)
+    mult = (input_multipliers(weights[0], obs) if input_multiplier is None
+            else np.asarray(input_multiplier, np.float32))
     x_q = quantize_input(obs, mult).astype(np.float64)      # integer inputs of layer 0
     x_f = obs.astype(np.float64)                            # float network's inputs
     step = 1.0 / mult.astype(np.float64)                    # real value of one input unit
@@ -195,7 +221,9 @@ def quantize_mlp(weights: list[np.ndarray], biases: list[np.ndarray],
             "activations": "int16: observations * power-of-two multiplier per channel "
                            "(saturating; chosen to minimize first-layer error); hidden layers Q15 "
                            "(round(32767 tanh))",
-            "input_headroom": INPUT_HEADROOM, "input_floor": INPUT_FLOOR}
+            "input_headroom": INPUT_HEADROOM, "input_floor": INPUT_FLOOR,
+            "input_multipliers": ("searched on the calibration observations" if input_multiplier is None
+                                  else "recorded in the policy (trained on the int8 grid)")}
     return QuantizedModel(mult, q_weights, scales, out_biases, info)
 
 

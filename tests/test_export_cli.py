@@ -224,3 +224,36 @@ def test_replacing_an_export_is_atomic(tmp_path, monkeypatch):
     second = quick_export(p2, out, num_calibration=512, num_eval=256)
     assert second["blobs"]["f32"]["sha256"] != first["blobs"]["f32"]["sha256"]
     assert json.loads((out / "manifest.json").read_text()) == second
+
+
+def test_snapped_weights_come_back_unchanged_from_the_quantizer():
+    from nanofly.export.quantize import (_layer_steps, input_multipliers, quantize_mlp,
+                                         snap_to_int8_grid)
+    from nanofly.train.policy import init_actor
+
+    actor = init_actor([146, 64, 64, 4], 3)
+    weights = [lin.weight.detach().numpy() * 3 for lin in actor.linear_layers()]
+    biases = [lin.bias.detach().numpy() for lin in actor.linear_layers()]
+    obs = synthetic_observations(2048, 146, 5)
+    mult = input_multipliers(weights[0], obs)
+    snapped = snap_to_int8_grid(weights, mult)
+    assert not np.array_equal(snapped[0], weights[0])
+    assert all(np.array_equal(a, b) for a, b in zip(snap_to_int8_grid(snapped, mult), snapped))
+    for rounding in ("nearest", "gptq"):
+        qm = quantize_mlp(snapped, biases, obs, rounding=rounding, bias_correction=False,
+                          input_multiplier=mult)
+        for q, s, step, w in zip(qm.q_weights, qm.scales, _layer_steps(snapped, mult), snapped):
+            np.testing.assert_allclose(q * s.astype(np.float64)[:, None] / step[None, :], w,
+                                       rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("grid, why", [({"input_multiplier": [2.0] * 10}, "146 positive powers of two"),
+                                       ({"input_multiplier": [3.0] * 146}, "146 positive powers of two"),
+                                       ({"scales": []}, "malformed int8_grid")])
+def test_export_refuses_a_malformed_recorded_int8_grid(tmp_path, grid, why):
+    base = write_policy(tmp_path / "base.pt")
+    bad = write_tampered_policy(tmp_path / "bad.pt", base,
+                                lambda p: p["extra"].__setitem__("int8_grid", grid))
+    with pytest.raises(ExportError, match=why):
+        quick_export(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -301,3 +301,29 @@ def test_cold_cache_helper_failure_or_hang_is_reported_not_raised(monkeypatch):
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
     assert hung.wait() is False
     assert hung.process.poll() is not None  # stopped, not left running
+
+
+def test_int8_aware_finetuning_puts_the_saved_actor_on_the_recorded_int8_grid(tmp_path):
+    from nanofly.export.exporter import export_policy
+    from nanofly.export.quantize import snap_to_int8_grid
+    from nanofly.train.policy import save_policy
+
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 4000, "int8_aware_steps": 2000}, seed=2)
+    tr = train(cfg)
+    st = tr.state
+    assert st.env_steps == 6000 and st.int8_aware_until == 6000
+    mult = np.asarray(st.int8_input_multiplier, np.float32)
+    assert mult.shape == (tr.obs_dim,) and np.all(np.exp2(np.round(np.log2(mult))) == mult)
+    # the fine-tuning moved the actor, and what is saved lies on the grid
+    weights = [lin.weight.detach().numpy() for lin in tr.policy_actor().linear_layers()]
+    assert all(np.array_equal(w, s) for w, s in zip(weights, snap_to_int8_grid(weights, mult)))
+    plain = train(TrainConfig(**{**SMALL, "total_env_steps": 4000}, seed=2))
+    assert not np.array_equal(plain.policy_actor().linear_layers()[0].weight.detach().numpy(),
+                              weights[0])
+    payload = tr.policy_payload()
+    assert payload["extra"]["int8_grid"]["input_multiplier"] == mult.tolist()
+    policy = save_policy(tmp_path / "policy.pt", tr.policy_actor(), **payload)
+    manifest = export_policy(policy, tmp_path / "export", num_calibration=1024, num_eval=2000)
+    assert manifest["quantization"]["input_multiplier"] == mult.tolist()
+    assert manifest["quantization"]["input_multipliers"].startswith("recorded in the policy")
+    assert manifest["errors"]["c_int8"]["max_abs"] <= 0.02

@@ -65,7 +65,7 @@ def load_train_config(args):
             raise ValueError(f"--config {path}: malformed TOML: {exc}") from None
         data.update(raw.get("train", raw))
     for key, attr in (("seed", "seed"), ("total_env_steps", "steps"), ("num_envs", "num_envs"),
-                      ("preset", "preset")):
+                      ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps")):
         value = getattr(args, attr)
         if value is not None:
             data[key] = value
@@ -113,7 +113,7 @@ def run_train(args) -> int:
     metrics_path = run_dir / "metrics.jsonl"
     if resume is None and metrics_path.exists():
         metrics_path.unlink()
-    bar = ProgressBar(cfg.total_env_steps, enabled=not args.json)
+    bar = ProgressBar(cfg.total_env_steps + cfg.int8_aware_steps, enabled=not args.json)
     log_file = open(metrics_path, "a")
 
     def on_progress(trainer) -> None:
@@ -160,7 +160,7 @@ def run_train(args) -> int:
     selection = ({"env_steps": st.best_selection_step, "success_rate": st.best_selection_score,
                   "episodes": cfg.selection_episodes, "seed": cfg.selection_seed,
                   "history": st.selection_history}
-                 if trainer.best_actor_params is not None else None)
+                 if st.best_selection_step >= 0 else None)
     save_policy(policy_path, actor, **trainer.policy_payload(),
                 metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
                          "selected_snapshot": selection})
@@ -175,6 +175,8 @@ def run_train(args) -> int:
         "env_steps": trainer.state.env_steps, "critic_updates": trainer.state.critic_updates,
         "actor_updates": trainer.state.actor_updates, "selected_snapshot": selection,
         "stopped_early": st.stopped_early,
+        "int8_aware_steps": (st.env_steps - (st.int8_aware_until - cfg.int8_aware_steps)
+                             if st.int8_aware_until >= 0 else 0),
     }
     if args.eval_episodes > 0:
         from .evaluate import TorchPolicy, hover_suite, policy_mdp, public

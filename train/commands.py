@@ -18,6 +18,9 @@ def register(sub, bench_sub) -> None:
                    help="total environment steps (default 700000; training may stop earlier, "
                         "see stop_at_selection_success)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel simulators (default 16)")
+    p.add_argument("--int8-aware-steps", type=int, default=None, metavar="N",
+                   help="after training, N more steps with the actor's weights on the int8 "
+                        "export grid (quantization-aware; default 0: off)")
     p.add_argument("--preset", default=None, help="vehicle preset name or .toml file")
     p.add_argument("--config", default=None,
                    help="TOML file with training options (keys of TrainConfig, a [train] table)")

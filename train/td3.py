@@ -23,10 +23,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, recompute_rewards
+from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, observation_layout, recompute_rewards
 
 from .compile_cache import start_if_cold
 from .replay import STATE_PART, ReplayBuffer
+
+
+# The int8 grid of int8-aware fine-tuning is chosen on the last this many training observations,
+# with the angular-velocity inputs covering at least this range (rad/s): the Crazyflie gyro's full
+# scale (2000 deg/s = 34.9 rad/s) times the exporter's 2x headroom. From the training peaks alone
+# the grid stopped at +-32 rad/s and one evaluation rollout saturated it at 35-38 rad/s.
+INT8_GRID_ROWS = 65_536
+INT8_MIN_ANGULAR_VELOCITY_SPAN = 2 * 34.9
 
 
 @dataclass
@@ -124,6 +132,13 @@ class TrainConfig:
     # Stop training early once a selection check scores at least this hover success rate
     # (1.0 or more: never; the schedule then runs to total_env_steps).
     stop_at_selection_success: float = 0.97
+    # Quantization-aware fine-tuning (0: off): after the schedule (or the early stop), this many
+    # more env steps of TD3 from the kept snapshot in which every actor update runs on the
+    # weights snapped to the int8 export grid and its Adam step goes to the float weights
+    # (straight-through). The saved actor is the target actor snapped to the grid, and the grid
+    # (input multipliers) is recorded in policy.pt, so `nanofly export`'s int8 runtime computes
+    # what was trained (measured: docs/export-notes.md). Selection checks pause meanwhile.
+    int8_aware_steps: int = 0
     # Bookkeeping.
     log_interval: int = 10_000  # env steps between metrics.jsonl lines
     # Threads for the network updates: 2 splits each batch over two cores (the gradient sum is
@@ -232,6 +247,8 @@ class TrainState:
     best_selection_step: int = -1
     selection_history: list = field(default_factory=list)  # [step, success, termination]
     stopped_early: bool = False  # a selection check reached stop_at_selection_success
+    int8_aware_until: int = -1  # env step where int8-aware fine-tuning ends (-1: not started)
+    int8_input_multiplier: list | None = None  # its grid's input multipliers
 
 
 class Trainer:
@@ -333,7 +350,7 @@ class Trainer:
             survival = np.mean(st.recent_survived) if st.recent_survived else 0.0
             if survival >= cfg.curriculum_min_survival:
                 self._advance_curriculum()
-        if cfg.selection_interval and st.env_steps >= st.next_selection:
+        if cfg.selection_interval and st.env_steps >= st.next_selection and st.int8_aware_until < 0:
             st.next_selection += cfg.selection_interval
             self._select()
 
@@ -385,11 +402,68 @@ class Trainer:
         if separate and at_step % cfg.critic_target_update_interval == 0:
             core.update_critic_targets()
         if at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0:
+            if self.state.int8_aware_until >= 0:  # straight-through: step computed on the grid
+                na = core.n_actor_params
+                latent = core.params[:na].copy()
+                snapped = self._snap_actor(latent)
+                core.params[:na] = snapped
             self.last_actor_loss = core.actor_update(batch["obs"], batch["critic_obs"],
                                                      update_targets=not separate)
+            if self.state.int8_aware_until >= 0:
+                core.params[:na] = latent + (core.params[:na] - snapped)
             if separate:
                 core.update_actor_target()
             self.state.actor_updates += 1
+
+    # -- int8-aware fine-tuning (TrainConfig.int8_aware_steps) --------------------------------
+    def _snap_actor(self, flat: np.ndarray) -> np.ndarray:
+        """Actor parameters (flat) with the weights snapped to the int8 grid; biases as they are."""
+        from nanofly.export.quantize import snap_to_int8_grid
+
+        out = flat.copy()
+        views = self.core._actor_views(out)
+        mult = np.asarray(self.state.int8_input_multiplier, np.float32)
+        for (w, _), snapped in zip(views, snap_to_int8_grid([w for w, _ in views], mult)):
+            w[...] = snapped
+        return out
+
+    def start_int8_aware(self) -> None:
+        """Begin the fine-tuning phase: the kept snapshot becomes the online and target actor,
+        and the grid's input multipliers are chosen on observations from the whole replay buffer
+        (the exporter's search): its ranges then cover the rates and offsets of the early, crashing
+        episodes too, so evaluation rollouts that tumble stay inside the int8 input range (chosen
+        on recent rollouts only, 2 of 10 000 evaluation observations saturated at 35-38 rad/s)."""
+        # The grid is the exporter's definition, so the trainer asks export for it (the one
+        # place where train depends on export).
+        from nanofly.export.quantize import input_multipliers
+
+        st, core = self.state, self.core
+        na = core.n_actor_params
+        kept = (self.best_actor_params if self.best_actor_params is not None
+                else self._deployed_params()).copy()
+        core.params[:na] = kept
+        core.targets[:na] = kept
+        n = self.buffer.size
+        rows = np.linspace(max(0, n - INT8_GRID_ROWS), n - 1, min(n, 16384)).astype(np.int64)
+        first_layer = core._actor_views(kept)[0][0]
+        min_span = np.zeros(self.obs_dim)
+        start = 0
+        for name, size in observation_layout(self.env.config.history_length):
+            if name == "angular_velocity":
+                min_span[start:start + size] = INT8_MIN_ANGULAR_VELOCITY_SPAN
+            start += size
+        # search_octaves=0: the finest input grid that covers each range. The exporter's search
+        # trades input against weight resolution for post-training rounding; here the weights
+        # are trained on their grid, and a coarser input grid only adds input rounding error.
+        st.int8_input_multiplier = input_multipliers(first_layer, self.buffer.obs[rows],
+                                                     min_span=min_span,
+                                                     search_octaves=0).tolist()
+        st.int8_aware_until = st.env_steps + self.cfg.int8_aware_steps
+        self.best_actor_params = None
+
+    def finish_int8_aware(self) -> None:
+        """The policy to save: the target actor snapped to the grid."""
+        self.best_actor_params = self._snap_actor(self._deployed_params())
 
     def _advance_curriculum(self) -> None:
         st, buf = self.state, self.buffer
@@ -472,7 +546,6 @@ class Trainer:
 
     def policy_payload(self) -> dict[str, Any]:
         """The keyword arguments of ``save_policy`` describing this run's actor."""
-        from nanofly.sim.env import observation_layout
 
         mdp = self.env.config
         return {
@@ -484,6 +557,8 @@ class Trainer:
             "vehicle": {"preset": self.env.params.name, "params": self.env.params.to_dict()},
             "mdp": mdp.to_dict(),
             "train_config": self.cfg.to_dict(),
+            "extra": ({"int8_grid": {"input_multiplier": list(self.state.int8_input_multiplier)}}
+                      if self.state.int8_aware_until >= 0 else {}),
         }
 
 
@@ -511,7 +586,14 @@ def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None 
     except ValueError:  # not the main thread: no deferral
         pass
     try:
-        while st.env_steps < cfg.total_env_steps and not st.stopped_early:
+        while True:
+            if st.int8_aware_until < 0 and (st.env_steps >= cfg.total_env_steps or st.stopped_early):
+                if cfg.int8_aware_steps <= 0:
+                    break
+                trainer.start_int8_aware()
+            if 0 <= st.int8_aware_until <= st.env_steps:
+                trainer.finish_int8_aware()
+                break
             trainer.step()
             if stop:
                 st.wall_time_s = time.perf_counter() - start
