@@ -92,3 +92,19 @@ def test_policy_file_is_exported_on_the_fly(exported):
     with make_backend("onnx", policy, num_calibration=1024, num_eval=1000) as onnx_backend:
         assert onnx_backend.export_dir == backend.export_dir
         assert np.abs(onnx_backend(obs) - ref).max() <= 1e-5
+
+
+def test_shipped_int8_aware_model_meets_the_int8_bound_on_simulator_observations(tmp_path):
+    """models/crazyflie_hover_int8 (trained with --int8-aware-steps): exported as a user would,
+    its int8 C runtime stays within 0.02 of the torch actor over 10 000 simulator observations."""
+    from pathlib import Path
+
+    from nanofly.export.exporter import export_policy
+
+    policy = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover_int8" / "policy.pt"
+    manifest = export_policy(policy, tmp_path / "export")
+    errors = manifest["errors"]
+    assert errors["observations"] == {"count": 10000, "source": "simulator", "seed": 1}
+    assert errors["c_int8"]["max_abs"] <= 0.02 and errors["c_int8"]["within_bound"]
+    assert errors["c_int8"]["saturated_observations"] == 0
+    assert errors["c_f32"]["max_abs"] <= 1e-5

@@ -404,9 +404,16 @@ class TD3Core:
         _k.polyak_kernel(self.params[:c0], self.targets[:c0], _F32(self.polyak))
 
     def actor_forward(self, obs: np.ndarray, out: np.ndarray | None = None,
-                      target: bool = False) -> np.ndarray:
-        """Batched actor inference: obs (N, Oa) float32 -> actions (N, A) in [-1, 1]."""
+                      target: bool = False, actor_params: np.ndarray | None = None) -> np.ndarray:
+        """Batched actor inference: obs (N, Oa) float32 -> actions (N, A) in [-1, 1], with the
+        online or target actor, or the flat ``actor_params`` given (the actor part's layout)."""
         obs = self._check("obs", obs, None, self.actor_obs_dim)
+        theta = self.targets if target else self.params
+        if actor_params is not None:
+            theta = self._check("actor_params", actor_params, None, None)
+            if theta.shape[0] != self.n_actor_params:
+                raise ValueError(f"actor_params: expected {self.n_actor_params} values, "
+                                 f"got {theta.shape[0]}")
         n = obs.shape[0]
         if out is None:
             out = np.empty((n, self.action_dim), dtype=_F32)
@@ -414,8 +421,7 @@ class TD3Core:
             out = self._check("out", out, n, self.action_dim)
         if n > self._fwd_rows:
             self._ensure_forward_workspace(n)
-        _k.actor_forward_kernel(self.targets if target else self.params, self.dims, self.offs,
-                                obs, out, self._fwd_ws)
+        _k.actor_forward_kernel(theta, self.dims, self.offs, obs, out, self._fwd_ws)
         return out
 
     # --------------------------------------------------------------------------------- torch
