@@ -490,3 +490,15 @@ def test_half_worker_hands_off_after_sleeping_reraises_errors_and_closes():
     assert out == [1, 2, 3]
     worker.close()
     assert not worker._thread.is_alive()
+
+
+def test_actor_forward_with_given_actor_parameters():
+    core = small_core()
+    obs = np.random.default_rng(0).standard_normal((5, core.actor_obs_dim)).astype(np.float32)
+    core.targets[:core.n_actor_params] *= 0.5  # target differs from the online actor
+    given = core.targets[:core.n_actor_params].copy()
+    np.testing.assert_array_equal(core.actor_forward(obs, actor_params=given),
+                                  core.actor_forward(obs, target=True))
+    assert not np.array_equal(core.actor_forward(obs), core.actor_forward(obs, target=True))
+    with pytest.raises(ValueError, match="actor_params"):
+        core.actor_forward(obs, actor_params=given[:-1])
