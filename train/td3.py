@@ -135,9 +135,10 @@ class TrainConfig:
     # Quantization-aware fine-tuning (0: off): after the schedule (or the early stop), this many
     # more env steps of TD3 from the kept snapshot in which every actor update runs on the
     # weights snapped to the int8 export grid and its Adam step goes to the float weights
-    # (straight-through). The saved actor is the target actor snapped to the grid, and the grid
-    # (input multipliers) is recorded in policy.pt, so `nanofly export`'s int8 runtime computes
-    # what was trained (measured: docs/export-notes.md). Selection checks pause meanwhile.
+    # (straight-through). Selection checks go on, scoring the target actor snapped to the grid,
+    # and the best snapped one is saved; the grid (input multipliers) is recorded in policy.pt,
+    # so `nanofly export`'s int8 runtime computes what was trained (docs/export-notes.md). It
+    # costs ~4 s per 60 k steps; off by default.
     int8_aware_steps: int = 0
     # Bookkeeping.
     log_interval: int = 10_000  # env steps between metrics.jsonl lines
@@ -433,10 +434,9 @@ class Trainer:
 
     def start_int8_aware(self) -> None:
         """Begin the fine-tuning phase: the kept snapshot becomes the online and target actor,
-        and the grid's input multipliers are chosen on observations from the whole replay buffer
-        (the exporter's search): its ranges then cover the rates and offsets of the early, crashing
-        episodes too, so evaluation rollouts that tumble stay inside the int8 input range (chosen
-        on recent rollouts only, 2 of 10 000 evaluation observations saturated at 35-38 rad/s)."""
+        and the grid's input multipliers are chosen on the last INT8_GRID_ROWS training
+        observations (the finest grid covering twice each input's peak, angular velocities at
+        least INT8_MIN_ANGULAR_VELOCITY_SPAN)."""
         # The grid is the exporter's definition, so the trainer asks export for it (the one
         # place where train depends on export).
         from nanofly.export.quantize import input_multipliers
@@ -465,8 +465,7 @@ class Trainer:
         st.int8_aware_until = st.env_steps + self.cfg.int8_aware_steps
         # From here, selection (if on) keeps the best snapped snapshot, starting with the kept
         # snapshot itself snapped: the fine-tuning continues TD3, which swings, so the saved
-        # policy must not depend on where the phase happens to end (seed 2 without this:
-        # 96.0 % before, 90.9 % after).
+        # policy must not depend on where the phase happens to end.
         self.best_actor_params = None
         st.best_selection_score, st.best_selection_step = -1.0, -1
         if self.cfg.selection_interval:
