@@ -190,9 +190,8 @@ def quantize_mlp(weights: list[np.ndarray], biases: list[np.ndarray],
             else np.asarray(input_multiplier, np.float32))
     x_q = quantize_input(obs, mult).astype(np.float64)      # integer inputs of layer 0
     x_f = obs.astype(np.float64)                            # float network's inputs
-    step = 1.0 / mult.astype(np.float64)                    # real value of one input unit
     q_weights, scales, out_biases = [], [], []
-    for li, (w, b) in enumerate(zip(weights, biases)):
+    for li, (w, b, step) in enumerate(zip(weights, biases, _layer_steps(weights, mult))):
         w = np.asarray(w, np.float64)
         b = np.asarray(b, np.float64)
         w_int = w * step[None, :]               # weights acting on integer inputs
@@ -215,7 +214,6 @@ def quantize_mlp(weights: list[np.ndarray], biases: list[np.ndarray],
         x_f = np.tanh(z_float)
         if li + 1 < len(weights):
             x_q = np.rint(t.astype(np.float64) * Q15)
-            step = np.full(w.shape[0], 1.0 / Q15)
     info = {"weights": "int8 symmetric per output channel (scale = max|w| / 127)",
             "weight_rounding": rounding, "bias_correction": bias_correction,
             "activations": "int16: observations * power-of-two multiplier per channel "

@@ -314,7 +314,7 @@ def test_int8_aware_finetuning_puts_the_saved_actor_on_the_recorded_int8_grid(tm
     assert st.env_steps == 6000 and st.int8_aware_until == 6000
     mult = np.asarray(st.int8_input_multiplier, np.float32)
     assert mult.shape == (tr.obs_dim,) and np.all(np.exp2(np.round(np.log2(mult))) == mult)
-    # the fine-tuning moved the actor, and what is saved lies on the grid
+    # what is saved lies on the grid, and is not the plain run's actor
     weights = [lin.weight.detach().numpy() for lin in tr.policy_actor().linear_layers()]
     assert all(np.array_equal(w, s) for w, s in zip(weights, snap_to_int8_grid(weights, mult)))
     plain = train(TrainConfig(**{**SMALL, "total_env_steps": 4000}, seed=2))

@@ -407,14 +407,15 @@ class Trainer:
         if separate and at_step % cfg.critic_target_update_interval == 0:
             core.update_critic_targets()
         if at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0:
-            if self.state.int8_aware_until >= 0:  # straight-through: step computed on the grid
+            int8_aware = self.state.int8_aware_until >= 0
+            if int8_aware:  # straight-through: the step is computed on the grid
                 na = core.n_actor_params
                 latent = core.params[:na].copy()
                 snapped = self._snap_actor(latent)
                 core.params[:na] = snapped
             self.last_actor_loss = core.actor_update(batch["obs"], batch["critic_obs"],
                                                      update_targets=not separate)
-            if self.state.int8_aware_until >= 0:
+            if int8_aware:  # ... and applied to the float weights
                 core.params[:na] = latent + (core.params[:na] - snapped)
             if separate:
                 core.update_actor_target()
@@ -437,8 +438,8 @@ class Trainer:
         and the grid's input multipliers are chosen on the last INT8_GRID_ROWS training
         observations (the finest grid covering twice each input's peak, angular velocities at
         least INT8_MIN_ANGULAR_VELOCITY_SPAN)."""
-        # The grid is the exporter's definition, so the trainer asks export for it (the one
-        # place where train depends on export).
+        # The grid is the exporter's definition, so the trainer asks export for it (this and
+        # _snap_actor are train's only dependencies on export).
         from nanofly.export.quantize import input_multipliers
 
         st, core = self.state, self.core
