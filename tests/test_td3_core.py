@@ -101,8 +101,12 @@ def core_critic_params(core, target=False):
 def core_grads(core):
     """The core's last gradients in torch parameter order (actor, Q1, Q2)."""
     actor = np.concatenate([a for w, b in core._actor_views(core.grads) for a in (w.ravel(), b)])
-    critics = [np.concatenate([a.ravel() for w, b in core._critic_views(core.grads, c)
-                               for a in (w, b)]) for c in (0, 1)]
+    critics = []
+    for c in (0, 1):
+        linear = core._critic_views(core.grads, c)
+        norm = core._critic_norm_views(core.grads, c)  # [] without critic_layer_norm
+        layers = [linear[0], *norm[:1], linear[1], *norm[1:], linear[2]]  # torch's order
+        critics.append(np.concatenate([a.ravel() for w, b in layers for a in (w, b)]))
     return actor, critics[0], critics[1]
 
 
@@ -143,8 +147,11 @@ def test_tanh_approximation_error():
     assert np.array_equal(out, -out[::-1])  # odd
 
 
-@pytest.mark.parametrize("dims", [dict(), dict(critic_obs_dim=20), dict(threads=2)],
-                         ids=["asymmetric", "symmetric-critic", "two-threads"])
+@pytest.mark.parametrize("dims", [dict(), dict(critic_obs_dim=20), dict(threads=2),
+                                  dict(critic_layer_norm=True),
+                                  dict(critic_layer_norm=True, threads=2)],
+                         ids=["asymmetric", "symmetric-critic", "two-threads", "layer-norm",
+                              "layer-norm-two-threads"])
 def test_updates_match_torch_reference(dims):
     """A few interleaved critic/actor steps: gradients, parameters, targets and losses."""
     core = small_core(**dims)
@@ -178,8 +185,10 @@ def test_updates_match_torch_reference(dims):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_paper_sizes_match_torch_reference(threads):
-    core = TD3Core(seed=5, threads=threads)  # 146 / 28 / 4, 64-64, batch 256
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_paper_sizes_match_torch_reference(threads, layer_norm):
+    # 146 / 28 / 4, 64-64, batch 256
+    core = TD3Core(seed=5, threads=threads, critic_layer_norm=layer_norm)
     ref = TorchTD3(core)
     rng = np.random.default_rng(1)
     for _ in range(2):

@@ -12,7 +12,7 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
                    actor_hidden=(64, 64), critic_hidden=(64, 64),
                    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4,
                    gamma=0.99, polyak=0.995, smoothing_std=0.2, smoothing_clip=0.5,
-                   batch_size=256, seed=0, threads=1)
+                   batch_size=256, seed=0, threads=1, critic_layer_norm=False)
     core.warmup()  # optional: compile / load the kernels now (seconds cold, ~0.3 s cached)
 
 - actor: ``[actor_obs_dim, *actor_hidden, action_dim]``, tanh after every layer (the output
@@ -20,7 +20,10 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
 - critics Q1, Q2: ``[critic_obs_dim + action_dim, *critic_hidden, 1]``, tanh on the hidden
   layers, linear output; the input is ``concat(critic_obs, action)``. ``critic_obs_dim`` is the
   privileged observation (28, asymmetric) or the actor observation (146, ablation "asymmetric
-  critic off": pass the actor observation as ``critic_obs`` too).
+  critic off": pass the actor observation as ``critic_obs`` too). ``critic_layer_norm``: a
+  LayerNorm (torch's: biased variance, eps 1e-5, a gain and an offset per unit) between each
+  hidden Linear and its tanh, in both critics and their targets (the trainer's default; the
+  paper's critics have none).
 - init: every weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch's default
   ``nn.Linear`` distribution, drawn from ``numpy.random.default_rng(seed)`` (same distribution
   as torch, not the same numbers); targets start as exact copies. ``load_actor`` /
@@ -68,7 +71,8 @@ workspace grows once for a larger N); ``out`` lets the caller reuse an output ar
 
 Torch: ``to_actor(target=False) -> nanofly.train.policy.Actor`` (what ``save_policy`` takes),
 ``load_actor(actor_or_state_dict, targets_too=True)``, ``to_critics(target=False) -> (Q1, Q2)``
-as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)``, ``load_critics(q1, q2, ...)``.
+as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` (a LayerNorm before each Tanh with
+``critic_layer_norm``), ``load_critics(q1, q2, ...)``.
 Checkpoint: ``state_dict()`` / ``load_state_dict()`` (NumPy arrays and ints).
 Gradients of the last update: ``core.grads`` (same layout as ``params``).
 
@@ -81,8 +85,10 @@ compiles them (~4-5 s CPU, see the bench), later processes load them in ~0.3 s. 
 Flat parameter layout (``core.params``; ``targets``, ``adam_m``, ``adam_v``, ``grads`` share
 it): actor ``W1 (h1, Oa), b1, W2 (h2, h1), b2, W3 (A, h2), b3``, then the twin critics stacked
 layer by layer: ``W1 (2*c1, Oc+A)`` (rows [0, c1) are Q1's, [c1, 2*c1) Q2's), ``b1 (2*c1)``,
-``W2 (2, c2, c1)``, ``b2 (2, c2)``, ``W3 (2, c2)``, ``b3 (2)``. Stacking lets both critics'
-first layers run as one matrix product. Weights are (out, in) as in torch.
+``W2 (2, c2, c1)``, ``b2 (2, c2)``, ``W3 (2, c2)``, ``b3 (2)``, and with ``critic_layer_norm``
+the LayerNorm gains and offsets ``g1 (2, c1)``, ``beta1 (2, c1)``, ``g2 (2, c2)``, ``beta2 (2,
+c2)``. Stacking lets both critics' first layers run as one matrix product. Weights are (out,
+in) as in torch.
 """
 from __future__ import annotations
 
@@ -109,7 +115,8 @@ class TD3Core:
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-4, gamma: float = 0.99, polyak: float = 0.995,
                  smoothing_std: float = 0.2, smoothing_clip: float = 0.5,
-                 batch_size: int = 256, seed: int = 0, threads: int = 1):
+                 batch_size: int = 256, seed: int = 0, threads: int = 1,
+                 critic_layer_norm: bool = False):
         for name, value in (("actor_obs_dim", actor_obs_dim), ("critic_obs_dim", critic_obs_dim),
                             ("action_dim", action_dim), ("batch_size", batch_size)):
             if int(value) != value or int(value) <= 0:
@@ -150,6 +157,7 @@ class TD3Core:
         self.smoothing_std = float(smoothing_std)
         self.smoothing_clip = float(smoothing_clip)
         self.seed = int(seed)
+        self.critic_layer_norm = bool(critic_layer_norm)
         self.actor_steps = 0
         self.critic_steps = 0
 
@@ -157,11 +165,14 @@ class TD3Core:
         ha1, ha2 = self.actor_hidden
         hc1, hc2 = self.critic_hidden
         cin = self.critic_in_dim
-        self.dims = np.array([oa, oc, na, ha1, ha2, hc1, hc2], dtype=np.int64)
+        self.dims = np.array([oa, oc, na, ha1, ha2, hc1, hc2, int(self.critic_layer_norm)],
+                             dtype=np.int64)
         actor_sizes = [ha1 * oa, ha1, ha2 * ha1, ha2, na * ha2, na]
         offs = np.concatenate([[0], np.cumsum(actor_sizes)]).astype(np.int64)
         self.n_actor_params = int(offs[-1])
         self.n_critic_params = 2 * (hc1 * cin + hc1 + hc2 * hc1 + hc2 + hc2 + 1)
+        if self.critic_layer_norm:  # a gain and an offset per hidden unit
+            self.n_critic_params += 2 * 2 * (hc1 + hc2)
         # offs: start of actor W1, b1, W2, b2, W3, b3, critics, end
         self.offs = np.append(offs, self.n_actor_params + self.n_critic_params).astype(np.int64)
         n = self.n_actor_params + self.n_critic_params
@@ -217,6 +228,20 @@ class TD3Core:
         b3 = buf[o:o + 2].reshape(2, 1)
         return [(w1[which], b1[which]), (w2[which], b2[which]), (w3[which], b3[which])]
 
+    def _critic_norm_views(self, buf: np.ndarray, which: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(gain, offset) of hidden layer 1, of layer 2] of critic ``which``'s LayerNorms
+        (``critic_layer_norm``; after the linear layers: g1 (2, c1), beta1, g2 (2, c2), beta2)."""
+        if not self.critic_layer_norm:
+            return []
+        c1, c2 = self.critic_hidden
+        o = int(self.offs[7]) - 2 * 2 * (c1 + c2)
+        g1 = buf[o:o + 2 * c1].reshape(2, c1)
+        beta1 = buf[o + 2 * c1:o + 4 * c1].reshape(2, c1)
+        o += 4 * c1
+        g2 = buf[o:o + 2 * c2].reshape(2, c2)
+        beta2 = buf[o + 2 * c2:o + 4 * c2].reshape(2, c2)
+        return [(g1[which], beta1[which]), (g2[which], beta2[which])]
+
     def _init_params(self, rng: np.random.Generator) -> None:
         # torch nn.Linear default: W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         layer_sets = [self._actor_views(self.params)]
@@ -226,6 +251,10 @@ class TD3Core:
                 bound = 1.0 / math.sqrt(weight.shape[1])
                 weight[...] = rng.uniform(-bound, bound, size=weight.shape)
                 bias[...] = rng.uniform(-bound, bound, size=bias.shape)
+        for c in (0, 1):  # torch.nn.LayerNorm's init: gain 1, offset 0
+            for gain, offset in self._critic_norm_views(self.params, c):
+                gain[...] = 1.0
+                offset[...] = 0.0
 
     def _ensure_update_workspace(self, batch: int) -> None:
         rows = -(-batch // self.threads)  # rows per thread
@@ -449,39 +478,81 @@ class TD3Core:
         Adam state is left as it is (reset it with ``reset_optimizers`` if that is wanted).
         """
         state = actor.state_dict() if hasattr(actor, "state_dict") else dict(actor)
-        self._load_sequential(state, self._actor_views, None, "actor", "net.",
-                              self.actor_sizes, targets_too)
+        self._load_sequential(state, self._actor_views, None, "actor",
+                              ["net.0.", "net.2.", "net.4."], self.actor_sizes, targets_too)
+
+    def _critic_modules(self):
+        """One critic as torch modules: ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)``,
+        with ``critic_layer_norm`` ``(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh,
+        Linear)``; and the state_dict key prefixes of its Linear and its LayerNorm layers."""
+        from torch import nn
+
+        c_in, (c1, c2) = self.critic_in_dim, self.critic_hidden
+        if self.critic_layer_norm:
+            net = nn.Sequential(nn.Linear(c_in, c1), nn.LayerNorm(c1), nn.Tanh(),
+                                nn.Linear(c1, c2), nn.LayerNorm(c2), nn.Tanh(), nn.Linear(c2, 1))
+            return net, ["0.", "3.", "6."], ["1.", "4."]
+        net = nn.Sequential(nn.Linear(c_in, c1), nn.Tanh(), nn.Linear(c1, c2), nn.Tanh(),
+                            nn.Linear(c2, 1))
+        return net, ["0.", "2.", "4."], []
 
     def to_critics(self, target: bool = False):
-        """(Q1, Q2) as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` (copied weights)."""
+        """(Q1, Q2) as torch modules (copied weights): ``nn.Sequential(Linear, Tanh, Linear,
+        Tanh, Linear)``, with ``critic_layer_norm`` a LayerNorm before each Tanh."""
         import torch
-        from torch import nn
 
         buf = self.targets if target else self.params
         critics = []
         for which in (0, 1):
-            c_in, (c1, c2) = self.critic_in_dim, self.critic_hidden
-            net = nn.Sequential(nn.Linear(c_in, c1), nn.Tanh(), nn.Linear(c1, c2), nn.Tanh(),
-                                nn.Linear(c2, 1))
-            layers = [m for m in net if isinstance(m, nn.Linear)]
-            with torch.no_grad():
-                for layer, (weight, bias) in zip(layers, self._critic_views(buf, which)):
-                    layer.weight.copy_(torch.from_numpy(weight.copy()))
-                    layer.bias.copy_(torch.from_numpy(bias.copy()))
+            net, linear_keys, norm_keys = self._critic_modules()
+            values = {}
+            for key, (weight, bias) in zip(linear_keys, self._critic_views(buf, which)):
+                values[key + "weight"], values[key + "bias"] = weight, bias
+            for key, (gain, offset) in zip(norm_keys, self._critic_norm_views(buf, which)):
+                values[key + "weight"], values[key + "bias"] = gain, offset
+            net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in values.items()})
             critics.append(net)
         return tuple(critics)
 
     def load_critics(self, q1: Any, q2: Any, targets_too: bool = True) -> None:
         """Set both critics (and by default their targets) from the modules ``to_critics`` makes
-        (or their state_dicts: keys ``0.weight, 0.bias, 2.weight, 2.bias, 4.weight, 4.bias``)."""
+        (or their state_dicts: keys ``0.weight, 0.bias, 2.weight, 2.bias, 4.weight, 4.bias``;
+        with ``critic_layer_norm`` ``0., 3., 6.`` for the Linear and ``1., 4.`` for the
+        LayerNorm layers)."""
         for which, critic in ((0, q1), (1, q2)):
             state = critic.state_dict() if hasattr(critic, "state_dict") else dict(critic)
-            self._load_sequential(state, self._critic_views, which, f"critic Q{which + 1}", "",
+            what = f"critic Q{which + 1}"
+            _, linear_keys, norm_keys = self._critic_modules()
+            if norm_keys:  # check and load the LayerNorm layers here, the Linear ones below
+                c1, c2 = self.critic_hidden
+                norm_state = {}
+                for key, width in zip(norm_keys, (c1, c2)):
+                    for kind in ("weight", "bias"):
+                        name = key + kind
+                        if name not in state:
+                            raise ValueError(f"{what}: state_dict has no {name!r} (this core's "
+                                             "critics have LayerNorm layers at 1. and 4.)")
+                        value = state[name]
+                        value = (value.detach().cpu().numpy() if hasattr(value, "detach")
+                                 else np.asarray(value))
+                        if tuple(value.shape) != (width,) or not np.all(np.isfinite(value)):
+                            raise ValueError(f"{what}: {name} must be {width} finite values, "
+                                             f"got shape {tuple(value.shape)}")
+                        norm_state[name] = value.astype(_F32)
+                state = {k: v for k, v in state.items() if k not in norm_state}
+            self._load_sequential(state, self._critic_views, which, what, linear_keys,
                                   self.critic_sizes, targets_too)
+            if norm_keys:
+                for buf in ([self.params, self.targets] if targets_too else [self.params]):
+                    for key, (gain, offset) in zip(norm_keys,
+                                                   self._critic_norm_views(buf, which)):
+                        gain[...] = norm_state[key + "weight"]
+                        offset[...] = norm_state[key + "bias"]
 
-    def _load_sequential(self, state: dict, views_fn, which, what: str, prefix: str,
+    def _load_sequential(self, state: dict, views_fn, which, what: str, layer_keys: list[str],
                          sizes: list[int], targets_too: bool) -> None:
-        keys = [f"{prefix}{2 * i}.{kind}" for i in range(3) for kind in ("weight", "bias")]
+        """Three Linear layers from ``state`` (key prefixes ``layer_keys``) into the views."""
+        keys = [f"{layer_keys[i]}{kind}" for i in range(3) for kind in ("weight", "bias")]
         extra = sorted(set(state) - set(keys))
         missing = [k for k in keys if k not in state]
         if missing or extra:
@@ -490,13 +561,14 @@ class TD3Core:
         arrays = []
         for i in range(3):
             for kind, shape in (("weight", (sizes[i + 1], sizes[i])), ("bias", (sizes[i + 1],))):
-                value = state[f"{prefix}{2 * i}.{kind}"]
+                name = f"{layer_keys[i]}{kind}"
+                value = state[name]
                 value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
                 if tuple(value.shape) != shape:
-                    raise ValueError(f"{what}: {prefix}{2 * i}.{kind} has shape {value.shape}, "
+                    raise ValueError(f"{what}: {name} has shape {value.shape}, "
                                      f"this core's layer sizes {sizes} need {shape}")
                 if not np.all(np.isfinite(value)):
-                    raise ValueError(f"{what}: {prefix}{2 * i}.{kind} has NaN or Inf values")
+                    raise ValueError(f"{what}: {name} has NaN or Inf values")
                 arrays.append(value.astype(_F32))
         bufs = [self.params, self.targets] if targets_too else [self.params]
         for buf in bufs:
@@ -521,7 +593,8 @@ class TD3Core:
                     eps=self.eps, weight_decay=self.weight_decay, gamma=self.gamma,
                     polyak=self.polyak, smoothing_std=self.smoothing_std,
                     smoothing_clip=self.smoothing_clip, batch_size=self.batch_size,
-                    seed=self.seed, threads=self.threads)
+                    seed=self.seed, threads=self.threads,
+                    critic_layer_norm=self.critic_layer_norm)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: config, parameters, targets, Adam moments and steps."""

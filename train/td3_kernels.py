@@ -1,7 +1,8 @@
 """numba kernels behind :mod:`nanofly.train.td3_core` (hand-written forward, backward and Adam).
 
 Everything here works on flat float32 buffers whose layout is defined by ``TD3Core`` (see its
-module docstring); the caller passes the dimensions as an int64 array ``dims`` and the buffer
+module docstring); the caller passes the dimensions as an int64 array ``dims`` (actor obs,
+critic obs, action, actor hidden 1, 2, critic hidden 1, 2, critic LayerNorm 0/1) and the buffer
 offsets as an int64 array ``offs`` so that one compiled version serves every network size.
 
 Conventions:
@@ -223,6 +224,91 @@ def _bias_tanh(h, ho, b, bo, rows, cols):
             row[i] = tanh_approx(row[i] + bj)
 
 
+_LN_EPS = np.float32(1e-5)  # torch.nn.LayerNorm's default
+
+
+@_helper
+def _bias_norm_tanh(h, ho, b, bo, theta, go, beo, rows, cols, nrm, no, mean, mo, rstd, ro):
+    """Linear bias, LayerNorm over the ``rows`` features of each column, then tanh:
+    h[j, :] = tanh(g[j] * n[j, :] + beta[j]) with n = (z - mean(z)) / sqrt(var(z) + eps) per
+    column and z = h + b (torch.nn.LayerNorm with affine g, beta; biased variance). h (rows,
+    cols) at ho, b at bo, g and beta in ``theta`` at go / beo. Keeps n at ``nrm``[no] and
+    1 / sqrt(var + eps) per column at ``rstd``[ro] for the backward pass; ``nrm`` may be ``h``
+    itself at the same offset (forward only). ``mean``[mo:mo + cols] is scratch."""
+    mv = mean[mo:mo + cols]
+    rv = rstd[ro:ro + cols]
+    inv_rows = _ONE / np.float32(rows)
+    for i in range(cols):
+        mv[i] = _ZERO
+        rv[i] = _ZERO
+    for j in range(rows):
+        bj = b[bo + j]
+        row = h[ho + j * cols:ho + (j + 1) * cols]
+        for i in range(cols):
+            z = row[i] + bj
+            row[i] = z
+            mv[i] += z
+    for i in range(cols):
+        mv[i] *= inv_rows
+    for j in range(rows):
+        row = h[ho + j * cols:ho + (j + 1) * cols]
+        for i in range(cols):
+            d = row[i] - mv[i]
+            rv[i] += d * d
+    for i in range(cols):
+        rv[i] = _ONE / np.sqrt(rv[i] * inv_rows + _LN_EPS)
+    for j in range(rows):
+        gj = theta[go + j]
+        bej = theta[beo + j]
+        row = h[ho + j * cols:ho + (j + 1) * cols]
+        nrow = nrm[no + j * cols:no + (j + 1) * cols]
+        for i in range(cols):
+            n = (row[i] - mv[i]) * rv[i]
+            nrow[i] = n
+            row[i] = tanh_approx(gj * n + bej)
+
+
+@_helper
+def _norm_backward(d, do, nrm, no, theta, go, rows, cols, rstd, ro, sums, so, grads, ggo,
+                   gbeo, param_grads):
+    """Back through ``_bias_norm_tanh``'s LayerNorm, in place: d (rows, cols) at ``do`` holds
+    dL/du (u = g n + beta, the tanh input) and becomes dL/dz (z = the linear output + bias).
+    With ``param_grads``, dL/dg and dL/dbeta go to ``grads``[ggo:] and [gbeo:].
+    ``sums``[so:so + 2 cols] is scratch."""
+    inv_rows = _ONE / np.float32(rows)
+    sa = sums[so:so + cols]
+    sb = sums[so + cols:so + 2 * cols]
+    for i in range(cols):
+        sa[i] = _ZERO
+        sb[i] = _ZERO
+    for j in range(rows):
+        gj = theta[go + j]
+        row = d[do + j * cols:do + (j + 1) * cols]
+        nrow = nrm[no + j * cols:no + (j + 1) * cols]
+        if param_grads:
+            acc_g = _ZERO
+            acc_b = _ZERO
+            for i in range(cols):
+                acc_g += row[i] * nrow[i]
+                acc_b += row[i]
+            grads[ggo + j] = acc_g
+            grads[gbeo + j] = acc_b
+        for i in range(cols):
+            dn = row[i] * gj
+            row[i] = dn
+            sa[i] += dn
+            sb[i] += dn * nrow[i]
+    rv = rstd[ro:ro + cols]
+    for i in range(cols):
+        sa[i] *= inv_rows
+        sb[i] *= inv_rows
+    for j in range(rows):
+        row = d[do + j * cols:do + (j + 1) * cols]
+        nrow = nrm[no + j * cols:no + (j + 1) * cols]
+        for i in range(cols):
+            row[i] = rv[i] * (row[i] - sa[i] - nrow[i] * sb[i])
+
+
 @_helper
 def _tanh_backward(d, do, h, ho, n):
     """d *= 1 - h^2 over n contiguous elements (h = tanh output)."""
@@ -321,14 +407,15 @@ def critic_ws_per_row(dims):
             + 2 * cin  # critic inputs (next, current), batch-major
             + 2 * (2 * hc1 + 2 * hc2 + 2)  # target and online twin activations + outputs
             + 3  # TD target y, dL/dq (2)
-            + 2 * hc2 + 2 * hc1)  # backward deltas
+            + 2 * hc2 + 2 * hc1  # backward deltas
+            + 2 * hc1 + 2 * hc2 + 6)  # LayerNorm: normalized values, 1/std (4), scratch (2)
 
 
 @_helper
 def actor_ws_per_row(dims):
     na, ha1, ha2, hc1, hc2 = dims[2], dims[3], dims[4], dims[5], dims[6]
     cin = dims[1] + na
-    return 2 * (ha1 + ha2 + na) + cin + 2 * (hc1 + hc2) + 1
+    return 2 * (ha1 + ha2 + na) + cin + 2 * (hc1 + hc2) + 1 + hc1 + hc2 + 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +480,13 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     b2 = w2 + 2 * hc2 * hc1
     w3 = b2 + 2 * hc2
     b3 = w3 + 2 * hc2
-    c_end = b3 + 2
+    # LayerNorm gains and offsets of the hidden layers (dims[7] = 1), after the linear layers
+    norm = dims[7] != 0
+    g1 = b3 + 2
+    be1 = g1 + 2 * hc1
+    g2 = be1 + 2 * hc1
+    be2 = g2 + 2 * hc2
+    c_end = be2 + 2 * hc2 if norm else b3 + 2
     if rows == 0:  # an empty block contributes nothing (BLAS rejects zero leading dims)
         for k in range(w1, c_end):
             grads[k] = _ZERO
@@ -419,6 +512,10 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     o_dq = o_y + rows
     o_dz2 = o_dq + 2 * rows
     o_dz1 = o_dz2 + 2 * hc2 * rows
+    o_n1 = o_dz1 + 2 * hc1 * rows  # LayerNorm: normalized layer-1 values (2 hc1, rows)
+    o_n2 = o_n1 + 2 * hc1 * rows  # ... layer 2 (2 hc2, rows)
+    o_rs = o_n2 + 2 * hc2 * rows  # 1/std per row: layer 1 Q1, Q2, layer 2 Q1, Q2
+    o_sc = o_rs + 4 * rows  # scratch (2 rows)
 
     # --- TD target: a' = clip(mu'(s') + clip(std * eps, -c, c), -1, 1) ---
     _actor_forward(targets, offs, dims, next_obs_a, ws, o_a1, o_a2, o_mu, rows)
@@ -436,11 +533,23 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     # twin target critics (layer 1 of both in one product), then the min over the pair
     _gemm(False, True, 2 * hc1, rows, cin,
           _addr(targets, w1), cin, _addr(ws, o_xn), cin, _addr(ws, o_h1n), rows)
-    _bias_tanh(ws, o_h1n, targets, b1, 2 * hc1, rows)
+    if norm:  # per critic (the stacked layer holds both); normalized values not kept
+        for c in range(2):
+            o = o_h1n + c * hc1 * rows
+            _bias_norm_tanh(ws, o, targets, b1 + c * hc1, targets, g1 + c * hc1,
+                            be1 + c * hc1, hc1, rows, ws, o, ws, o_sc, ws, o_rs)
+    else:
+        _bias_tanh(ws, o_h1n, targets, b1, 2 * hc1, rows)
     for c in range(2):
         _gemm(False, False, hc2, rows, hc1, _addr(targets, w2 + c * hc2 * hc1), hc1,
               _addr(ws, o_h1n + c * hc1 * rows), rows, _addr(ws, o_h2n + c * hc2 * rows), rows)
-    _bias_tanh(ws, o_h2n, targets, b2, 2 * hc2, rows)
+    if norm:
+        for c in range(2):
+            o = o_h2n + c * hc2 * rows
+            _bias_norm_tanh(ws, o, targets, b2 + c * hc2, targets, g2 + c * hc2,
+                            be2 + c * hc2, hc2, rows, ws, o, ws, o_sc, ws, o_rs)
+    else:
+        _bias_tanh(ws, o_h2n, targets, b2, 2 * hc2, rows)
     for c in range(2):
         _linear_out(targets, w3 + c * hc2, targets[b3 + c], ws, o_h2n + c * hc2 * rows, hc2,
                     rows, ws, o_qn + c * rows)
@@ -454,11 +563,23 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     # --- online twin critics ---
     _gemm(False, True, 2 * hc1, rows, cin,
           _addr(params, w1), cin, _addr(ws, o_x), cin, _addr(ws, o_h1), rows)
-    _bias_tanh(ws, o_h1, params, b1, 2 * hc1, rows)
+    if norm:
+        for c in range(2):
+            _bias_norm_tanh(ws, o_h1 + c * hc1 * rows, params, b1 + c * hc1, params,
+                            g1 + c * hc1, be1 + c * hc1, hc1, rows, ws,
+                            o_n1 + c * hc1 * rows, ws, o_sc, ws, o_rs + c * rows)
+    else:
+        _bias_tanh(ws, o_h1, params, b1, 2 * hc1, rows)
     for c in range(2):
         _gemm(False, False, hc2, rows, hc1, _addr(params, w2 + c * hc2 * hc1), hc1,
               _addr(ws, o_h1 + c * hc1 * rows), rows, _addr(ws, o_h2 + c * hc2 * rows), rows)
-    _bias_tanh(ws, o_h2, params, b2, 2 * hc2, rows)
+    if norm:
+        for c in range(2):
+            _bias_norm_tanh(ws, o_h2 + c * hc2 * rows, params, b2 + c * hc2, params,
+                            g2 + c * hc2, be2 + c * hc2, hc2, rows, ws,
+                            o_n2 + c * hc2 * rows, ws, o_sc, ws, o_rs + (2 + c) * rows)
+    else:
+        _bias_tanh(ws, o_h2, params, b2, 2 * hc2, rows)
     for c in range(2):
         _linear_out(params, w3 + c * hc2, params[b3 + c], ws, o_h2 + c * hc2 * rows, hc2, rows,
                     ws, o_q + c * rows)
@@ -497,6 +618,10 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
                 acc += dqv[i] * hv[i]
                 dzv[i] = wj * dqv[i] * (_ONE - hv[i] * hv[i])
             grads[w3 + c * hc2 + j] = acc
+        if norm:  # dz2 held dL/d(LayerNorm output); now dL/d(linear output)
+            _norm_backward(ws, o_dz2 + c * hc2 * rows, ws, o_n2 + c * hc2 * rows, params,
+                           g2 + c * hc2, hc2, rows, ws, o_rs + (2 + c) * rows, ws, o_sc, grads,
+                           g2 + c * hc2, be2 + c * hc2, True)
         # hidden layer 2: gW2 = dz2 h1^T; dz1 = W2^T dz2 (times 1 - h1^2 below)
         _gemm(False, True, hc2, hc1, rows, _addr(ws, o_dz2 + c * hc2 * rows), rows,
               _addr(ws, o_h1 + c * hc1 * rows), rows, _addr(grads, w2 + c * hc2 * hc1), hc1)
@@ -504,6 +629,11 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
               _addr(ws, o_dz2 + c * hc2 * rows), rows, _addr(ws, o_dz1 + c * hc1 * rows), rows)
     _row_sums(ws, o_dz2, 2 * hc2, rows, grads, b2)
     _tanh_backward(ws, o_dz1, ws, o_h1, 2 * hc1 * rows)
+    if norm:
+        for c in range(2):
+            _norm_backward(ws, o_dz1 + c * hc1 * rows, ws, o_n1 + c * hc1 * rows, params,
+                           g1 + c * hc1, hc1, rows, ws, o_rs + c * rows, ws, o_sc, grads,
+                           g1 + c * hc1, be1 + c * hc1, True)
     _row_sums(ws, o_dz1, 2 * hc1, rows, grads, b1)
     _gemm(False, False, 2 * hc1, cin, rows,
           _addr(ws, o_dz1), rows, _addr(ws, o_x), cin, _addr(grads, w1), cin)
@@ -545,6 +675,11 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
     b2 = w2 + 2 * hc2 * hc1
     w3 = b2 + 2 * hc2
     b3 = w3 + 2 * hc2
+    norm = dims[7] != 0  # Q1's LayerNorm gains and offsets: block 0 of each
+    g1 = b3 + 2
+    be1 = g1 + 2 * hc1
+    g2 = be1 + 2 * hc1
+    be2 = g2 + 2 * hc2
     o_a1 = 0
     o_a2 = o_a1 + ha1 * rows
     o_mu = o_a2 + ha2 * rows
@@ -557,6 +692,10 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
     o_da3 = o_dz1 + hc1 * rows
     o_da2 = o_da3 + na * rows
     o_da1 = o_da2 + ha2 * rows
+    o_n1 = o_da1 + ha1 * rows  # LayerNorm: normalized values (hc1, rows), (hc2, rows)
+    o_n2 = o_n1 + hc1 * rows
+    o_rs = o_n2 + hc2 * rows  # 1/std per row, layers 1 and 2
+    o_sc = o_rs + 2 * rows  # scratch (2 rows)
 
     _actor_forward(params, offs, dims, obs_a, ws, o_a1, o_a2, o_mu, rows)
     for i in range(rows):
@@ -567,10 +706,18 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
             x_row[oc + k] = ws[o_mu + k * rows + i]
     _gemm(False, True, hc1, rows, cin,
           _addr(params, w1), cin, _addr(ws, o_x), cin, _addr(ws, o_h1), rows)
-    _bias_tanh(ws, o_h1, params, b1, hc1, rows)
+    if norm:
+        _bias_norm_tanh(ws, o_h1, params, b1, params, g1, be1, hc1, rows, ws, o_n1, ws, o_sc,
+                        ws, o_rs)
+    else:
+        _bias_tanh(ws, o_h1, params, b1, hc1, rows)
     _gemm(False, False, hc2, rows, hc1,
           _addr(params, w2), hc1, _addr(ws, o_h1), rows, _addr(ws, o_h2), rows)
-    _bias_tanh(ws, o_h2, params, b2, hc2, rows)
+    if norm:
+        _bias_norm_tanh(ws, o_h2, params, b2, params, g2, be2, hc2, rows, ws, o_n2, ws, o_sc,
+                        ws, o_rs + rows)
+    else:
+        _bias_tanh(ws, o_h2, params, b2, hc2, rows)
     _linear_out(params, w3, params[b3], ws, o_h2, hc2, rows, ws, o_q)
     qv = ws[o_q:o_q + rows]
     q_sum = _ZERO
@@ -585,9 +732,15 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
         dzv = ws[o_dz2 + j * rows:o_dz2 + (j + 1) * rows]
         for i in range(rows):
             dzv[i] = wj * (_ONE - hv[i] * hv[i])
+    if norm:  # to the action only: no gain / offset gradients
+        _norm_backward(ws, o_dz2, ws, o_n2, params, g2, hc2, rows, ws, o_rs + rows, ws, o_sc,
+                       grads, 0, 0, False)
     _gemm(True, False, hc1, rows, hc2,
           _addr(params, w2), hc1, _addr(ws, o_dz2), rows, _addr(ws, o_dz1), rows)
     _tanh_backward(ws, o_dz1, ws, o_h1, hc1 * rows)
+    if norm:
+        _norm_backward(ws, o_dz1, ws, o_n1, params, g1, hc1, rows, ws, o_rs, ws, o_sc, grads,
+                       0, 0, False)
     # dL/da (na, rows) = W1[:, oc:]^T dz1: the action columns of Q1's first layer (ld = cin)
     _gemm(True, False, na, rows, hc1,
           _addr(params, w1 + oc), cin, _addr(ws, o_dz1), rows, _addr(ws, o_da3), rows)
