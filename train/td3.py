@@ -61,7 +61,10 @@ class TrainConfig:
     critic_target_update_interval: int = 10
     critic_warmup_steps: int = 15_000  # no critic updates before this many steps
     actor_warmup_steps: int = 30_000  # no actor updates before this many steps
-    batch_size: int = 256  # transitions per update (actor and critic)
+    # Transitions per update (actor and critic). The paper: 256. 128 with the LayerNorm critics:
+    # about a third less time per env step and no more steps to a hovering policy (5 seeds:
+    # median 23.4 s vs 33.2 s to a passing policy; 64 needs 580-700 k steps, 26.0 s).
+    batch_size: int = 128
     replay_capacity: int = 0  # rows; 0 = total_env_steps (the paper keeps every transition)
     # Networks and optimizer.
     actor_hidden: tuple[int, ...] = (64, 64)  # tanh everywhere, output included
