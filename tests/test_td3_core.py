@@ -511,3 +511,36 @@ def test_actor_forward_with_given_actor_parameters():
     assert not np.array_equal(core.actor_forward(obs), core.actor_forward(obs, target=True))
     with pytest.raises(ValueError, match="actor_params"):
         core.actor_forward(obs, actor_params=given[:-1])
+
+
+def test_layer_norm_critics_round_trip_and_errors():
+    core = small_core(critic_layer_norm=True)
+    # torch.nn.LayerNorm's init: gains 1, offsets 0 (both critics, targets too)
+    for buf in (core.params, core.targets):
+        for c in (0, 1):
+            for gain, offset in core._critic_norm_views(buf, c):
+                assert np.all(gain == 1.0) and np.all(offset == 0.0)
+    q1, q2 = core.to_critics()
+    assert [type(m).__name__ for m in q1] == ["Linear", "LayerNorm", "Tanh", "Linear",
+                                              "LayerNorm", "Tanh", "Linear"]
+    with torch.no_grad():  # make the gains and offsets differ from their init
+        for net in (q1, q2):
+            for m in net:
+                if isinstance(m, torch.nn.LayerNorm):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    other = small_core(seed=3, critic_layer_norm=True)
+    other.load_critics(q1, q2)
+    for mine, theirs in zip(core_critic_params(other), (q1, q2)):
+        assert_close(mine, torch_params(theirs), 0.0, "critic round trip")
+    # a plain critic's state_dict does not fit a LayerNorm core, and the error says why
+    plain1, plain2 = small_core().to_critics()
+    with pytest.raises(ValueError, match="LayerNorm"):
+        other.load_critics(plain1, plain2)
+    bad = q1.state_dict()
+    bad["1.weight"] = torch.full_like(bad["1.weight"], float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        other.load_critics(bad, q2)
+    # a checkpoint of a core without LayerNorm is refused (different parameter count)
+    with pytest.raises(ValueError, match="different network sizes"):
+        other.load_state_dict(small_core().state_dict())

@@ -609,7 +609,8 @@ class TD3Core:
             value = np.asarray(state[key])
             if value.shape != self.params.shape:
                 raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, this core has "
-                                 f"{self.params.shape} parameters (different network sizes?)")
+                                 f"{self.params.shape} parameters (different network sizes, or "
+                                 f"critic_layer_norm {self.critic_layer_norm} here?)")
         for key in ("params", "targets", "adam_m", "adam_v"):
             getattr(self, key)[...] = np.asarray(state[key], dtype=_F32)
         self.actor_steps = int(state["actor_steps"])
