@@ -33,6 +33,21 @@ def load_acquire(typingctx, array, index):
 
 
 @intrinsic
+def store_release(typingctx, array, index, value):
+    """``array[index] = value`` (1-D int64) as an atomic release store: every write before it
+    is visible to a thread that reads the new value with ``load_acquire``."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64 and array.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _item_pointer(context, builder, signature.args[0], args[0], [args[1]])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(value, pointer, "release", 8)
+        return context.get_dummy_value()
+    return types.void(array, index, value), codegen
+
+
+@intrinsic
 def cpu_relax(typingctx):
     """x86 ``pause``: the spin-loop hint (saves power, avoids a memory-order flush on exit)."""
     def codegen(context, builder, signature, args):

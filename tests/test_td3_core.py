@@ -472,32 +472,39 @@ def test_learns_a_contextual_bandit():
 
 
 def test_half_worker_hands_off_after_sleeping_reraises_errors_and_closes():
-    """The second update thread spins for new work, then blocks; jobs submitted in either
-    state run, an exception in the thread reaches the caller, and close() ends the thread."""
+    """The second update thread spins for new work, then blocks; jobs posted in either state
+    run, an exception in the thread reaches the caller, and close() ends the thread."""
     import time
 
     from nanofly.train.td3_core import _HalfWorker
 
-    worker = _HalfWorker()
-    out = []
-    worker.submit(out.append, (1,))  # while it spins
-    worker.wait()
+    rng = np.random.default_rng(3)
+    core, single = small_core(threads=2), small_core(threads=1)
+    batch = make_batch(rng, core)
+    core.critic_update(**batch)  # posted while the worker spins
+    single.critic_update(**batch)
+    worker = core._worker
     time.sleep(0.05)  # well past the ~2 ms of spinning: now blocked on its Event
     assert worker._sleeping
-    worker.submit(out.append, (2,))
-    worker.wait()
-    assert out == [1, 2]
+    core.critic_update(**batch)
+    single.critic_update(**batch)
+    assert_close(core.params, single.params, what="after a hand-off to a sleeping worker")
 
-    def fail():
-        raise ZeroDivisionError("in the worker")
-
-    worker.submit(fail, ())
-    with pytest.raises(ZeroDivisionError, match="in the worker"):
-        worker.wait()
-    worker.submit(out.append, (3,))  # still usable after an error
-    worker.wait()
-    assert out == [1, 2, 3]
-    worker.close()
+    # a worker whose workspace is too small: the kernel's error reaches wait(), twice
+    buffers = tuple(np.zeros(1, np.float32) if i == 9 else b
+                    for i, b in enumerate(worker._buffers))
+    bad = _HalfWorker(buffers, worker._mailbox)
+    keys = ("critic_obs", "action", "reward", "next_critic_obs", "next_actor_obs",
+            "terminated", "noise")
+    inputs = tuple(np.ascontiguousarray(batch[k].reshape(batch[k].shape[0], -1).squeeze(1))
+                   if k in ("reward", "terminated") else batch[k] for k in keys)
+    for _ in range(2):
+        bad.post(1, inputs, inputs[0].shape[0] // 2, np.float32(1.0 / inputs[0].shape[0]))
+        with pytest.raises(ValueError, match="workspace too small"):
+            bad.wait()
+    bad.close()
+    assert not bad._thread.is_alive()
+    core.close()
     assert not worker._thread.is_alive()
 
 

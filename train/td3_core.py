@@ -261,6 +261,7 @@ class TD3Core:
         need = rows * max(_k.critic_ws_per_row(self.dims), _k.actor_ws_per_row(self.dims))
         if need > self._ws2.shape[1]:
             self._ws2 = np.zeros((self.threads, need), dtype=_F32)
+            self.close()  # the helper thread is bound to the old buffers
 
     def _ensure_forward_workspace(self, n: int) -> None:
         if n > self._fwd_rows:
@@ -337,10 +338,13 @@ class TD3Core:
                                     self._stats2[0], inv_batch, True)
         else:  # one half of the batch per thread, then add the gradients and step
             h = (b + 1) // 2
-            halves = [tuple(x[:h] for x in inputs), tuple(x[h:] for x in inputs)]
-            self._run_halves(_k.critic_update_kernel, [
-                (*head, self._grads2[t], *state, *halves[t], self._ws2[t], self._stats2[t],
-                 inv_batch, False) for t in (0, 1)])
+            worker = self._half_worker()
+            worker.post(1, inputs, h, inv_batch)
+            try:
+                _k.critic_update_kernel(*head, self._grads2[0], *state, *(x[:h] for x in inputs),
+                                        self._ws2[0], self._stats2[0], inv_batch, False)
+            finally:
+                worker.wait()
             _k.finish_halves_kernel(*head, self._grads2, self.adam_m, self.adam_v, self.offs,
                                     self._hp_critic, self._stats2, inv_batch, False, False)
         return float(self._stats2[0, 0] + self._stats2[0, 1])
@@ -365,25 +369,34 @@ class TD3Core:
                                    bool(update_targets))
         else:
             h = (b + 1) // 2
-            halves = [(actor_obs[:h], critic_obs[:h]), (actor_obs[h:], critic_obs[h:])]
-            self._run_halves(_k.actor_update_kernel, [
-                (*head, self._grads2[t], *state, *halves[t], self._ws2[t],
-                 self._actor_stats2[t], inv_batch, False, False) for t in (0, 1)])
+            worker = self._half_worker()
+            worker.post(2, (actor_obs, critic_obs), h, inv_batch)
+            try:
+                _k.actor_update_kernel(*head, self._grads2[0], *state, actor_obs[:h],
+                                       critic_obs[:h], self._ws2[0], self._actor_stats2[0],
+                                       inv_batch, False, False)
+            finally:
+                worker.wait()
             _k.finish_halves_kernel(*head, self._grads2, self.adam_m, self.adam_v, self.offs,
                                     self._hp_actor, self._actor_stats2, inv_batch, True,
                                     bool(update_targets))
         return float(self._actor_stats2[0, 0])
 
-    def _run_halves(self, kernel, args_per_half) -> None:
-        """Half 1 on the helper thread, half 0 here; the kernels release the GIL."""
+    def _half_worker(self) -> "_HalfWorker":
+        """The helper thread that computes the second half of each update (``threads=2``),
+        bound to this core's buffers (a new one after the workspace grew)."""
         if self._worker is None:
-            self._worker = _HalfWorker()
+            rows = self.batch_size - (self.batch_size + 1) // 2  # the second half's rows
+            oa, oc, na = self.actor_obs_dim, self.critic_obs_dim, self.action_dim
+            mailbox = [np.zeros(shape, dtype=_F32) for shape in (
+                (rows, oc), (rows, na), (rows,), (rows, oc), (rows, oa), (rows,), (rows, na),
+                (rows, oa), (1,))]
+            buffers = (self.params, self.targets, self._grads2[1], self.adam_m, self.adam_v,
+                       self.dims, self.offs, self._hp_critic, self._hp_actor, self._ws2[1],
+                       self._stats2[1], self._actor_stats2[1], *mailbox)
+            self._worker = _HalfWorker(buffers, mailbox)
             weakref.finalize(self, self._worker.close)
-        self._worker.submit(kernel, args_per_half[1])
-        try:
-            kernel(*args_per_half[0])
-        finally:
-            self._worker.wait()
+        return self._worker
 
     def warmup(self) -> float:
         """Compile (or load from numba's cache) every kernel this core uses, now.
@@ -620,85 +633,94 @@ class TD3Core:
 
 
 class _HalfWorker:
-    """One daemon thread that runs a kernel call on request (for ``threads=2``).
+    """One daemon thread that computes the second half of each update (for ``threads=2``).
 
-    Hand-off through two counters that both sides spin on outside the GIL (numba
-    ``spin_until_at_least``): waking a sleeping thread took 50-150 us in this VM, as long as
-    half an update, so the blocking hand-off this replaced made two threads only ~10 % faster
-    than one (critic update 0.40 vs 0.44 ms; spinning: 0.27 ms). A worker with nothing to do
-    for ~2 ms blocks on an Event instead, so an idle trainer does not burn a core. Errors in
-    the thread are re-raised by ``wait``.
+    The thread runs ``td3_kernels.half_worker_loop``, a numba loop outside the GIL that spins
+    on a job counter and calls the update kernel itself: a thread that had to return to Python
+    for each job waited ~30 us for the GIL (the trainer's thread holds it between kernels) and
+    then spent ~15 us unpacking the kernel's arguments, so the first half's thread waited for it
+    at the end of every update. The second half's inputs are copied into the loop's own arrays
+    (the "mailbox"; ~64 rows) before each job. Waking a sleeping thread took 50-150 us in this
+    VM, so both sides spin; a worker with nothing to do for ~2 ms returns to Python and blocks
+    on an Event instead, so an idle trainer does not burn a core. Errors in the thread are
+    re-raised by ``wait``.
     """
 
-    # Spinning in bursts of ~50 us (2 000 ``pause`` turns of ~25 ns), with a sched_yield
-    # between them: on a machine where both threads share one CPU the other thread then still
-    # gets to run. With fewer than two usable CPUs the worker does not spin at all.
+    # Spinning: the loop's ~2 ms (80 000 ``pause`` turns of ~25 ns) before it blocks; the
+    # caller waits in bursts of ~50 us with a sched_yield between them, so on a machine where
+    # both threads share one CPU the other thread still gets to run. With fewer than two
+    # usable CPUs the worker does not spin at all.
     SPIN_BURST_TURNS = 2_000
-    IDLE_SPIN_BURSTS = 40  # ~2 ms of spinning before an idle worker blocks
+    IDLE_SPIN_TURNS = 80_000
 
-    def __init__(self):
-        self._counters = np.zeros(2, dtype=np.int64)  # [jobs submitted, jobs finished]
+    def __init__(self, buffers: tuple, mailbox: list[np.ndarray]):
+        """``buffers``: ``half_worker_loop``'s arguments after ``idle_turns``; ``mailbox``: the
+        last nine of them (obs_c, action, reward, next_obs_c, next_obs_a, terminated, noise,
+        obs_a, inv_batch), which ``post`` fills."""
+        self._counters = np.zeros(2, dtype=np.int64)  # [jobs posted, jobs done]
+        self._job = np.zeros(2, dtype=np.int64)  # [kind, rows]
+        self._buffers = buffers
+        self._mailbox = mailbox
         self._wake = threading.Event()
-        self._sleeping = False  # read and written with the GIL held (see _next_job)
-        self._job = None
+        self._sleeping = False  # read and written with the GIL held (see _loop)
         self._error: BaseException | None = None
         self._closed = False
         try:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # not Linux
             cpus = os.cpu_count() or 1
-        self._idle_bursts = self.IDLE_SPIN_BURSTS if cpus >= 2 else 0
+        self._idle_turns = self.IDLE_SPIN_TURNS if cpus >= 2 else 0
         self._thread = threading.Thread(target=self._loop, name="nanofly-td3-half", daemon=True)
         self._thread.start()
 
-    def _spin(self, index: int, value: int, bursts: int) -> bool:
-        for _ in range(bursts):
-            if _k.spin_until_at_least(self._counters, index, value, self.SPIN_BURST_TURNS):
-                return True
-            os.sched_yield()
-        return bool(self._counters[index] >= value)
-
-    def _next_job(self, number: int) -> None:
-        """Return once job ``number`` has been submitted: spin first, then block."""
-        if self._spin(0, number, self._idle_bursts):
-            return
-        # Python code from here on runs with the GIL, as submit() does: the flag and the
-        # counter are never read by one side between the other side's two steps.
-        self._sleeping = True
-        while self._counters[0] < number:
-            self._wake.clear()
-            if self._counters[0] >= number:
-                break
-            self._wake.wait(0.1)
-        self._sleeping = False
-
     def _loop(self) -> None:
-        number = 0
         while True:
-            number += 1
-            self._next_job(number)
-            job = self._job
             try:
-                if job is None:
-                    return
-                job[0](*job[1])
+                if _k.half_worker_loop(self._counters, self._job, self._idle_turns,
+                                       *self._buffers):
+                    return  # told to stop
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc
-            finally:
-                self._counters[1] = number
+                self._counters[1] = self._counters[0]
+                continue
+            # Idle: block. Python code from here on runs with the GIL, as post() does: the flag
+            # and the counters are never read by one side between the other side's two steps.
+            self._sleeping = True
+            while self._counters[0] <= self._counters[1]:
+                self._wake.clear()
+                if self._counters[0] > self._counters[1]:
+                    break
+                self._wake.wait(0.1)
+            self._sleeping = False
 
-    def submit(self, fn, args) -> None:
-        self._job = (fn, args)
+    def post(self, kind: int, inputs: tuple, first: int, inv_batch: np.float32) -> None:
+        """Start job ``kind`` (1 critic, 2 actor, 0 stop) on rows [first:] of ``inputs`` (the
+        critic update's seven arrays, or the actor update's actor_obs and critic_obs)."""
+        mail = self._mailbox
+        slots = {1: mail[:7], 2: (mail[7], mail[0]), 0: ()}[kind]
+        rows = 0
+        for slot, array in zip(slots, inputs):
+            rows = array.shape[0] - first
+            slot[:rows] = array[first:]
+        mail[8][0] = inv_batch
+        self._job[0] = kind
+        self._job[1] = rows
         self._counters[0] += 1
         if self._sleeping:
             self._wake.set()
 
+    def _spin(self, value: int, bursts: int) -> bool:
+        for _ in range(bursts):
+            if _k.spin_until_at_least(self._counters, 1, value, self.SPIN_BURST_TURNS):
+                return True
+            os.sched_yield()
+        return bool(self._counters[1] >= value)
+
     def wait(self) -> None:
         number = self._counters[0]
-        while not self._spin(1, number, 20):
+        while not self._spin(number, 20):
             if not self._thread.is_alive():
                 raise RuntimeError("the second update thread has died")
-        self._job = None
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -707,7 +729,5 @@ class _HalfWorker:
         if self._closed:
             return
         self._closed = True
-        self._job = None
-        self._counters[0] += 1
-        self._wake.set()
+        self.post(0, (), 0, np.float32(0.0))
         self._thread.join(timeout=5.0)

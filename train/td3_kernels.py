@@ -42,7 +42,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import register_jitable
 
-from nanofly.sim.cpu import cpu_relax, load_acquire
+from nanofly.sim.cpu import cpu_relax, load_acquire, store_release
 
 try:  # numba's BLAS helper imports this lazily; fail here, with a clear message, instead
     import scipy.linalg.cython_blas  # noqa: F401
@@ -796,3 +796,45 @@ def finish_halves_kernel(params, targets, grads2, adam_m, adam_v, offs, hp, stat
     _adam(params, g, adam_m, adam_v, lo, hi, hp)
     if do_polyak:
         _polyak(params, targets, np.float32(hp[9]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the second update thread's loop (td3_core._HalfWorker)
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def half_worker_loop(counters, job, idle_turns, params, targets, grads, adam_m, adam_v, dims,
+                     offs, hp_critic, hp_actor, ws, stats_critic, stats_actor, obs_c, action,
+                     reward, next_obs_c, next_obs_a, terminated, noise, obs_a, inv_batch):
+    """Run posted half-batch jobs without returning to Python (no GIL to take per job).
+
+    ``counters`` = [jobs posted, jobs done] (int64); ``job`` = [kind, rows]: 1 = critic half
+    (``critic_update_kernel`` on the first ``rows`` rows of the mailbox arrays ``obs_c`` ...
+    ``noise``), 2 = actor half (``actor_update_kernel`` on ``obs_a``, ``obs_c``), 0 = stop.
+    Both with ``apply_step`` False: the caller adds the halves and steps. Returns True on stop,
+    False after ``idle_turns`` spins (~25 ns each) with nothing posted (the caller then blocks).
+    """
+    done = load_acquire(counters, 1)
+    apply_step = done < 0  # False; a variable, not a literal, so the kernels' signatures match
+    idle = 0
+    while idle <= idle_turns:
+        if load_acquire(counters, 0) <= done:
+            cpu_relax()
+            idle += 1
+            continue
+        idle = 0
+        kind = job[0]
+        rows = job[1]
+        if kind == 0:
+            return True
+        if kind == 1:
+            critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp_critic,
+                                 obs_c[:rows], action[:rows], reward[:rows], next_obs_c[:rows],
+                                 next_obs_a[:rows], terminated[:rows], noise[:rows], ws,
+                                 stats_critic, inv_batch[0], apply_step)
+        else:
+            actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp_actor,
+                                obs_a[:rows], obs_c[:rows], ws, stats_actor, inv_batch[0],
+                                apply_step, apply_step)
+        done += 1
+        store_release(counters, 1, done)
+    return False
