@@ -112,6 +112,23 @@ def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
     assert np.array_equal(resumed.buffer.data[:full.buffer.size], full.buffer.data[:full.buffer.size])
 
 
+def test_checkpoint_from_before_layer_norm_critics_resumes_without_them():
+    """Checkpoints written before TrainConfig.critic_layer_norm existed have no such key and
+    critics without LayerNorm: they resume as such, not with the new default."""
+    from nanofly.train.td3 import config_of_checkpoint
+
+    cfg = TrainConfig(**SMALL, seed=6, critic_layer_norm=False)
+    first = Trainer(dataclasses.replace(cfg, total_env_steps=2000))
+    run_loop(first)
+    ck = first.checkpoint()
+    ck["config"] = {k: v for k, v in ck["config"].items() if k != "critic_layer_norm"}
+    ck["config"]["total_env_steps"] = cfg.total_env_steps
+    assert config_of_checkpoint(ck) == cfg
+    resumed = train(cfg, resume=pickle.loads(pickle.dumps(ck)))
+    assert resumed.state.env_steps == cfg.total_env_steps
+    assert not resumed.core.critic_layer_norm
+
+
 def test_critic_targets_follow_every_critic_update_and_actor_target_every_actor_update():
     # critic_target_update_interval 10 (default): target critics move with each critic step,
     # also before the actor warm-up; the target actor only with actor steps.

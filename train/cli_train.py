@@ -94,9 +94,9 @@ def run_train(args) -> int:
             return 2
         with open(ck_path, "rb") as f:
             resume = pickle.load(f)
-        from .td3 import TrainConfig
+        from .td3 import config_of_checkpoint
 
-        cfg = TrainConfig.from_dict(resume["config"])
+        cfg = config_of_checkpoint(resume)
     else:
         run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     try:

@@ -222,6 +222,14 @@ class TrainConfig:
         return cfg
 
 
+def config_of_checkpoint(ck: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a checkpoint (``Trainer.checkpoint()``) was made with. Checkpoints from
+    before ``critic_layer_norm`` existed lack the key and were made without LayerNorm."""
+    data = dict(ck["config"])
+    data.setdefault("critic_layer_norm", False)
+    return TrainConfig.from_dict(data)
+
+
 def initial_reward_weights(cfg: TrainConfig) -> RewardWeights:
     return cfg.initial_reward_weights
 
@@ -549,7 +557,7 @@ class Trainer:
         }
 
     def restore(self, ck: dict[str, Any]) -> None:
-        if TrainConfig.from_dict(ck["config"]) != self.cfg:
+        if config_of_checkpoint(ck) != self.cfg:
             raise ValueError("checkpoint was made with a different training configuration")
         self.state = TrainState(**ck["state"])
         self.weights = RewardWeights(**ck["weights"])
