@@ -310,6 +310,41 @@ def _norm_backward(d, do, nrm, no, theta, go, rows, cols, rstd, ro, sums, so, gr
 
 
 @_helper
+def _hidden_tanh(h, ho, theta, b, g, be, width, rows, copies, norm, nrm, no, mo, ro):
+    """A critic hidden layer's activation for ``copies`` critics stacked in ``h`` (each
+    (width, rows), bias at ``b``, LayerNorm gain / offset at ``g`` / ``be``, all in ``theta``):
+    with ``norm`` ``_bias_norm_tanh`` per critic (normalized values at ``nrm``[no], 1/std at
+    ``nrm``[ro + c rows], scratch at ``nrm``[mo]), else ``_bias_tanh`` over all of them."""
+    if norm:
+        for c in range(copies):
+            _bias_norm_tanh(h, ho + c * width * rows, theta, b + c * width, theta,
+                            g + c * width, be + c * width, width, rows, nrm,
+                            no + c * width * rows, nrm, mo, nrm, ro + c * rows)
+    else:
+        _bias_tanh(h, ho, theta, b, copies * width, rows)
+
+
+@_helper
+def _critic_offsets(offs, dims):
+    """Offsets of the twin critics' parameters in the flat buffer (TD3Core's layout): W1, b1,
+    W2, b2, W3, b3, the LayerNorm gains and offsets g1, beta1, g2, beta2 (present when
+    dims[7] = 1), and the end of the critic part."""
+    oc, na, hc1, hc2 = dims[1], dims[2], dims[5], dims[6]
+    w1 = offs[6]
+    b1 = w1 + 2 * hc1 * (oc + na)
+    w2 = b1 + 2 * hc1
+    b2 = w2 + 2 * hc2 * hc1
+    w3 = b2 + 2 * hc2
+    b3 = w3 + 2 * hc2
+    g1 = b3 + 2
+    be1 = g1 + 2 * hc1
+    g2 = be1 + 2 * hc1
+    be2 = g2 + 2 * hc2
+    end = be2 + 2 * hc2 if dims[7] != 0 else b3 + 2
+    return w1, b1, w2, b2, w3, b3, g1, be1, g2, be2, end
+
+
+@_helper
 def _tanh_backward(d, do, h, ho, n):
     """d *= 1 - h^2 over n contiguous elements (h = tanh output)."""
     dv = d[do:do + n]
@@ -473,20 +508,9 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
         raise ValueError("critic_update_kernel: workspace too small")
     oc, na, ha1, ha2, hc1, hc2 = dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
     cin = oc + na
-    # critic parameter offsets (stacked twin layout, see TD3Core)
-    w1 = offs[6]
-    b1 = w1 + 2 * hc1 * cin
-    w2 = b1 + 2 * hc1
-    b2 = w2 + 2 * hc2 * hc1
-    w3 = b2 + 2 * hc2
-    b3 = w3 + 2 * hc2
-    # LayerNorm gains and offsets of the hidden layers (dims[7] = 1), after the linear layers
+    # critic parameter offsets (stacked twin layout, see TD3Core); LayerNorm when dims[7] = 1
+    w1, b1, w2, b2, w3, b3, g1, be1, g2, be2, c_end = _critic_offsets(offs, dims)
     norm = dims[7] != 0
-    g1 = b3 + 2
-    be1 = g1 + 2 * hc1
-    g2 = be1 + 2 * hc1
-    be2 = g2 + 2 * hc2
-    c_end = be2 + 2 * hc2 if norm else b3 + 2
     if rows == 0:  # an empty block contributes nothing (BLAS rejects zero leading dims)
         for k in range(w1, c_end):
             grads[k] = _ZERO
@@ -533,25 +557,14 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     # twin target critics (layer 1 of both in one product), then the min over the pair
     _gemm(False, True, 2 * hc1, rows, cin,
           _addr(targets, w1), cin, _addr(ws, o_xn), cin, _addr(ws, o_h1n), rows)
-    if norm:  # per critic (the stacked layer holds both); the online pass below overwrites
-        # the normalized values (a separate region, not in place: LLVM vectorizes the loop
-        # only when the two do not overlap; in place it ran 4x slower)
-        for c in range(2):
-            _bias_norm_tanh(ws, o_h1n + c * hc1 * rows, targets, b1 + c * hc1, targets,
-                            g1 + c * hc1, be1 + c * hc1, hc1, rows, ws, o_n1 + c * hc1 * rows,
-                            ws, o_sc, ws, o_rs + c * rows)
-    else:
-        _bias_tanh(ws, o_h1n, targets, b1, 2 * hc1, rows)
+    # (the online pass below overwrites the normalized values; a region of their own, not in
+    # place: LLVM vectorizes the loop only when the two do not overlap, in place 4x slower)
+    _hidden_tanh(ws, o_h1n, targets, b1, g1, be1, hc1, rows, 2, norm, ws, o_n1, o_sc, o_rs)
     for c in range(2):
         _gemm(False, False, hc2, rows, hc1, _addr(targets, w2 + c * hc2 * hc1), hc1,
               _addr(ws, o_h1n + c * hc1 * rows), rows, _addr(ws, o_h2n + c * hc2 * rows), rows)
-    if norm:
-        for c in range(2):
-            _bias_norm_tanh(ws, o_h2n + c * hc2 * rows, targets, b2 + c * hc2, targets,
-                            g2 + c * hc2, be2 + c * hc2, hc2, rows, ws, o_n2 + c * hc2 * rows,
-                            ws, o_sc, ws, o_rs + (2 + c) * rows)
-    else:
-        _bias_tanh(ws, o_h2n, targets, b2, 2 * hc2, rows)
+    _hidden_tanh(ws, o_h2n, targets, b2, g2, be2, hc2, rows, 2, norm, ws, o_n2, o_sc,
+                 o_rs + 2 * rows)
     for c in range(2):
         _linear_out(targets, w3 + c * hc2, targets[b3 + c], ws, o_h2n + c * hc2 * rows, hc2,
                     rows, ws, o_qn + c * rows)
@@ -565,23 +578,12 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     # --- online twin critics ---
     _gemm(False, True, 2 * hc1, rows, cin,
           _addr(params, w1), cin, _addr(ws, o_x), cin, _addr(ws, o_h1), rows)
-    if norm:
-        for c in range(2):
-            _bias_norm_tanh(ws, o_h1 + c * hc1 * rows, params, b1 + c * hc1, params,
-                            g1 + c * hc1, be1 + c * hc1, hc1, rows, ws,
-                            o_n1 + c * hc1 * rows, ws, o_sc, ws, o_rs + c * rows)
-    else:
-        _bias_tanh(ws, o_h1, params, b1, 2 * hc1, rows)
+    _hidden_tanh(ws, o_h1, params, b1, g1, be1, hc1, rows, 2, norm, ws, o_n1, o_sc, o_rs)
     for c in range(2):
         _gemm(False, False, hc2, rows, hc1, _addr(params, w2 + c * hc2 * hc1), hc1,
               _addr(ws, o_h1 + c * hc1 * rows), rows, _addr(ws, o_h2 + c * hc2 * rows), rows)
-    if norm:
-        for c in range(2):
-            _bias_norm_tanh(ws, o_h2 + c * hc2 * rows, params, b2 + c * hc2, params,
-                            g2 + c * hc2, be2 + c * hc2, hc2, rows, ws,
-                            o_n2 + c * hc2 * rows, ws, o_sc, ws, o_rs + (2 + c) * rows)
-    else:
-        _bias_tanh(ws, o_h2, params, b2, 2 * hc2, rows)
+    _hidden_tanh(ws, o_h2, params, b2, g2, be2, hc2, rows, 2, norm, ws, o_n2, o_sc,
+                 o_rs + 2 * rows)
     for c in range(2):
         _linear_out(params, w3 + c * hc2, params[b3 + c], ws, o_h2 + c * hc2 * rows, hc2, rows,
                     ws, o_q + c * rows)
@@ -671,17 +673,8 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
         stats[1] = _ZERO
         return
     # Q1's parameters: rows [0, hc1) of the stacked layer-1 weights, block 0 of the others
-    w1 = offs[6]
-    b1 = w1 + 2 * hc1 * cin
-    w2 = b1 + 2 * hc1
-    b2 = w2 + 2 * hc2 * hc1
-    w3 = b2 + 2 * hc2
-    b3 = w3 + 2 * hc2
-    norm = dims[7] != 0  # Q1's LayerNorm gains and offsets: block 0 of each
-    g1 = b3 + 2
-    be1 = g1 + 2 * hc1
-    g2 = be1 + 2 * hc1
-    be2 = g2 + 2 * hc2
+    w1, b1, w2, b2, w3, b3, g1, be1, g2, be2, _ = _critic_offsets(offs, dims)
+    norm = dims[7] != 0
     o_a1 = 0
     o_a2 = o_a1 + ha1 * rows
     o_mu = o_a2 + ha2 * rows
@@ -708,18 +701,11 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
             x_row[oc + k] = ws[o_mu + k * rows + i]
     _gemm(False, True, hc1, rows, cin,
           _addr(params, w1), cin, _addr(ws, o_x), cin, _addr(ws, o_h1), rows)
-    if norm:
-        _bias_norm_tanh(ws, o_h1, params, b1, params, g1, be1, hc1, rows, ws, o_n1, ws, o_sc,
-                        ws, o_rs)
-    else:
-        _bias_tanh(ws, o_h1, params, b1, hc1, rows)
+    _hidden_tanh(ws, o_h1, params, b1, g1, be1, hc1, rows, 1, norm, ws, o_n1, o_sc, o_rs)
     _gemm(False, False, hc2, rows, hc1,
           _addr(params, w2), hc1, _addr(ws, o_h1), rows, _addr(ws, o_h2), rows)
-    if norm:
-        _bias_norm_tanh(ws, o_h2, params, b2, params, g2, be2, hc2, rows, ws, o_n2, ws, o_sc,
-                        ws, o_rs + rows)
-    else:
-        _bias_tanh(ws, o_h2, params, b2, hc2, rows)
+    _hidden_tanh(ws, o_h2, params, b2, g2, be2, hc2, rows, 1, norm, ws, o_n2, o_sc,
+                 o_rs + rows)
     _linear_out(params, w3, params[b3], ws, o_h2, hc2, rows, ws, o_q)
     qv = ws[o_q:o_q + rows]
     q_sum = _ZERO
