@@ -101,12 +101,8 @@ def core_critic_params(core, target=False):
 def core_grads(core):
     """The core's last gradients in torch parameter order (actor, Q1, Q2)."""
     actor = np.concatenate([a for w, b in core._actor_views(core.grads) for a in (w.ravel(), b)])
-    critics = []
-    for c in (0, 1):
-        linear = core._critic_views(core.grads, c)
-        norm = core._critic_norm_views(core.grads, c)  # [] without critic_layer_norm
-        layers = [linear[0], *norm[:1], linear[1], *norm[1:], linear[2]]  # torch's order
-        critics.append(np.concatenate([a.ravel() for w, b in layers for a in (w, b)]))
+    critics = [np.concatenate([a.ravel() for w, b in core._critic_layers(core.grads, c)
+                               for a in (w, b)]) for c in (0, 1)]  # torch's order
     return actor, critics[0], critics[1]
 
 

@@ -242,6 +242,13 @@ class TD3Core:
         beta2 = buf[o + 2 * c2:o + 4 * c2].reshape(2, c2)
         return [(g1[which], beta1[which]), (g2[which], beta2[which])]
 
+    def _critic_layers(self, buf: np.ndarray, which: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(weight, bias), ...] views of critic ``which`` in its torch modules' order (see
+        ``_critic_modules``): Linear, [LayerNorm,] Linear, [LayerNorm,] Linear."""
+        linear = self._critic_views(buf, which)
+        norm = self._critic_norm_views(buf, which)
+        return [linear[0], *norm[:1], linear[1], *norm[1:], linear[2]]
+
     def _init_params(self, rng: np.random.Generator) -> None:
         # torch nn.Linear default: W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
         layer_sets = [self._actor_views(self.params)]
@@ -491,23 +498,24 @@ class TD3Core:
         Adam state is left as it is (reset it with ``reset_optimizers`` if that is wanted).
         """
         state = actor.state_dict() if hasattr(actor, "state_dict") else dict(actor)
-        self._load_sequential(state, self._actor_views, None, "actor",
-                              ["net.0.", "net.2.", "net.4."], self.actor_sizes, targets_too)
+        self._load_sequential(state, self._actor_views, "actor", ["net.0.", "net.2.", "net.4."],
+                              self.actor_sizes, targets_too)
 
     def _critic_modules(self):
         """One critic as torch modules: ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)``,
         with ``critic_layer_norm`` ``(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh,
-        Linear)``; and the state_dict key prefixes of its Linear and its LayerNorm layers."""
+        Linear)``; and the state_dict key prefixes of its layers with parameters, in the order
+        of ``_critic_layers``."""
         from torch import nn
 
         c_in, (c1, c2) = self.critic_in_dim, self.critic_hidden
         if self.critic_layer_norm:
             net = nn.Sequential(nn.Linear(c_in, c1), nn.LayerNorm(c1), nn.Tanh(),
                                 nn.Linear(c1, c2), nn.LayerNorm(c2), nn.Tanh(), nn.Linear(c2, 1))
-            return net, ["0.", "3.", "6."], ["1.", "4."]
+            return net, ["0.", "1.", "3.", "4.", "6."]
         net = nn.Sequential(nn.Linear(c_in, c1), nn.Tanh(), nn.Linear(c1, c2), nn.Tanh(),
                             nn.Linear(c2, 1))
-        return net, ["0.", "2.", "4."], []
+        return net, ["0.", "2.", "4."]
 
     def to_critics(self, target: bool = False):
         """(Q1, Q2) as torch modules (copied weights): ``nn.Sequential(Linear, Tanh, Linear,
@@ -517,12 +525,10 @@ class TD3Core:
         buf = self.targets if target else self.params
         critics = []
         for which in (0, 1):
-            net, linear_keys, norm_keys = self._critic_modules()
+            net, keys = self._critic_modules()
             values = {}
-            for key, (weight, bias) in zip(linear_keys, self._critic_views(buf, which)):
+            for key, (weight, bias) in zip(keys, self._critic_layers(buf, which)):
                 values[key + "weight"], values[key + "bias"] = weight, bias
-            for key, (gain, offset) in zip(norm_keys, self._critic_norm_views(buf, which)):
-                values[key + "weight"], values[key + "bias"] = gain, offset
             net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in values.items()})
             critics.append(net)
         return tuple(critics)
@@ -532,63 +538,41 @@ class TD3Core:
         (or their state_dicts: keys ``0.weight, 0.bias, 2.weight, 2.bias, 4.weight, 4.bias``;
         with ``critic_layer_norm`` ``0., 3., 6.`` for the Linear and ``1., 4.`` for the
         LayerNorm layers)."""
+        _, keys = self._critic_modules()
         for which, critic in ((0, q1), (1, q2)):
             state = critic.state_dict() if hasattr(critic, "state_dict") else dict(critic)
             what = f"critic Q{which + 1}"
-            _, linear_keys, norm_keys = self._critic_modules()
-            if norm_keys:  # check and load the LayerNorm layers here, the Linear ones below
-                c1, c2 = self.critic_hidden
-                norm_state = {}
-                for key, width in zip(norm_keys, (c1, c2)):
-                    for kind in ("weight", "bias"):
-                        name = key + kind
-                        if name not in state:
-                            raise ValueError(f"{what}: state_dict has no {name!r} (this core's "
-                                             "critics have LayerNorm layers at 1. and 4.)")
-                        value = state[name]
-                        value = (value.detach().cpu().numpy() if hasattr(value, "detach")
-                                 else np.asarray(value))
-                        if tuple(value.shape) != (width,) or not np.all(np.isfinite(value)):
-                            raise ValueError(f"{what}: {name} must be {width} finite values, "
-                                             f"got shape {tuple(value.shape)}")
-                        norm_state[name] = value.astype(_F32)
-                state = {k: v for k, v in state.items() if k not in norm_state}
-            self._load_sequential(state, self._critic_views, which, what, linear_keys,
-                                  self.critic_sizes, targets_too)
-            if norm_keys:
-                for buf in ([self.params, self.targets] if targets_too else [self.params]):
-                    for key, (gain, offset) in zip(norm_keys,
-                                                   self._critic_norm_views(buf, which)):
-                        gain[...] = norm_state[key + "weight"]
-                        offset[...] = norm_state[key + "bias"]
+            if self.critic_layer_norm:
+                what += " (this core's critics have LayerNorm layers at 1. and 4.)"
+            self._load_sequential(state, lambda buf, w=which: self._critic_layers(buf, w), what,
+                                  keys, self.critic_sizes, targets_too)
 
-    def _load_sequential(self, state: dict, views_fn, which, what: str, layer_keys: list[str],
+    def _load_sequential(self, state: dict, views_fn, what: str, layer_keys: list[str],
                          sizes: list[int], targets_too: bool) -> None:
-        """Three Linear layers from ``state`` (key prefixes ``layer_keys``) into the views."""
-        keys = [f"{layer_keys[i]}{kind}" for i in range(3) for kind in ("weight", "bias")]
+        """The layers of ``state`` (key prefixes ``layer_keys``, each with a weight and a bias)
+        into ``views_fn(buf)``'s (weight, bias) views, whose shapes they must have."""
+        keys = [f"{key}{kind}" for key in layer_keys for kind in ("weight", "bias")]
         extra = sorted(set(state) - set(keys))
         missing = [k for k in keys if k not in state]
         if missing or extra:
             raise ValueError(f"{what}: state_dict keys do not match layer sizes {sizes}: "
                              f"missing {missing}, unexpected {extra}")
+        shapes = [a.shape for layer in views_fn(self.params) for a in layer]
         arrays = []
-        for i in range(3):
-            for kind, shape in (("weight", (sizes[i + 1], sizes[i])), ("bias", (sizes[i + 1],))):
-                name = f"{layer_keys[i]}{kind}"
-                value = state[name]
-                value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-                if tuple(value.shape) != shape:
-                    raise ValueError(f"{what}: {name} has shape {value.shape}, "
-                                     f"this core's layer sizes {sizes} need {shape}")
-                if not np.all(np.isfinite(value)):
-                    raise ValueError(f"{what}: {name} has NaN or Inf values")
-                arrays.append(value.astype(_F32))
+        for name, shape in zip(keys, shapes):
+            value = state[name]
+            value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{what}: {name} has shape {value.shape}, "
+                                 f"this core's layer sizes {sizes} need {shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{what}: {name} has NaN or Inf values (must be finite)")
+            arrays.append(value.astype(_F32))
         bufs = [self.params, self.targets] if targets_too else [self.params]
         for buf in bufs:
-            views = views_fn(buf) if which is None else views_fn(buf, which)
-            for i, (weight, bias) in enumerate(views):
-                weight[...] = arrays[2 * i].reshape(weight.shape)
-                bias[...] = arrays[2 * i + 1].reshape(bias.shape)
+            views = [a for layer in views_fn(buf) for a in layer]
+            for view, value in zip(views, arrays):
+                view[...] = value.reshape(view.shape)
 
     # ---------------------------------------------------------------------------- checkpoint
     def reset_optimizers(self) -> None:
@@ -661,6 +645,10 @@ class _HalfWorker:
         self._job = np.zeros(2, dtype=np.int64)  # [kind, rows]
         self._buffers = buffers
         self._mailbox = mailbox
+        # the mailbox arrays each job kind's inputs go to (critic: its seven arrays; actor:
+        # actor_obs, critic_obs), and the inverse batch size
+        self._slots = {1: mailbox[:7], 2: (mailbox[7], mailbox[0]), 0: ()}
+        self._inv_batch = mailbox[8]
         self._wake = threading.Event()
         self._sleeping = False  # read and written with the GIL held (see _loop)
         self._error: BaseException | None = None
@@ -696,13 +684,11 @@ class _HalfWorker:
     def post(self, kind: int, inputs: tuple, first: int, inv_batch: np.float32) -> None:
         """Start job ``kind`` (1 critic, 2 actor, 0 stop) on rows [first:] of ``inputs`` (the
         critic update's seven arrays, or the actor update's actor_obs and critic_obs)."""
-        mail = self._mailbox
-        slots = {1: mail[:7], 2: (mail[7], mail[0]), 0: ()}[kind]
         rows = 0
-        for slot, array in zip(slots, inputs):
+        for slot, array in zip(self._slots[kind], inputs):
             rows = array.shape[0] - first
             slot[:rows] = array[first:]
-        mail[8][0] = inv_batch
+        self._inv_batch[0] = inv_batch
         self._job[0] = kind
         self._job[1] = rows
         self._counters[0] += 1
