@@ -14,8 +14,8 @@ import json
 import pstats
 import time
 
-WATCH = ("critic_update_kernel", "actor_update_kernel", "_gather", "spin_until_at_least",
-         "finish_halves_kernel", "polyak_kernel", "actor_forward_kernel", "step", "_update",
+WATCH = ("update_main_kernel", "critic_update_sampled", "actor_update_sampled",
+         "spin_until_at_least", "polyak_kernel", "actor_forward_kernel", "step", "_update",
          "hover_suite")
 
 

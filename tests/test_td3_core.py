@@ -487,15 +487,17 @@ def test_half_worker_hands_off_after_sleeping_reraises_errors_and_closes():
     assert_close(core.params, single.params, what="after a hand-off to a sleeping worker")
 
     # a worker whose workspace is too small: the kernel's error reaches wait(), twice
-    buffers = tuple(np.zeros(1, np.float32) if i == 9 else b
+    buffers = tuple(np.zeros((2, 1), np.float32) if i == 9 else b
                     for i, b in enumerate(worker._buffers))
-    bad = _HalfWorker(buffers, worker._mailbox)
+    bad = _HalfWorker(buffers, worker._mailbox, worker.data)
     keys = ("critic_obs", "action", "reward", "next_critic_obs", "next_actor_obs",
             "terminated", "noise")
-    inputs = tuple(np.ascontiguousarray(batch[k].reshape(batch[k].shape[0], -1).squeeze(1))
-                   if k in ("reward", "terminated") else batch[k] for k in keys)
+    rows = batch["critic_obs"].shape[0] // 2
+    for slot, key in enumerate(keys):
+        bad.fill(slot, batch[key].reshape(batch[key].shape[0], -1).squeeze()[rows:])
+    bad.scalars[:] = (1.0 / (2 * rows), 1.0)
     for _ in range(2):
-        bad.post(1, inputs, inputs[0].shape[0] // 2, np.float32(1.0 / inputs[0].shape[0]))
+        bad.post((td3_kernels.CRITIC_JOB, rows, 0, core.n_actor_params, core.params.size, 0, 0))
         with pytest.raises(ValueError, match="workspace too small"):
             bad.wait()
     bad.close()
@@ -547,3 +549,74 @@ def test_layer_norm_critics_round_trip_and_errors():
     # a checkpoint of a core without LayerNorm is refused (different parameter count)
     with pytest.raises(ValueError, match="different network sizes"):
         other.load_state_dict(small_core().state_dict())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
+    """critic_update_sampled / actor_update_sampled (rows gathered inside the kernels, Polyak
+    steps fused into the update) compute exactly what the array API computes on
+    ReplayBuffer.get(idx) followed by the separate Polyak steps."""
+    from nanofly.train.replay import ReplayBuffer
+
+    rng = np.random.default_rng(5)
+    a, b = small_core(threads=threads), small_core(threads=threads)
+    replay = ReplayBuffer(300, a.actor_obs_dim, a.critic_obs_dim, a.action_dim)
+    replay.data[:] = rng.standard_normal(replay.data.shape).astype(np.float32)
+    replay.terminated[:] = rng.random(300) < 0.2
+    replay.rows(300)
+    for step in range(6):
+        idx = rng.integers(0, replay.size, size=64 - step)  # odd sizes too
+        noise = rng.standard_normal((idx.size, a.action_dim)).astype(np.float32)
+        scale = 0.5 if step % 2 else 1.0
+        critic_targets = step % 3 != 0
+        loss_a = a.critic_update_sampled(replay, idx, noise, reward_scale=scale,
+                                         update_targets=critic_targets)
+        batch = replay.get(idx)
+        loss_b = b.critic_update(batch["critic_obs"], batch["action"],
+                                 batch["reward"] * np.float32(scale), batch["next_critic_obs"],
+                                 batch["next_obs"], batch["terminated"], noise)
+        if critic_targets:
+            b.update_critic_targets()
+        assert loss_a == loss_b
+        which = ("none", "actor", "all")[step % 3]
+        actor_a = a.actor_update_sampled(which)
+        actor_b = b.actor_update(batch["obs"], batch["critic_obs"], update_targets=which == "all")
+        if which == "actor":
+            b.update_actor_target()
+        assert actor_a == actor_b
+        np.testing.assert_array_equal(a.params, b.params)
+        np.testing.assert_array_equal(a.targets, b.targets)
+        np.testing.assert_array_equal(a.adam_v, b.adam_v)
+    a.close()
+    b.close()
+
+
+def test_sampled_update_errors():
+    from nanofly.train.replay import ReplayBuffer
+
+    core = small_core(threads=2)
+    replay = ReplayBuffer(50, core.actor_obs_dim, core.critic_obs_dim, core.action_dim)
+    replay.data[:] = 0.0
+    replay.rows(10)
+    noise = np.zeros((4, core.action_dim), np.float32)
+    with pytest.raises(RuntimeError, match="critic_update_sampled"):
+        core.actor_update_sampled()
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):  # a row not stored yet
+        core.critic_update_sampled(replay, np.array([0, 1, 2, 10]), noise)
+    with pytest.raises(ValueError, match="int64"):
+        core.critic_update_sampled(replay, np.array([0, 1, 2, 3], np.int32), noise)
+    with pytest.raises(ValueError, match="noise"):
+        core.critic_update_sampled(replay, np.array([0, 1, 2]), noise)
+    before = core.params.copy()
+    core.critic_update_sampled(replay, np.array([0, 1, 2, 3]), noise)
+    assert not np.array_equal(before, core.params)
+    with pytest.raises(ValueError, match="update_targets"):
+        core.actor_update_sampled("critic")
+    core.actor_update_sampled("all")
+    core.critic_update(*(np.zeros((4, n), np.float32) for n in (
+        core.critic_obs_dim, core.action_dim)), np.zeros(4, np.float32),
+        np.zeros((4, core.critic_obs_dim), np.float32),
+        np.zeros((4, core.actor_obs_dim), np.float32), np.zeros(4, np.float32), noise)
+    with pytest.raises(RuntimeError):  # the array API replaced the sampled batch
+        core.actor_update_sampled()
+    core.close()

@@ -296,7 +296,7 @@ def test_cold_cache_helper_compiles_update_kernels_into_numba_cache(tmp_path):
         "from nanofly.train import compile_cache as c\n"
         "print(c.kernels_cached())\n"
         "h = c.start_if_cold(dict(actor_obs_dim=20, critic_obs_dim=8, action_dim=4, "
-        "batch_size=8, threads=2), (20, 8, 4, 8))\n"
+        "batch_size=8, threads=2))\n"
         "print(h is not None and h.wait())\n")
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                            text=True, timeout=300)

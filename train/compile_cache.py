@@ -28,7 +28,7 @@ def kernels_cached() -> bool:
     from . import td3_kernels
 
     try:
-        return bool(td3_kernels.critic_update_kernel._cache._cache_file._load_index())
+        return bool(td3_kernels.update_main_kernel._cache._cache_file._load_index())
     except Exception:  # numba internals moved: behave as if warm
         return True
 
@@ -52,16 +52,14 @@ class BackgroundCompile:
             return False
 
 
-def start_if_cold(core_kwargs: dict, replay_dims: tuple[int, int, int, int]
-                  ) -> BackgroundCompile | None:
+def start_if_cold(core_kwargs: dict) -> BackgroundCompile | None:
     """Start the helper when the TD3 kernels are not cached yet; None otherwise.
 
     ``core_kwargs``: TD3Core's keyword arguments (the sizes and ``threads`` decide which
-    kernel variants are compiled); ``replay_dims``: (obs_dim, critic_obs_dim, action_dim,
-    batch_size) of the ReplayBuffer."""
+    kernel variants are compiled)."""
     if kernels_cached():
         return None
-    spec = json.dumps({"core": core_kwargs, "replay": list(replay_dims)})
+    spec = json.dumps({"core": core_kwargs})
     code = "import sys; from nanofly.train.compile_cache import _helper_main; _helper_main(sys.argv[1])"
     try:
         process = subprocess.Popen([sys.executable, "-c", code, spec], stdin=subprocess.DEVNULL,
@@ -74,19 +72,10 @@ def start_if_cold(core_kwargs: dict, replay_dims: tuple[int, int, int, int]
 def _helper_main(spec: str) -> None:
     """In the helper: run every kernel a training run uses once on dummy data (each call
     compiles and caches it)."""
-    import numpy as np
-
-    from .replay import ReplayBuffer
     from .td3_core import TD3Core
 
-    args = json.loads(spec)
-    core = TD3Core(**args["core"])
+    core = TD3Core(**json.loads(spec)["core"])
     try:
         core.warmup()
     finally:
         core.close()
-    obs_dim, critic_obs_dim, action_dim, batch_size = args["replay"]
-    buffer = ReplayBuffer(2, obs_dim, critic_obs_dim, action_dim, batch_size)
-    buffer.data[:] = 0.0
-    buffer.rows(2)
-    buffer.sample(np.random.default_rng(0))

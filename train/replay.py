@@ -2,8 +2,9 @@
 
 Each row holds the actor observation, the privileged (critic) observation, the action, the
 reward, the next actor and privileged observations, and whether the step *terminated* (a
-time-limit truncation is stored as 0: it is still bootstrapped). Sampling gathers rows into
-contiguous batch arrays with one numba kernel.
+time-limit truncation is stored as 0: it is still bootstrapped). ``gather_rows`` copies rows
+into contiguous batch arrays (the trainer's updates call it inside their kernels:
+``TD3Core.critic_update_sampled``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ BATCH_FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_criti
 
 
 @njit(cache=True)
-def _gather(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
+def gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
     """Copy rows ``idx`` of ``data`` into the batch arrays (``next_obs`` rebuilt).
 
     Two passes, because the rows are random reads from a buffer of hundreds of MB: the first
@@ -65,10 +66,9 @@ class ReplayBuffer:
     ``next_obs_state`` (first 18 values of the next observation), ``next_critic_obs`` and
     ``terminated`` are column views of ``data`` for writing rows."""
 
-    def __init__(self, capacity: int, obs_dim: int, critic_obs_dim: int, action_dim: int,
-                 batch_size: int):
-        if capacity < 1 or batch_size < 1:
-            raise ValueError("capacity and batch_size must be >= 1")
+    def __init__(self, capacity: int, obs_dim: int, critic_obs_dim: int, action_dim: int):
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
         if obs_dim < STATE_PART:
             raise ValueError(f"obs_dim must be >= {STATE_PART}")
         self.capacity = int(capacity)
@@ -87,9 +87,7 @@ class ReplayBuffer:
         for name, off in zip(FIELDS, offsets):
             view = self.data[:, off:off + widths[name]]
             setattr(self, name, view[:, 0] if name in ("reward", "terminated") else view)
-        batch_widths = {**widths, "next_obs": obs_dim}
-        self.batch = {name: np.empty((batch_size,) + ((batch_widths[name],) if name not in (
-            "reward", "terminated") else ()), np.float32) for name in BATCH_FIELDS}
+        self._batch_widths = {**widths, "next_obs": obs_dim}
 
     def rows(self, n: int) -> slice:
         """Reserve the next ``n`` rows (n <= capacity) and return their slice; callers fill
@@ -106,17 +104,12 @@ class ReplayBuffer:
     def get(self, idx: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The transitions at row indices ``idx`` as contiguous arrays (``next_obs`` rebuilt)."""
         if out is None:
-            out = {name: np.empty((len(idx),) + arr.shape[1:], np.float32)
-                   for name, arr in self.batch.items()}
-        _gather(np.asarray(idx, dtype=np.int64), self.data, self.offsets, out["obs"],
+            out = {name: np.empty((len(idx),) + ((self._batch_widths[name],) if name not in (
+                "reward", "terminated") else ()), np.float32) for name in BATCH_FIELDS}
+        gather_rows(np.asarray(idx, dtype=np.int64), self.data, self.offsets, out["obs"],
                 out["critic_obs"], out["action"], out["reward"], out["next_obs"],
                 out["next_critic_obs"], out["terminated"])
         return out
-
-    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A uniformly sampled batch (with replacement) in reused contiguous arrays."""
-        idx = rng.integers(0, self.size, size=self.batch["obs"].shape[0])
-        return self.get(idx, self.batch)
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
         return {"data": self.data[:self.size].copy(), "ptr": self.ptr}

@@ -291,19 +291,14 @@ class Trainer:
                            seed=cfg.seed, threads=cfg.update_threads,
                            critic_layer_norm=cfg.critic_layer_norm)
         # cold numba cache: the update kernels compile in a helper process meanwhile
-        self._background_compile = start_if_cold(
-            core_kwargs, (self.obs_dim, self.critic_obs_dim, 4, cfg.batch_size))
+        self._background_compile = start_if_cold(core_kwargs)
         self.core = TD3Core(**core_kwargs)
-        if cfg.init_actor_at_hover:
-            import torch
-
-            actor = self.core.to_actor()
-            with torch.no_grad():
-                actor.linear_layers()[-1].bias.fill_(math.atanh(self.env.hover_action))
-            self.core.load_actor(actor, targets_too=True)
+        if cfg.init_actor_at_hover:  # the output layer's bias, online and target actor
+            for buf in (self.core.params, self.core.targets):
+                self.core._actor_views(buf)[-1][1][:] = math.atanh(self.env.hover_action)
         capacity = cfg.replay_capacity or cfg.total_env_steps
         capacity = max(capacity, cfg.num_envs)
-        self.buffer = ReplayBuffer(capacity, self.obs_dim, self.critic_obs_dim, 4, cfg.batch_size)
+        self.buffer = ReplayBuffer(capacity, self.obs_dim, self.critic_obs_dim, 4)
         # The privileged next observation is always kept: rewards are recomputed from it.
         self.reward_priv = (np.empty((capacity, self.env.privileged_dim), np.float32)
                             if not cfg.asymmetric_critic else None)
@@ -321,7 +316,6 @@ class Trainer:
         self._next_priv = np.empty((cfg.num_envs, self.env.privileged_dim), np.float32)
         self.last_critic_loss = float("nan")
         self.last_actor_loss = float("nan")
-        self._scaled_reward = np.empty(cfg.batch_size, np.float32)
 
     # -- one environment step and its updates -----------------------------------------------
     def step(self) -> None:
@@ -411,18 +405,14 @@ class Trainer:
         if self._background_compile is not None:  # its kernels are in numba's cache then
             self._background_compile.wait()
             self._background_compile = None
-        batch = self.buffer.sample(self.rng)
+        # the batch: rows drawn here, gathered by the threads that use them (TD3Core)
+        idx = self.rng.integers(0, self.buffer.size, size=cfg.batch_size)
         noise = self.rng.standard_normal((cfg.batch_size, 4), dtype=np.float32)
-        reward = batch["reward"]
-        if cfg.reward_scale != 1.0:
-            reward = np.multiply(reward, np.float32(cfg.reward_scale), out=self._scaled_reward)
-        self.last_critic_loss = core.critic_update(
-            batch["critic_obs"], batch["action"], reward, batch["next_critic_obs"],
-            batch["next_obs"], batch["terminated"], noise)
-        self.state.critic_updates += 1
         separate = cfg.critic_target_update_interval > 0
-        if separate and at_step % cfg.critic_target_update_interval == 0:
-            core.update_critic_targets()
+        self.last_critic_loss = core.critic_update_sampled(
+            self.buffer, idx, noise, reward_scale=cfg.reward_scale,
+            update_targets=separate and at_step % cfg.critic_target_update_interval == 0)
+        self.state.critic_updates += 1
         if at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0:
             int8_aware = self.state.int8_aware_until >= 0
             if int8_aware:  # straight-through: the step is computed on the grid
@@ -430,12 +420,13 @@ class Trainer:
                 latent = core.params[:na].copy()
                 snapped = self._snap_actor(latent)
                 core.params[:na] = snapped
-            self.last_actor_loss = core.actor_update(batch["obs"], batch["critic_obs"],
-                                                     update_targets=not separate)
+            # the target actor follows the weights after the int8 fix-up below
+            targets = "all" if not separate else ("none" if int8_aware else "actor")
+            self.last_actor_loss = core.actor_update_sampled(targets)
             if int8_aware:  # ... and applied to the float weights
                 core.params[:na] = latent + (core.params[:na] - snapped)
-            if separate:
-                core.update_actor_target()
+                if separate:
+                    core.update_actor_target()
             self.state.actor_updates += 1
 
     # -- int8-aware fine-tuning (TrainConfig.int8_aware_steps) --------------------------------

@@ -2,8 +2,9 @@
 
 ``TD3Core`` owns the actor, the twin critics, their three target copies, the Adam state and
 preallocated workspaces, all as flat float32 buffers; one ``critic_update`` / ``actor_update``
-is one call into a hand-written numba kernel (forward, backward, Adam, Polyak) whose matrix
-products go to BLAS. The training loop (replay buffer, environments, schedule) lives elsewhere
+is one call into a hand-written numba kernel (forward, backward, Adam, Polyak; with two
+threads the second half of the batch runs on a helper thread) whose matrix products go to
+BLAS. The training loop (replay buffer, environments, schedule) lives elsewhere
 and calls it. Measured costs: ``bench/bench_td3_update.py``.
 
 Construction (all sizes are runtime arguments; defaults are the paper's)::
@@ -65,6 +66,12 @@ next_actor_obs (B, Oa), terminated (B,), noise (B, A)) -> float``
 
 ``update_targets()``: target = polyak * target + (1 - polyak) * online, for the actor and both
 critics (polyak = 0.995 keeps 99.5 % of the target).
+
+From a replay buffer (what the trainer uses; the same numbers as the calls above on
+``replay.get(idx)``): ``critic_update_sampled(replay, idx, noise, reward_scale=1.0,
+update_targets=False)`` gathers the rows ``idx`` inside the update (each thread its own half:
+no batch is built in Python) and can take the target critics' Polyak step in the same call;
+``actor_update_sampled(update_targets="none" | "actor" | "all")`` then reuses that batch.
 
 Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
 workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
@@ -192,6 +199,16 @@ class TD3Core:
 
         self.batch_size = int(batch_size)
         self._ws2 = np.zeros((self.threads, 0), dtype=_F32)
+        self._batch: tuple[np.ndarray, ...] = ()
+        # rows (this thread's, the helper's) of the batch the last critic_update_sampled
+        # gathered, which actor_update_sampled reuses; None when there is none
+        self._sampled_rows: tuple[int, int] | None = None
+        # update_main_kernel's job and counters when there is no helper thread; and the replay
+        # arguments of updates that do not gather
+        self._solo_job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
+        self._solo_counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
+        self._no_replay = (np.zeros((1, 1), dtype=_F32), np.zeros(7, dtype=np.int64),
+                           np.zeros(1, dtype=np.int64))
         self._ensure_update_workspace(self.batch_size)
         self._fwd_ws = np.zeros(0, dtype=_F32)
         self._fwd_rows = 0  # rows the forward workspace holds
@@ -268,7 +285,18 @@ class TD3Core:
         need = rows * max(_k.critic_ws_per_row(self.dims), _k.actor_ws_per_row(self.dims))
         if need > self._ws2.shape[1]:
             self._ws2 = np.zeros((self.threads, need), dtype=_F32)
+            # this thread's rows of a batch that critic_update_sampled gathers
+            self._batch = self._batch_arrays(rows)
             self.close()  # the helper thread is bound to the old buffers
+
+    def _batch_arrays(self, rows: int) -> tuple[np.ndarray, ...]:
+        """Arrays for ``rows`` rows of an update's inputs, in update_main_kernel's order:
+        critic obs, action, reward, next critic obs, next actor obs, terminated, noise, actor
+        obs."""
+        oa, oc, na = self.actor_obs_dim, self.critic_obs_dim, self.action_dim
+        return tuple(np.zeros(shape, dtype=_F32) for shape in (
+            (rows, oc), (rows, na), (rows,), (rows, oc), (rows, oa), (rows,), (rows, na),
+            (rows, oa)))
 
     def _ensure_forward_workspace(self, n: int) -> None:
         if n > self._fwd_rows:
@@ -331,29 +359,35 @@ class TD3Core:
         next_actor_obs = self._check("next_actor_obs", next_actor_obs, b, self.actor_obs_dim)
         terminated = self._check("terminated", terminated, b, None)
         noise = self._check("noise", noise, b, self.action_dim)
-        if b > self.batch_size:
-            self.batch_size = b
-            self._ensure_update_workspace(b)
-        self.critic_steps += 1
-        self._adam_hp(self._hp_critic, self.critic_lr, self.critic_steps)
-        inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise)
-        head = (self.params, self.targets)
-        state = (self.adam_m, self.adam_v, self.dims, self.offs, self._hp_critic)
-        inv_batch = _F32(1.0 / b)
-        if self.threads == 1 or b < 2:
-            _k.critic_update_kernel(*head, self._grads2[0], *state, *inputs, self._ws2[0],
-                                    self._stats2[0], inv_batch, True)
-        else:  # one half of the batch per thread, then add the gradients and step
-            h = (b + 1) // 2
-            worker = self._half_worker()
-            worker.post(1, inputs, h, inv_batch)
-            try:
-                _k.critic_update_kernel(*head, self._grads2[0], *state, *(x[:h] for x in inputs),
-                                        self._ws2[0], self._stats2[0], inv_batch, False)
-            finally:
-                worker.wait()
-            _k.finish_halves_kernel(*head, self._grads2, self.adam_m, self.adam_v, self.offs,
-                                    self._hp_critic, self._stats2, inv_batch, False, False)
+        self._grow(b)
+        inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise,
+                  self._batch[7])
+        self._sampled_rows = None  # the mailbox gets these rows
+        self._run_update(_k.CRITIC_JOB, inputs, b, inputs[:7], None, _F32(1.0), False)
+        return float(self._stats2[0, 0] + self._stats2[0, 1])
+
+    def critic_update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
+                              reward_scale: float = 1.0, update_targets: bool = False) -> float:
+        """``critic_update`` on the rows ``idx`` of a ``ReplayBuffer`` (gathered by the threads
+        that use them: no batch arrays are built), rewards times ``reward_scale``; then, with
+        ``update_targets``, the Polyak step of the two target critics. ``actor_update_sampled``
+        reuses the batch. Same numbers as ``critic_update`` on ``replay.get(idx)``."""
+        data, offsets = replay.data, replay.offsets
+        if (type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1
+                or not idx.flags.c_contiguous or not 1 <= idx.shape[0]):
+            raise ValueError("idx: expected a non-empty C-contiguous int64 array of row indices")
+        if idx.min() < 0 or idx.max() >= replay.size:
+            raise ValueError(f"idx: row indices must be in [0, {replay.size}) (the rows stored)")
+        b = idx.shape[0]
+        noise = self._check("noise", noise, b, self.action_dim)
+        self._grow(b)
+        self._sampled_rows = None
+        c0, c1 = self.n_actor_params, self.n_actor_params + self.n_critic_params
+        self._run_update(_k.CRITIC_JOB, (*self._batch[:6], noise, self._batch[7]), b,
+                         None, (data, offsets, idx), _F32(reward_scale), False,
+                         polyak=(c0, c1) if update_targets else (0, 0))
+        h = (b + 1) // 2 if self.threads == 2 else b
+        self._sampled_rows = (h, b - h)
         return float(self._stats2[0, 0] + self._stats2[0, 1])
 
     def actor_update(self, actor_obs: np.ndarray, critic_obs: np.ndarray,
@@ -362,46 +396,117 @@ class TD3Core:
         actor_obs = self._check("actor_obs", actor_obs, None, self.actor_obs_dim)
         b = actor_obs.shape[0]
         critic_obs = self._check("critic_obs", critic_obs, b, self.critic_obs_dim)
+        self._grow(b)
+        self._sampled_rows = None
+        dummy = self._batch
+        inputs = (critic_obs, *dummy[1:7], actor_obs)
+        mailbox_inputs = {0: critic_obs, 7: actor_obs}
+        self._run_update(_k.ACTOR_JOB, inputs, b, mailbox_inputs, None, _F32(1.0), True,
+                         polyak=(0, self.params.shape[0]) if update_targets else (0, 0))
+        return float(self._actor_stats2[0, 0])
+
+    def actor_update_sampled(self, update_targets: str = "none") -> float:
+        """``actor_update`` on the batch of the last ``critic_update_sampled``; then the Polyak
+        step of ``update_targets``: "none", "actor" (the target actor) or "all" (all three
+        targets). Returns the loss."""
+        if self._sampled_rows is None:
+            raise RuntimeError("actor_update_sampled needs a critic_update_sampled before it "
+                               "(and no critic_update / actor_update in between)")
+        polyak = {"none": (0, 0), "actor": (0, self.n_actor_params),
+                  "all": (0, self.params.shape[0])}.get(update_targets)
+        if polyak is None:
+            raise ValueError(f"update_targets must be 'none', 'actor' or 'all', got "
+                             f"{update_targets!r}")
+        h, rest = self._sampled_rows
+        self._run_update(_k.ACTOR_JOB, self._batch, h + rest, None, None, _F32(1.0), True,
+                         polyak=polyak, rows=(h, rest))
+        return float(self._actor_stats2[0, 0])
+
+    def _grow(self, b: int) -> None:
         if b > self.batch_size:
             self.batch_size = b
             self._ensure_update_workspace(b)
-        self.actor_steps += 1
-        self._adam_hp(self._hp_actor, self.actor_lr, self.actor_steps)
-        head = (self.params, self.targets)
-        state = (self.adam_m, self.adam_v, self.dims, self.offs, self._hp_actor)
-        inv_batch = _F32(1.0 / b)
-        if self.threads == 1 or b < 2:
-            _k.actor_update_kernel(*head, self._grads2[0], *state, actor_obs, critic_obs,
-                                   self._ws2[0], self._actor_stats2[0], inv_batch, True,
-                                   bool(update_targets))
-        else:
-            h = (b + 1) // 2
-            worker = self._half_worker()
-            worker.post(2, (actor_obs, critic_obs), h, inv_batch)
-            try:
-                _k.actor_update_kernel(*head, self._grads2[0], *state, actor_obs[:h],
-                                       critic_obs[:h], self._ws2[0], self._actor_stats2[0],
-                                       inv_batch, False, False)
-            finally:
-                worker.wait()
-            _k.finish_halves_kernel(*head, self._grads2, self.adam_m, self.adam_v, self.offs,
-                                    self._hp_actor, self._actor_stats2, inv_batch, True,
-                                    bool(update_targets))
-        return float(self._actor_stats2[0, 0])
 
-    def _half_worker(self) -> "_HalfWorker":
+    def _run_update(self, kind: int, inputs: tuple, b: int, mailbox_inputs, replay,
+                    reward_scale: np.float32, actor: bool, polyak: tuple[int, int] = (0, 0),
+                    rows: tuple[int, int] | None = None) -> None:
+        """One update: ``update_main_kernel`` on this thread's rows of ``inputs`` (its eight
+        arrays in the kernel's order) and, with two threads, ``half_worker_loop`` on the rest.
+
+        ``mailbox_inputs``: what to copy into the helper's mailbox first (the seven critic
+        arrays as a sequence, or {slot: array}; None: nothing, it gathers or has its rows);
+        ``replay``: (data, offsets, idx) to gather from, or None; ``rows``: (this thread's,
+        the helper's) when the helper already holds its rows."""
+        if actor:
+            self.actor_steps += 1
+            hp, stats2, lo, hi = self._hp_actor, self._actor_stats2, 0, self.n_actor_params
+            self._adam_hp(hp, self.actor_lr, self.actor_steps)
+        else:
+            self.critic_steps += 1
+            hp, stats2 = self._hp_critic, self._stats2
+            lo, hi = self.n_actor_params, self.n_actor_params + self.n_critic_params
+            self._adam_hp(hp, self.critic_lr, self.critic_steps)
+        gather = replay is not None
+        data, offsets, idx = replay if gather else self._no_replay
+        inv_batch = _F32(1.0 / b)
+        if rows is None:
+            rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        if self.threads == 1:
+            job, counters, worker = self._solo_job, self._solo_counters, None
+        else:
+            worker = self._half_worker(data if gather else None, offsets)
+            job, counters = worker.job, worker.counters
+            if gather:
+                worker.fill(6, inputs[6][rows[0]:])  # the helper's noise rows
+                worker.fill_index(idx[rows[0]:])
+            if isinstance(mailbox_inputs, dict):
+                for slot, array in mailbox_inputs.items():
+                    worker.fill(slot, array[rows[0]:])
+            elif mailbox_inputs is not None:
+                for slot, array in enumerate(mailbox_inputs):
+                    worker.fill(slot, array[rows[0]:])
+            worker.scalars[0] = inv_batch
+            worker.scalars[1] = reward_scale
+        job[0] = kind
+        job[1] = rows[1]
+        job[2] = gather
+        job[3] = lo
+        job[4] = hi
+        job[5] = polyak[0]
+        job[6] = polyak[1]
+        job[7] = rows[0]
+        counters[0] += 1
+        if worker is not None:
+            worker.wake()
+        try:
+            _k.update_main_kernel(self.params, self.targets, self._grads2, self.adam_m,
+                                  self.adam_v, self.dims, self.offs, hp, *inputs, self._ws2,
+                                  stats2, inv_batch, counters, job, data, offsets, idx,
+                                  reward_scale)
+        except BaseException:
+            if worker is not None:  # the helper must not finish a half-done update
+                counters[4] = counters[0]
+                worker.wait()
+            raise
+        if worker is not None:
+            worker.wait()
+
+    def _half_worker(self, data: np.ndarray | None, offsets: np.ndarray) -> "_HalfWorker":
         """The helper thread that computes the second half of each update (``threads=2``),
-        bound to this core's buffers (a new one after the workspace grew)."""
+        bound to this core's buffers and to the replay ``data`` it gathers from (a new one
+        after the workspace grew or for other replay data; ``data`` None: any)."""
+        if self._worker is not None and data is not None and self._worker.data is not data:
+            self.close()
         if self._worker is None:
+            if data is None:
+                data, offsets = self._no_replay[:2]
             rows = self.batch_size - (self.batch_size + 1) // 2  # the second half's rows
-            oa, oc, na = self.actor_obs_dim, self.critic_obs_dim, self.action_dim
-            mailbox = [np.zeros(shape, dtype=_F32) for shape in (
-                (rows, oc), (rows, na), (rows,), (rows, oc), (rows, oa), (rows,), (rows, na),
-                (rows, oa), (1,))]
-            buffers = (self.params, self.targets, self._grads2[1], self.adam_m, self.adam_v,
-                       self.dims, self.offs, self._hp_critic, self._hp_actor, self._ws2[1],
-                       self._stats2[1], self._actor_stats2[1], *mailbox)
-            self._worker = _HalfWorker(buffers, mailbox)
+            mailbox = [*self._batch_arrays(rows), np.zeros(2, dtype=_F32),
+                       np.zeros(rows, dtype=np.int64)]
+            buffers = (self.params, self.targets, self._grads2, self.adam_m, self.adam_v,
+                       self.dims, self.offs, self._hp_critic, self._hp_actor, self._ws2,
+                       self._stats2, self._actor_stats2, *mailbox, data, offsets)
+            self._worker = _HalfWorker(buffers, mailbox, data)
             weakref.finalize(self, self._worker.close)
         return self._worker
 
@@ -620,14 +725,16 @@ class _HalfWorker:
     """One daemon thread that computes the second half of each update (for ``threads=2``).
 
     The thread runs ``td3_kernels.half_worker_loop``, a numba loop outside the GIL that spins
-    on a job counter and calls the update kernel itself: a thread that had to return to Python
-    for each job waited ~30 us for the GIL (the trainer's thread holds it between kernels) and
-    then spent ~15 us unpacking the kernel's arguments, so the first half's thread waited for it
-    at the end of every update. The second half's inputs are copied into the loop's own arrays
-    (the "mailbox"; ~64 rows) before each job. Waking a sleeping thread took 50-150 us in this
-    VM, so both sides spin; a worker with nothing to do for ~2 ms returns to Python and blocks
-    on an Event instead, so an idle trainer does not burn a core. Errors in the thread are
-    re-raised by ``wait``.
+    on a job counter and runs the job itself: a thread that had to return to Python for each
+    job waited ~30 us for the GIL (the trainer's thread holds it between kernels) and then
+    spent ~15 us unpacking the kernel's arguments, so the first half's thread waited for it at
+    the end of every update. The second half's inputs are in the loop's own arrays (the
+    "mailbox"; ~64 rows): gathered by the loop from the replay buffer (``critic_update_sampled``)
+    or copied in by the caller (``fill``). The two threads meet twice per update inside their
+    kernels (both halves' gradients ready; then each takes half of the Adam and Polyak steps).
+    Waking a sleeping thread took 50-150 us in this VM, so both sides spin; a worker with
+    nothing to do for ~2 ms returns to Python and blocks on an Event instead, so an idle
+    trainer does not burn a core. Errors in the thread are re-raised by ``wait``.
     """
 
     # Spinning: the loop's ~2 ms (80 000 ``pause`` turns of ~25 ns) before it blocks; the
@@ -637,18 +744,18 @@ class _HalfWorker:
     SPIN_BURST_TURNS = 2_000
     IDLE_SPIN_TURNS = 80_000
 
-    def __init__(self, buffers: tuple, mailbox: list[np.ndarray]):
+    def __init__(self, buffers: tuple, mailbox: list[np.ndarray], data: np.ndarray):
         """``buffers``: ``half_worker_loop``'s arguments after ``idle_turns``; ``mailbox``: the
-        last nine of them (obs_c, action, reward, next_obs_c, next_obs_a, terminated, noise,
-        obs_a, inv_batch), which ``post`` fills."""
-        self._counters = np.zeros(2, dtype=np.int64)  # [jobs posted, jobs done]
-        self._job = np.zeros(2, dtype=np.int64)  # [kind, rows]
+        ten of them from obs_c to idx (obs_c, action, reward, next_obs_c, next_obs_a,
+        terminated, noise, obs_a, scalars = [1 / B, reward scale], idx); ``data``: the replay
+        data it gathers from."""
+        self.counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
+        self.job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
+        self.data = data
         self._buffers = buffers
         self._mailbox = mailbox
-        # the mailbox arrays each job kind's inputs go to (critic: its seven arrays; actor:
-        # actor_obs, critic_obs), and the inverse batch size
-        self._slots = {1: mailbox[:7], 2: (mailbox[7], mailbox[0]), 0: ()}
-        self._inv_batch = mailbox[8]
+        self.scalars = mailbox[8]
+        self._index = mailbox[9]
         self._wake = threading.Event()
         self._sleeping = False  # read and written with the GIL held (see _loop)
         self._error: BaseException | None = None
@@ -664,49 +771,54 @@ class _HalfWorker:
     def _loop(self) -> None:
         while True:
             try:
-                if _k.half_worker_loop(self._counters, self._job, self._idle_turns,
+                if _k.half_worker_loop(self.counters, self.job, self._idle_turns,
                                        *self._buffers):
                     return  # told to stop
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc
-                self._counters[1] = self._counters[0]
+                self.counters[1] = self.counters[0]
                 continue
-            # Idle: block. Python code from here on runs with the GIL, as post() does: the flag
+            # Idle: block. Python code from here on runs with the GIL, as wake() does: the flag
             # and the counters are never read by one side between the other side's two steps.
             self._sleeping = True
-            while self._counters[0] <= self._counters[1]:
+            while self.counters[0] <= self.counters[1]:
                 self._wake.clear()
-                if self._counters[0] > self._counters[1]:
+                if self.counters[0] > self.counters[1]:
                     break
                 self._wake.wait(0.1)
             self._sleeping = False
 
-    def post(self, kind: int, inputs: tuple, first: int, inv_batch: np.float32) -> None:
-        """Start job ``kind`` (1 critic, 2 actor, 0 stop) on rows [first:] of ``inputs`` (the
-        critic update's seven arrays, or the actor update's actor_obs and critic_obs)."""
-        rows = 0
-        for slot, array in zip(self._slots[kind], inputs):
-            rows = array.shape[0] - first
-            slot[:rows] = array[first:]
-        self._inv_batch[0] = inv_batch
-        self._job[0] = kind
-        self._job[1] = rows
-        self._counters[0] += 1
+    def fill(self, slot: int, rows: np.ndarray) -> None:
+        """Copy the helper's rows of one input into mailbox array ``slot``."""
+        self._mailbox[slot][:rows.shape[0]] = rows
+
+    def fill_index(self, idx: np.ndarray) -> None:
+        self._index[:idx.shape[0]] = idx
+
+    def wake(self) -> None:
+        """Call after posting a job (``counters[0] += 1``)."""
         if self._sleeping:
             self._wake.set()
 
+    def post(self, job: tuple[int, ...]) -> None:
+        """Post a job (the fields of ``td3_kernels.JOB_FIELDS``) and wake the thread."""
+        self.job[:len(job)] = job
+        self.counters[0] += 1
+        self.wake()
+
     def _spin(self, value: int, bursts: int) -> bool:
         for _ in range(bursts):
-            if _k.spin_until_at_least(self._counters, 1, value, self.SPIN_BURST_TURNS):
+            if _k.spin_until_at_least(self.counters, 1, value, self.SPIN_BURST_TURNS):
                 return True
             os.sched_yield()
-        return bool(self._counters[1] >= value)
+        return bool(self.counters[1] >= value)
 
     def wait(self) -> None:
-        number = self._counters[0]
+        number = self.counters[0]
         while not self._spin(number, 20):
             if not self._thread.is_alive():
                 raise RuntimeError("the second update thread has died")
+            self.wake()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -715,5 +827,5 @@ class _HalfWorker:
         if self._closed:
             return
         self._closed = True
-        self.post(0, (), 0, np.float32(0.0))
+        self.post((_k.STOP_JOB,))
         self._thread.join(timeout=5.0)

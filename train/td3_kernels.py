@@ -14,11 +14,14 @@ Conventions:
 - Weights are stored as torch does, (out, in) row-major, so y^T = W x^T + b.
 - No allocation: every intermediate lives in the workspace ``ws`` passed in.
 - A batch can be split into row blocks: ``critic_update_kernel`` / ``actor_update_kernel``
-  compute the gradient contribution of a block (scaled by 1/B of the whole batch). One thread
-  runs the whole batch as one block; with two threads (``TD3Core(threads=2)``) each half runs
-  on its own thread (the kernels release the GIL) and ``finish_halves_kernel`` adds the two
-  gradients and takes the Adam step. Plain Python threads, not numba's ``parallel=True``:
-  parfors added ~6 s of cold compile for the same split.
+  compute the gradient contribution of a block (scaled by 1/B of the whole batch). One update
+  is one call of ``update_main_kernel`` from Python: with one thread it runs the whole batch
+  as one block, then the Adam (and Polyak) step; with two threads (``TD3Core(threads=2)``)
+  it runs the first half while ``half_worker_loop`` (a helper thread that never returns to
+  Python between jobs) runs the second, and each then adds the two gradients and steps one
+  half of the parameters. The replay rows can be gathered inside the same call
+  (``gather_rows``), each thread its own half. Plain Python threads, not numba's
+  ``parallel=True``: parfors added ~6 s of cold compile for the same split.
 
 BLAS: products go straight to the sgemm of ``scipy.linalg.cython_blas`` through numba's own
 C helper ``numba_xxgemm`` (what ``np.dot`` calls inside numba; an internal of numba, checked
@@ -43,6 +46,7 @@ from numba import njit, types
 from numba.extending import register_jitable
 
 from nanofly.sim.cpu import cpu_relax, load_acquire, store_release
+from nanofly.train.replay import gather_rows
 
 try:  # numba's BLAS helper imports this lazily; fail here, with a clear message, instead
     import scipy.linalg.cython_blas  # noqa: F401
@@ -406,16 +410,18 @@ def _adam(p, g, m, v, lo, hi, hp):
 
 
 @_helper
-def _polyak(params, targets, polyak):
+def _polyak(params, targets, polyak, lo, hi):
     tau = _ONE - polyak
-    for k in range(params.shape[0]):
-        targets[k] = polyak * targets[k] + tau * params[k]
+    pv = params[lo:hi]
+    tv = targets[lo:hi]
+    for k in range(hi - lo):
+        tv[k] = polyak * tv[k] + tau * pv[k]
 
 
 @njit(**_JIT)
 def polyak_kernel(params, targets, polyak):
     """targets = polyak * targets + (1 - polyak) * params, over the whole buffer."""
-    _polyak(params, targets, polyak)
+    _polyak(params, targets, polyak, 0, params.shape[0])
 
 
 @_helper
@@ -489,16 +495,14 @@ def actor_forward_kernel(theta, dims, offs, obs, out, ws):
 # critic update
 # ---------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, obs_c, action,
-                         reward, next_obs_c, next_obs_a, terminated, noise, ws, stats, inv_batch,
-                         apply_step):
-    """One TD3 critic step for both critics (see ``TD3Core.critic_update``).
+def critic_update_kernel(params, targets, grads, dims, offs, hp, obs_c, action, reward,
+                         next_obs_c, next_obs_a, terminated, noise, ws, stats, inv_batch):
+    """The gradient of one TD3 critic step for both critics (see ``TD3Core.critic_update``).
 
     Computes the gradient of the twin-critic loss over the rows given (a whole batch, or one
     block of it with ``inv_batch`` = 1 / B of the whole batch) into the critic part of
     ``grads``; stats[5:10] (out) = [sum (q1 - y)^2, sum (q2 - y)^2, sum q1, sum q2, sum y]
-    over these rows. With ``apply_step`` (whole batch) it also writes stats[0:5] = those
-    sums / B = [loss_q1, loss_q2, mean_q1, mean_q2, mean_y] and takes the Adam step.
+    over these rows. The Adam step is ``_finish_part``'s (``update_main_kernel``).
 
     hp (float64): [gamma, smoothing_std, smoothing_clip, step_size, 1/sqrt(bias_corr2),
     beta1, beta2, eps, weight_decay, polyak].
@@ -642,25 +646,19 @@ def critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp,
     _gemm(False, False, 2 * hc1, cin, rows,
           _addr(ws, o_dz1), rows, _addr(ws, o_x), cin, _addr(grads, w1), cin)
 
-    if apply_step:
-        for k in range(5):
-            stats[k] = stats[5 + k] * inv_batch
-        _adam(params, grads, adam_m, adam_v, w1, c_end, hp)
 
 
 # ---------------------------------------------------------------------------------------------
 # actor update (+ Polyak)
 # ---------------------------------------------------------------------------------------------
 @njit(**_JIT)
-def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, obs_a, obs_c,
-                        ws, stats, inv_batch, apply_step, do_polyak):
-    """One TD3 actor step: gradient of -mean Q1(s, pi(o)), Adam, then Polyak on all targets.
+def actor_update_kernel(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch):
+    """The gradient of one TD3 actor step, -mean Q1(s, pi(o)).
 
     Back-propagates through Q1 to the action only; critic parameters and the critic part of
     ``grads`` are untouched. Over the rows given (a whole batch, or one block of it with
     ``inv_batch`` = 1 / B of the whole batch) it writes the actor part of ``grads`` and
-    stats[1] = sum Q1; with ``apply_step`` (whole batch) also stats[0] = actor loss, the Adam
-    step and, if ``do_polyak``, the Polyak update. hp as in ``critic_update_kernel``.
+    stats[1] = sum Q1. The Adam step is ``_finish_part``'s (``update_main_kernel``).
     """
     rows = obs_a.shape[0]
     if rows * actor_ws_per_row(dims) > ws.shape[0]:
@@ -751,56 +749,140 @@ def actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp, 
           _addr(ws, o_da1), rows, _addr(obs_a, 0), oa, _addr(grads, offs[0]), oa)
     _row_sums(ws, o_da1, ha1, rows, grads, offs[1])
 
-    if apply_step:
-        stats[0] = -stats[1] * inv_batch
-        _adam(params, grads, adam_m, adam_v, 0, offs[6], hp)
-        if do_polyak:
-            _polyak(params, targets, np.float32(hp[9]))
 
 
 # ---------------------------------------------------------------------------------------------
-# two threads: each runs one half of the batch through the kernels above (apply_step=False)
+# one whole update: the caller's kernel (update_main_kernel) and, with two threads, the helper
+# thread's loop (half_worker_loop), each on one half of the batch
 # ---------------------------------------------------------------------------------------------
-@njit(**_JIT)
-def finish_halves_kernel(params, targets, grads2, adam_m, adam_v, offs, hp, stats2, inv_batch,
-                         is_actor, do_polyak):
-    """Add the second half's gradient and statistics to the first's, then the Adam step.
+# counters (int64): [0 jobs posted, 1 jobs done (by the helper), 2 caller's half ready,
+#                    3 helper's half ready, 4 job cancelled by the caller]; 2-4 hold job numbers.
+# job (int64): [0 kind (1 critic, 2 actor, 0 stop), 1 helper's rows, 2 gather (0/1),
+#               3-4 Adam range [lo, hi), 5-6 Polyak range [lo, hi), 7 caller's rows]
+JOB_FIELDS = 8
+COUNTER_FIELDS = 5
+CRITIC_JOB = 1
+ACTOR_JOB = 2
+STOP_JOB = 0
 
-    Critic (is_actor False): critic part of the buffers, stats2[0, 0:5] = summed
-    stats2[:, 5:10] / B. Actor: actor part, stats2[0, 0] = -(sum Q1) / B, then Polyak on all
-    targets if ``do_polyak``.
-    """
-    lo = offs[6] if not is_actor else 0
-    hi = offs[7] if not is_actor else offs[6]
-    g = grads2[0]
-    _add_into(g, grads2[1], lo, hi)
-    if is_actor:
-        stats2[0, 0] = -(stats2[0, 1] + stats2[1, 1]) * inv_batch
+
+@_helper
+def _split_point(lo, hi):
+    """Where [lo, hi) is cut between the two threads: its middle, rounded down to a multiple
+    of 16 floats (a 64-byte line), so the two threads rarely write the same cache line."""
+    mid = ((lo + hi) // 2) // 16 * 16
+    return min(max(mid, lo), hi)
+
+
+@_helper
+def _share(lo, hi, part, parts):
+    """Thread ``part``'s share of [lo, hi) when ``parts`` (1 or 2) threads split it."""
+    if parts == 1:
+        return lo, hi
+    mid = _split_point(lo, hi)
+    return (lo, mid) if part == 0 else (mid, hi)
+
+
+@_helper
+def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, part, parts):
+    """Thread ``part``'s share (of ``parts``) of an update's end: the half gradients added and
+    the Adam step on [job[3], job[4]), then the Polyak step on [job[5], job[6]); each value
+    Polyak-averaged by the thread that stepped it (no other ordering between the threads is
+    needed). Every value goes through the same operations whichever thread computes it, so
+    the split changes no bits."""
+    alo, ahi, plo, phi = job[3], job[4], job[5], job[6]
+    a0, a1 = _share(alo, ahi, part, parts)
+    if a1 > a0:
+        if parts == 2:
+            _add_into(grads2[0], grads2[1], a0, a1)
+        _adam(params, grads2[0], adam_m, adam_v, a0, a1, hp)
+    if phi <= plo:
+        return
+    polyak = np.float32(hp[9])
+    lo, hi = max(plo, a0), min(phi, a1)  # inside this thread's Adam share
+    if hi > lo:
+        _polyak(params, targets, polyak, lo, hi)
+    lo, hi = _share(plo, min(phi, alo), part, parts)  # below the Adam range
+    if hi > lo:
+        _polyak(params, targets, polyak, lo, hi)
+    lo, hi = _share(max(plo, ahi), phi, part, parts)  # above it
+    if hi > lo:
+        _polyak(params, targets, polyak, lo, hi)
+
+
+@_helper
+def _half_gradient(kind, params, targets, grads, dims, offs, hp, obs_c, action, reward,
+                   next_obs_c, next_obs_a, terminated, noise, obs_a, ws, stats, inv_batch,
+                   rows, gather, data, data_offsets, idx, reward_scale):
+    """One thread's half of an update's gradient on ``rows`` rows of the batch arrays, first
+    gathered from the replay ``data`` at ``idx`` when ``gather`` (rewards times
+    ``reward_scale``)."""
+    if gather:
+        gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows], action[:rows],
+                    reward[:rows], next_obs_a[:rows], next_obs_c[:rows], terminated[:rows])
+        if reward_scale != _ONE:
+            for i in range(rows):
+                reward[i] = reward[i] * reward_scale
+    if kind == CRITIC_JOB:
+        critic_update_kernel(params, targets, grads, dims, offs, hp, obs_c[:rows],
+                             action[:rows], reward[:rows], next_obs_c[:rows], next_obs_a[:rows],
+                             terminated[:rows], noise[:rows], ws, stats, inv_batch)
     else:
+        actor_update_kernel(params, grads, dims, offs, obs_a[:rows], obs_c[:rows], ws, stats,
+                            inv_batch)
+
+
+@njit(**_JIT)
+def update_main_kernel(params, targets, grads2, adam_m, adam_v, dims, offs, hp, obs_c, action,
+                       reward, next_obs_c, next_obs_a, terminated, noise, obs_a, ws2, stats2,
+                       inv_batch, counters, job, data, data_offsets, idx, reward_scale):
+    """The calling thread's part of one update (``TD3Core._run_update``): the gradient on the
+    first job[7] rows of the batch arrays (gathered first when job[2]), then, with two
+    threads (``grads2`` has two rows), hand-over with ``half_worker_loop`` (which has the
+    other rows) and the lower share of the Adam and Polyak ranges; with one thread all of
+    them. Fills stats2[0]: critic [loss_q1, loss_q2, mean_q1, mean_q2, mean_y], actor [loss]."""
+    kind = job[0]
+    parts = grads2.shape[0]
+    number = counters[0]  # this job's number (posted before the call)
+    _half_gradient(kind, params, targets, grads2[0], dims, offs, hp, obs_c, action, reward,
+                   next_obs_c, next_obs_a, terminated, noise, obs_a, ws2[0], stats2[0],
+                   inv_batch, job[7], job[2] != 0, data, data_offsets, idx, reward_scale)
+    s = stats2[0]
+    if parts == 2:
+        store_release(counters, 2, number)
+        # the helper's half (or its failure: the caller's wait() then raises its error)
+        while load_acquire(counters, 3) < number and load_acquire(counters, 1) < number:
+            cpu_relax()
+        o = stats2[1]
+        if kind == CRITIC_JOB:
+            for k in range(5):
+                s[k] = (s[5 + k] + o[5 + k]) * inv_batch
+        else:
+            s[0] = -(s[1] + o[1]) * inv_batch
+    elif kind == CRITIC_JOB:
         for k in range(5):
-            stats2[0, k] = (stats2[0, 5 + k] + stats2[1, 5 + k]) * inv_batch
-    _adam(params, g, adam_m, adam_v, lo, hi, hp)
-    if do_polyak:
-        _polyak(params, targets, np.float32(hp[9]))
+            s[k] = s[5 + k] * inv_batch
+    else:
+        s[0] = -s[1] * inv_batch
+    _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, 0, parts)
 
 
-# ---------------------------------------------------------------------------------------------
-# the second update thread's loop (td3_core._HalfWorker)
-# ---------------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def half_worker_loop(counters, job, idle_turns, params, targets, grads, adam_m, adam_v, dims,
-                     offs, hp_critic, hp_actor, ws, stats_critic, stats_actor, obs_c, action,
-                     reward, next_obs_c, next_obs_a, terminated, noise, obs_a, inv_batch):
-    """Run posted half-batch jobs without returning to Python (no GIL to take per job).
+def half_worker_loop(counters, job, idle_turns, params, targets, grads2, adam_m, adam_v, dims,
+                     offs, hp_critic, hp_actor, ws2, stats_critic, stats_actor, obs_c, action,
+                     reward, next_obs_c, next_obs_a, terminated, noise, obs_a, scalars, idx, data,
+                     data_offsets):
+    """Run posted jobs (the second half of each update) without returning to Python (no GIL
+    to take per job).
 
-    ``counters`` = [jobs posted, jobs done] (int64); ``job`` = [kind, rows]: 1 = critic half
-    (``critic_update_kernel`` on the first ``rows`` rows of the mailbox arrays ``obs_c`` ...
-    ``noise``), 2 = actor half (``actor_update_kernel`` on ``obs_a``, ``obs_c``), 0 = stop.
-    Both with ``apply_step`` False: the caller adds the halves and steps. Returns True on stop,
-    False after ``idle_turns`` spins (~25 ns each) with nothing posted (the caller then blocks).
+    Per job: the gradient on the first job[1] rows of the mailbox arrays ``obs_c`` ...
+    ``obs_a`` (gathered first from the replay ``data`` at ``idx`` when job[2]) with
+    ``scalars`` = [1 / B, reward scale]; then "half ready", wait for the caller's half, the
+    upper share of the Adam and Polyak ranges (``_finish_part``), "done". Job kind 0 stops.
+    Returns True on stop, False after ``idle_turns`` spins (~25 ns each) with nothing posted
+    (the caller then blocks).
     """
     done = load_acquire(counters, 1)
-    apply_step = done < 0  # False; a variable, not a literal, so the kernels' signatures match
     idle = 0
     while idle <= idle_turns:
         if load_acquire(counters, 0) <= done:
@@ -808,19 +890,25 @@ def half_worker_loop(counters, job, idle_turns, params, targets, grads, adam_m, 
             idle += 1
             continue
         idle = 0
+        number = done + 1
         kind = job[0]
-        rows = job[1]
-        if kind == 0:
+        if kind == STOP_JOB:
             return True
-        if kind == 1:
-            critic_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp_critic,
-                                 obs_c[:rows], action[:rows], reward[:rows], next_obs_c[:rows],
-                                 next_obs_a[:rows], terminated[:rows], noise[:rows], ws,
-                                 stats_critic, inv_batch[0], apply_step)
-        else:
-            actor_update_kernel(params, targets, grads, adam_m, adam_v, dims, offs, hp_actor,
-                                obs_a[:rows], obs_c[:rows], ws, stats_actor, inv_batch[0],
-                                apply_step, apply_step)
-        done += 1
+        critic = kind == CRITIC_JOB
+        hp = hp_critic if critic else hp_actor
+        stats2 = stats_critic if critic else stats_actor
+        _half_gradient(kind, params, targets, grads2[1], dims, offs, hp, obs_c, action, reward,
+                       next_obs_c, next_obs_a, terminated, noise, obs_a, ws2[1], stats2[1],
+                       scalars[0], job[1], job[2] != 0, data, data_offsets, idx, scalars[1])
+        store_release(counters, 3, number)
+        cancelled = False
+        while load_acquire(counters, 2) < number:
+            if load_acquire(counters, 4) >= number:
+                cancelled = True
+                break
+            cpu_relax()
+        if not cancelled:
+            _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, 1, 2)
+        done = number
         store_release(counters, 1, done)
     return False
