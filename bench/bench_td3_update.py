@@ -103,7 +103,7 @@ def _torch_baseline(torch, core):
 def worker_compile() -> dict:
     """Import + first call of every kernel (compiles, or loads from the numba cache).
 
-    Covers both thread modes (threads=2 adds the helper thread's ``half_worker_loop``).
+    Covers both thread modes (threads=2 adds the helper thread's loop).
     """
     t0 = time.perf_counter()
     import numpy as np

@@ -28,7 +28,7 @@ def kernels_cached() -> bool:
     from . import td3_kernels
 
     try:
-        return bool(td3_kernels.update_main_kernel._cache._cache_file._load_index())
+        return bool(td3_kernels.update_kernel._cache._cache_file._load_index())
     except Exception:  # numba internals moved: behave as if warm
         return True
 

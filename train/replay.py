@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 from nanofly.sim.cpu import copy_into
 
@@ -24,7 +25,7 @@ BATCH_FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_criti
                 "terminated")
 
 
-@njit(cache=True)
+@register_jitable
 def gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
     """Copy rows ``idx`` of ``data`` into the batch arrays (``next_obs`` rebuilt).
 
@@ -56,6 +57,11 @@ def gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs
         copy_into(b_ncobs[j], row[o_ncobs:o_ncobs + b_ncobs.shape[1]])
         b_term[j] = row[o_term]
     return touched  # returned so the first pass is not optimized away
+
+
+@njit(cache=True)
+def _gather_kernel(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
+    return gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term)
 
 
 class ReplayBuffer:
@@ -106,7 +112,7 @@ class ReplayBuffer:
         if out is None:
             out = {name: np.empty((len(idx),) + ((self._batch_widths[name],) if name not in (
                 "reward", "terminated") else ()), np.float32) for name in BATCH_FIELDS}
-        gather_rows(np.asarray(idx, dtype=np.int64), self.data, self.offsets, out["obs"],
+        _gather_kernel(np.asarray(idx, dtype=np.int64), self.data, self.offsets, out["obs"],
                 out["critic_obs"], out["action"], out["reward"], out["next_obs"],
                 out["next_critic_obs"], out["terminated"])
         return out

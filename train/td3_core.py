@@ -203,8 +203,9 @@ class TD3Core:
         # rows (this thread's, the helper's) of the batch the last critic_update_sampled
         # gathered, which actor_update_sampled reuses; None when there is none
         self._sampled_rows: tuple[int, int] | None = None
-        # update_main_kernel's job and counters when there is no helper thread; and the replay
+        # update_kernel's job and counters when there is no helper thread; and the replay
         # arguments of updates that do not gather
+        self._scalars = np.zeros(2, dtype=_F32)  # [1 / B, reward scale] of this thread's half
         self._solo_job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
         self._solo_counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
         self._no_replay = (np.zeros((1, 1), dtype=_F32), np.zeros(7, dtype=np.int64),
@@ -290,7 +291,7 @@ class TD3Core:
             self.close()  # the helper thread is bound to the old buffers
 
     def _batch_arrays(self, rows: int) -> tuple[np.ndarray, ...]:
-        """Arrays for ``rows`` rows of an update's inputs, in update_main_kernel's order:
+        """Arrays for ``rows`` rows of an update's inputs, in update_kernel's order:
         critic obs, action, reward, next critic obs, next actor obs, terminated, noise, actor
         obs."""
         oa, oc, na = self.actor_obs_dim, self.critic_obs_dim, self.action_dim
@@ -430,22 +431,21 @@ class TD3Core:
     def _run_update(self, kind: int, inputs: tuple, b: int, mailbox_inputs, replay,
                     reward_scale: np.float32, actor: bool, polyak: tuple[int, int] = (0, 0),
                     rows: tuple[int, int] | None = None) -> None:
-        """One update: ``update_main_kernel`` on this thread's rows of ``inputs`` (its eight
-        arrays in the kernel's order) and, with two threads, ``half_worker_loop`` on the rest.
+        """One update: ``update_kernel`` on this thread's rows of ``inputs`` (its eight arrays
+        in the kernel's order) and, with two threads, the helper thread on the rest.
 
         ``mailbox_inputs``: what to copy into the helper's mailbox first (the seven critic
         arrays as a sequence, or {slot: array}; None: nothing, it gathers or has its rows);
         ``replay``: (data, offsets, idx) to gather from, or None; ``rows``: (this thread's,
         the helper's) when the helper already holds its rows."""
-        if actor:
+        if actor:  # the Adam range: the actor's or the critics' parameters
             self.actor_steps += 1
-            hp, stats2, lo, hi = self._hp_actor, self._actor_stats2, 0, self.n_actor_params
-            self._adam_hp(hp, self.actor_lr, self.actor_steps)
+            lo, hi = 0, self.n_actor_params
+            self._adam_hp(self._hp_actor, self.actor_lr, self.actor_steps)
         else:
             self.critic_steps += 1
-            hp, stats2 = self._hp_critic, self._stats2
             lo, hi = self.n_actor_params, self.n_actor_params + self.n_critic_params
-            self._adam_hp(hp, self.critic_lr, self.critic_steps)
+            self._adam_hp(self._hp_critic, self.critic_lr, self.critic_steps)
         gather = replay is not None
         data, offsets, idx = replay if gather else self._no_replay
         inv_batch = _F32(1.0 / b)
@@ -467,6 +467,9 @@ class TD3Core:
                     worker.fill(slot, array[rows[0]:])
             worker.scalars[0] = inv_batch
             worker.scalars[1] = reward_scale
+        scalars = self._scalars
+        scalars[0] = inv_batch
+        scalars[1] = reward_scale
         job[0] = kind
         job[1] = rows[1]
         job[2] = gather
@@ -479,10 +482,10 @@ class TD3Core:
         if worker is not None:
             worker.wake()
         try:
-            _k.update_main_kernel(self.params, self.targets, self._grads2, self.adam_m,
-                                  self.adam_v, self.dims, self.offs, hp, *inputs, self._ws2,
-                                  stats2, inv_batch, counters, job, data, offsets, idx,
-                                  reward_scale)
+            _k.update_kernel(0, counters, job, 0, self.params, self.targets, self._grads2,
+                             self.adam_m, self.adam_v, self.dims, self.offs, self._hp_critic,
+                             self._hp_actor, self._ws2, self._stats2, self._actor_stats2,
+                             *inputs, scalars, idx, data, offsets)
         except BaseException:
             if worker is not None:  # the helper must not finish a half-done update
                 counters[4] = counters[0]
@@ -724,7 +727,7 @@ class TD3Core:
 class _HalfWorker:
     """One daemon thread that computes the second half of each update (for ``threads=2``).
 
-    The thread runs ``td3_kernels.half_worker_loop``, a numba loop outside the GIL that spins
+    The thread runs ``td3_kernels.update_kernel`` in its loop role, outside the GIL: it spins
     on a job counter and runs the job itself: a thread that had to return to Python for each
     job waited ~30 us for the GIL (the trainer's thread holds it between kernels) and then
     spent ~15 us unpacking the kernel's arguments, so the first half's thread waited for it at
@@ -745,7 +748,7 @@ class _HalfWorker:
     IDLE_SPIN_TURNS = 80_000
 
     def __init__(self, buffers: tuple, mailbox: list[np.ndarray], data: np.ndarray):
-        """``buffers``: ``half_worker_loop``'s arguments after ``idle_turns``; ``mailbox``: the
+        """``buffers``: ``update_kernel``'s arguments after ``idle_turns``; ``mailbox``: the
         ten of them from obs_c to idx (obs_c, action, reward, next_obs_c, next_obs_a,
         terminated, noise, obs_a, scalars = [1 / B, reward scale], idx); ``data``: the replay
         data it gathers from."""
@@ -771,8 +774,8 @@ class _HalfWorker:
     def _loop(self) -> None:
         while True:
             try:
-                if _k.half_worker_loop(self.counters, self.job, self._idle_turns,
-                                       *self._buffers):
+                if _k.update_kernel(1, self.counters, self.job, self._idle_turns,
+                                    *self._buffers):
                     return  # told to stop
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc

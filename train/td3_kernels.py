@@ -13,13 +13,13 @@ Conventions:
   transposed without a copy.
 - Weights are stored as torch does, (out, in) row-major, so y^T = W x^T + b.
 - No allocation: every intermediate lives in the workspace ``ws`` passed in.
-- A batch can be split into row blocks: ``critic_update_kernel`` / ``actor_update_kernel``
-  compute the gradient contribution of a block (scaled by 1/B of the whole batch). One update
-  is one call of ``update_main_kernel`` from Python: with one thread it runs the whole batch
-  as one block, then the Adam (and Polyak) step; with two threads (``TD3Core(threads=2)``)
-  it runs the first half while ``half_worker_loop`` (a helper thread that never returns to
-  Python between jobs) runs the second, and each then adds the two gradients and steps one
-  half of the parameters. The replay rows can be gathered inside the same call
+- A batch can be split into row blocks: ``critic_gradient`` / ``actor_gradient`` compute the
+  gradient contribution of a block (scaled by 1/B of the whole batch). One update is one call
+  of ``update_kernel`` from Python: with one thread it runs the whole batch as one block,
+  then the Adam (and Polyak) step; with two threads (``TD3Core(threads=2)``) it runs the first
+  half while a helper thread (the same kernel in its loop role, never returning to Python
+  between jobs) runs the second, and each then adds the two gradients and steps one half of
+  the parameters. The replay rows can be gathered inside the same call
   (``gather_rows``), each thread its own half. Plain Python threads, not numba's
   ``parallel=True``: parfors added ~6 s of cold compile for the same split.
 
@@ -494,22 +494,22 @@ def actor_forward_kernel(theta, dims, offs, obs, out, ws):
 # ---------------------------------------------------------------------------------------------
 # critic update
 # ---------------------------------------------------------------------------------------------
-@njit(**_JIT)
-def critic_update_kernel(params, targets, grads, dims, offs, hp, obs_c, action, reward,
+@_helper
+def critic_gradient(params, targets, grads, dims, offs, hp, obs_c, action, reward,
                          next_obs_c, next_obs_a, terminated, noise, ws, stats, inv_batch):
     """The gradient of one TD3 critic step for both critics (see ``TD3Core.critic_update``).
 
     Computes the gradient of the twin-critic loss over the rows given (a whole batch, or one
     block of it with ``inv_batch`` = 1 / B of the whole batch) into the critic part of
     ``grads``; stats[5:10] (out) = [sum (q1 - y)^2, sum (q2 - y)^2, sum q1, sum q2, sum y]
-    over these rows. The Adam step is ``_finish_part``'s (``update_main_kernel``).
+    over these rows. The Adam step is ``_finish_part``'s (``update_kernel``).
 
     hp (float64): [gamma, smoothing_std, smoothing_clip, step_size, 1/sqrt(bias_corr2),
     beta1, beta2, eps, weight_decay, polyak].
     """
     rows = obs_c.shape[0]
     if rows * critic_ws_per_row(dims) > ws.shape[0]:
-        raise ValueError("critic_update_kernel: workspace too small")
+        raise ValueError("critic_gradient: workspace too small")
     oc, na, ha1, ha2, hc1, hc2 = dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
     cin = oc + na
     # critic parameter offsets (stacked twin layout, see TD3Core); LayerNorm when dims[7] = 1
@@ -647,22 +647,21 @@ def critic_update_kernel(params, targets, grads, dims, offs, hp, obs_c, action, 
           _addr(ws, o_dz1), rows, _addr(ws, o_x), cin, _addr(grads, w1), cin)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # actor update (+ Polyak)
 # ---------------------------------------------------------------------------------------------
-@njit(**_JIT)
-def actor_update_kernel(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch):
+@_helper
+def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch):
     """The gradient of one TD3 actor step, -mean Q1(s, pi(o)).
 
     Back-propagates through Q1 to the action only; critic parameters and the critic part of
     ``grads`` are untouched. Over the rows given (a whole batch, or one block of it with
     ``inv_batch`` = 1 / B of the whole batch) it writes the actor part of ``grads`` and
-    stats[1] = sum Q1. The Adam step is ``_finish_part``'s (``update_main_kernel``).
+    stats[1] = sum Q1. The Adam step is ``_finish_part``'s (``update_kernel``).
     """
     rows = obs_a.shape[0]
     if rows * actor_ws_per_row(dims) > ws.shape[0]:
-        raise ValueError("actor_update_kernel: workspace too small")
+        raise ValueError("actor_gradient: workspace too small")
     oa, oc, na, ha1, ha2, hc1, hc2 = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
     cin = oc + na
     if rows == 0:
@@ -750,10 +749,9 @@ def actor_update_kernel(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_
     _row_sums(ws, o_da1, ha1, rows, grads, offs[1])
 
 
-
 # ---------------------------------------------------------------------------------------------
-# one whole update: the caller's kernel (update_main_kernel) and, with two threads, the helper
-# thread's loop (half_worker_loop), each on one half of the batch
+# one whole update (update_kernel): the caller's thread and, with two threads, the helper
+# thread's loop, each on one half of the batch
 # ---------------------------------------------------------------------------------------------
 # counters (int64): [0 jobs posted, 1 jobs done (by the helper), 2 caller's half ready,
 #                    3 helper's half ready, 4 job cancelled by the caller]; 2-4 hold job numbers.
@@ -810,105 +808,87 @@ def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, part, parts):
         _polyak(params, targets, polyak, lo, hi)
 
 
-@_helper
-def _half_gradient(kind, params, targets, grads, dims, offs, hp, obs_c, action, reward,
-                   next_obs_c, next_obs_a, terminated, noise, obs_a, ws, stats, inv_batch,
-                   rows, gather, data, data_offsets, idx, reward_scale):
-    """One thread's half of an update's gradient on ``rows`` rows of the batch arrays, first
-    gathered from the replay ``data`` at ``idx`` when ``gather`` (rewards times
-    ``reward_scale``)."""
-    if gather:
-        gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows], action[:rows],
-                    reward[:rows], next_obs_a[:rows], next_obs_c[:rows], terminated[:rows])
-        if reward_scale != _ONE:
-            for i in range(rows):
-                reward[i] = reward[i] * reward_scale
-    if kind == CRITIC_JOB:
-        critic_update_kernel(params, targets, grads, dims, offs, hp, obs_c[:rows],
-                             action[:rows], reward[:rows], next_obs_c[:rows], next_obs_a[:rows],
-                             terminated[:rows], noise[:rows], ws, stats, inv_batch)
-    else:
-        actor_update_kernel(params, grads, dims, offs, obs_a[:rows], obs_c[:rows], ws, stats,
-                            inv_batch)
-
-
 @njit(**_JIT)
-def update_main_kernel(params, targets, grads2, adam_m, adam_v, dims, offs, hp, obs_c, action,
-                       reward, next_obs_c, next_obs_a, terminated, noise, obs_a, ws2, stats2,
-                       inv_batch, counters, job, data, data_offsets, idx, reward_scale):
-    """The calling thread's part of one update (``TD3Core._run_update``): the gradient on the
-    first job[7] rows of the batch arrays (gathered first when job[2]), then, with two
-    threads (``grads2`` has two rows), hand-over with ``half_worker_loop`` (which has the
-    other rows) and the lower share of the Adam and Polyak ranges; with one thread all of
-    them. Fills stats2[0]: critic [loss_q1, loss_q2, mean_q1, mean_q2, mean_y], actor [loss]."""
-    kind = job[0]
-    parts = grads2.shape[0]
-    number = counters[0]  # this job's number (posted before the call)
-    _half_gradient(kind, params, targets, grads2[0], dims, offs, hp, obs_c, action, reward,
-                   next_obs_c, next_obs_a, terminated, noise, obs_a, ws2[0], stats2[0],
-                   inv_batch, job[7], job[2] != 0, data, data_offsets, idx, reward_scale)
-    s = stats2[0]
-    if parts == 2:
-        store_release(counters, 2, number)
-        # the helper's half (or its failure: the caller's wait() then raises its error)
-        while load_acquire(counters, 3) < number and load_acquire(counters, 1) < number:
-            cpu_relax()
-        o = stats2[1]
-        if kind == CRITIC_JOB:
-            for k in range(5):
-                s[k] = (s[5 + k] + o[5 + k]) * inv_batch
-        else:
-            s[0] = -(s[1] + o[1]) * inv_batch
-    elif kind == CRITIC_JOB:
-        for k in range(5):
-            s[k] = s[5 + k] * inv_batch
-    else:
-        s[0] = -s[1] * inv_batch
-    _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, 0, parts)
+def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam_m, adam_v, dims,
+                  offs, hp_critic, hp_actor, ws2, stats_critic, stats_actor, obs_c, action,
+                  reward, next_obs_c, next_obs_a, terminated, noise, obs_a, scalars, idx, data,
+                  data_offsets):
+    """One update, or the helper thread's loop of them (``TD3Core``, ``_HalfWorker``).
 
+    ``role`` 0 (the caller): run the job just posted (job[0] 1 = critic, 2 = actor) on the
+    first job[7] rows of the batch arrays ``obs_c`` ... ``obs_a`` (gathered first from the
+    replay ``data`` at ``idx`` when job[2]), with ``scalars`` = [1 / B, reward scale]; with
+    two threads (``grads2`` has two rows) meet the helper when both gradients are ready and
+    take the lower share of the Adam and Polyak ranges, with one thread all of them. Fills
+    stats_critic[0, 0:5] = [loss_q1, loss_q2, mean_q1, mean_q2, mean_y] or stats_actor[0, 0]
+    = the actor loss. Returns True.
 
-@njit(cache=True, nogil=True)
-def half_worker_loop(counters, job, idle_turns, params, targets, grads2, adam_m, adam_v, dims,
-                     offs, hp_critic, hp_actor, ws2, stats_critic, stats_actor, obs_c, action,
-                     reward, next_obs_c, next_obs_a, terminated, noise, obs_a, scalars, idx, data,
-                     data_offsets):
-    """Run posted jobs (the second half of each update) without returning to Python (no GIL
-    to take per job).
+    ``role`` 1 (the helper thread, on its own mailbox arrays): run posted jobs on their first
+    job[1] rows, the upper shares, until a stop job (returns True) or until ``idle_turns``
+    spins (~25 ns each) passed with nothing posted (returns False; the thread then blocks).
 
-    Per job: the gradient on the first job[1] rows of the mailbox arrays ``obs_c`` ...
-    ``obs_a`` (gathered first from the replay ``data`` at ``idx`` when job[2]) with
-    ``scalars`` = [1 / B, reward scale]; then "half ready", wait for the caller's half, the
-    upper share of the Adam and Polyak ranges (``_finish_part``), "done". Job kind 0 stops.
-    Returns True on stop, False after ``idle_turns`` spins (~25 ns each) with nothing posted
-    (the caller then blocks).
+    One function for both roles, with one call of each piece of the update code, so it is
+    compiled once: each entry point (or level of helpers) that links the update code optimizes
+    and compiles all of it again (measured: 12.7 s cold with two more levels, 8.3 s before).
     """
+    part = role
+    parts = grads2.shape[0]
     done = load_acquire(counters, 1)
     idle = 0
-    while idle <= idle_turns:
-        if load_acquire(counters, 0) <= done:
-            cpu_relax()
-            idle += 1
-            continue
-        idle = 0
-        number = done + 1
-        kind = job[0]
-        if kind == STOP_JOB:
-            return True
-        critic = kind == CRITIC_JOB
+    while True:
+        if role == 1:  # wait for a job
+            if load_acquire(counters, 0) <= done:
+                if idle > idle_turns:
+                    return False
+                cpu_relax()
+                idle += 1
+                continue
+            idle = 0
+            if job[0] == STOP_JOB:
+                return True
+        number = load_acquire(counters, 0)  # this job's number
+        critic = job[0] == CRITIC_JOB
         hp = hp_critic if critic else hp_actor
         stats2 = stats_critic if critic else stats_actor
-        _half_gradient(kind, params, targets, grads2[1], dims, offs, hp, obs_c, action, reward,
-                       next_obs_c, next_obs_a, terminated, noise, obs_a, ws2[1], stats2[1],
-                       scalars[0], job[1], job[2] != 0, data, data_offsets, idx, scalars[1])
-        store_release(counters, 3, number)
+        inv_batch = scalars[0]
+        rows = job[7] if part == 0 else job[1]
+        # this thread's half of the gradient
+        if job[2] != 0:
+            gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows],
+                        action[:rows], reward[:rows], next_obs_a[:rows], next_obs_c[:rows],
+                        terminated[:rows])
+            if scalars[1] != _ONE:
+                for i in range(rows):
+                    reward[i] = reward[i] * scalars[1]
+        if critic:
+            critic_gradient(params, targets, grads2[part], dims, offs, hp, obs_c[:rows],
+                            action[:rows], reward[:rows], next_obs_c[:rows], next_obs_a[:rows],
+                            terminated[:rows], noise[:rows], ws2[part], stats2[part], inv_batch)
+        else:
+            actor_gradient(params, grads2[part], dims, offs, obs_a[:rows], obs_c[:rows],
+                           ws2[part], stats2[part], inv_batch)
         cancelled = False
-        while load_acquire(counters, 2) < number:
-            if load_acquire(counters, 4) >= number:
-                cancelled = True
-                break
-            cpu_relax()
+        if parts == 2:  # meet: both halves' gradients ready
+            store_release(counters, 2 + part, number)
+            if part == 0:  # (or the helper failed: the caller's wait() then raises its error)
+                while load_acquire(counters, 3) < number and load_acquire(counters, 1) < number:
+                    cpu_relax()
+            else:
+                while load_acquire(counters, 2) < number:
+                    if load_acquire(counters, 4) >= number:
+                        cancelled = True  # by the caller: leave the parameters alone
+                        break
+                    cpu_relax()
+        if part == 0:  # the loss and the statistics of the whole batch
+            s = stats2[0]
+            if critic:
+                for k in range(5):
+                    s[k] = (s[5 + k] + stats2[1, 5 + k] if parts == 2 else s[5 + k]) * inv_batch
+            else:
+                s[0] = -(s[1] + stats2[1, 1] if parts == 2 else s[1]) * inv_batch
         if not cancelled:
-            _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, 1, 2)
-        done = number
+            _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, part, parts)
+        if role == 0:
+            return True
+        done += 1
         store_release(counters, 1, done)
-    return False
