@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                "kept_selection_score": st.best_selection_score,
                "hover_success": result["success_rate"],
                "final_position_rmse_m": result["final_position_rmse_m"],
-               "selection_history": [[s, round(v, 3)] for s, v, _ in st.selection_history]}
+               "selection_history": [[h[0], round(h[1], 3)] for h in st.selection_history]}
         if args.int8:
             from nanofly.export.exporter import export_policy
             from nanofly.train.policy import save_policy

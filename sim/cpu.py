@@ -1,7 +1,7 @@
 """Low-level helpers for the numba kernels: CPU operations numba does not offer, as
-intrinsics (an atomic acquire load for spin waits, the spin-loop hint ``pause``, cache-line
-prefetches for reading and for writing, a call to another kernel's own machine code), and the
-element copy loop the kernels share.
+intrinsics (an atomic acquire load for spin waits, the spin-loop hint ``pause``, giving up
+the core, cache-line prefetches for reading and for writing, a call to another kernel's own
+machine code), a spin wait, and the element copy loop the kernels share.
 
 Each intrinsic emits one LLVM instruction or call; nothing here holds state.
 """
@@ -56,6 +56,40 @@ def cpu_relax(typingctx):
         builder.call(pause, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def yield_cpu(typingctx):
+    """``sched_yield()``: let another runnable thread have this core (libc; resolved by name
+    when the kernel is loaded, so ``cache=True`` works)."""
+    def codegen(context, builder, signature, args):
+        sched_yield = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(sched_yield, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+# Spin waits yield the core after this many ``pause`` turns (~50 us): two spinning threads
+# must not starve each other when a third process takes one of the two cores.
+SPIN_TURNS_BEFORE_YIELD = 2_000
+
+
+@njit(inline="always")
+def spin_until(counters, index, value, cancel_index, cancel_value):
+    """Spin until ``counters[index] >= value`` (True) or, with ``cancel_index`` >= 0, until
+    ``counters[cancel_index] >= cancel_value`` first (False); yields the core now and then."""
+    turns = 0
+    while load_acquire(counters, index) < value:
+        if cancel_index >= 0 and load_acquire(counters, cancel_index) >= cancel_value:
+            return False
+        turns += 1
+        if turns == SPIN_TURNS_BEFORE_YIELD:
+            yield_cpu()
+            turns = 0
+        else:
+            cpu_relax()
+    return True
 
 
 def _prefetch(builder, pointer, write):

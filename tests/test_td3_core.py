@@ -569,8 +569,15 @@ def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
         noise = rng.standard_normal((idx.size, a.action_dim)).astype(np.float32)
         scale = 0.5 if step % 2 else 1.0
         critic_targets = step % 3 != 0
-        loss_a = a.critic_update_sampled(replay, idx, noise, reward_scale=scale,
-                                         update_targets=critic_targets)
+        which = ("none", "actor", "all")[step % 3]
+        if step < 3:  # the critic and the actor update in one call
+            loss_a, actor_a = a.update_sampled(replay, idx, noise, reward_scale=scale,
+                                               critic_targets=critic_targets,
+                                               actor_targets=which)
+        else:
+            loss_a = a.critic_update_sampled(replay, idx, noise, reward_scale=scale,
+                                             update_targets=critic_targets)
+            actor_a = a.actor_update_sampled(which)
         batch = replay.get(idx)
         loss_b = b.critic_update(batch["critic_obs"], batch["action"],
                                  batch["reward"] * np.float32(scale), batch["next_critic_obs"],
@@ -578,8 +585,6 @@ def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
         if critic_targets:
             b.update_critic_targets()
         assert loss_a == loss_b
-        which = ("none", "actor", "all")[step % 3]
-        actor_a = a.actor_update_sampled(which)
         actor_b = b.actor_update(batch["obs"], batch["critic_obs"], update_targets=which == "all")
         if which == "actor":
             b.update_actor_target()
@@ -587,6 +592,7 @@ def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
         np.testing.assert_array_equal(a.params, b.params)
         np.testing.assert_array_equal(a.targets, b.targets)
         np.testing.assert_array_equal(a.adam_v, b.adam_v)
+        assert (a.critic_steps, a.actor_steps) == (b.critic_steps, b.actor_steps)
     a.close()
     b.close()
 
@@ -601,8 +607,13 @@ def test_sampled_update_errors():
     noise = np.zeros((4, core.action_dim), np.float32)
     with pytest.raises(RuntimeError, match="critic_update_sampled"):
         core.actor_update_sampled()
-    with pytest.raises(ValueError, match=r"\[0, 10\)"):  # a row not stored yet
-        core.critic_update_sampled(replay, np.array([0, 1, 2, 10]), noise)
+    state = {k: v.copy() for k, v in core.state_dict().items() if isinstance(v, np.ndarray)}
+    for bad in ([0, 1, 2, 10], [10, 1, 2, 3], [-1, 0, 0, 0]):  # a row not stored yet, in
+        with pytest.raises(ValueError, match=r"\[0, 10\)"):  # either thread's half
+            core.update_sampled(replay, np.array(bad), noise, actor_targets="all")
+    for key, value in state.items():  # and nothing changed
+        np.testing.assert_array_equal(core.state_dict()[key], value)
+    assert core.critic_steps == core.actor_steps == 0
     with pytest.raises(ValueError, match="int64"):
         core.critic_update_sampled(replay, np.array([0, 1, 2, 3], np.int32), noise)
     with pytest.raises(ValueError, match="noise"):

@@ -113,15 +113,17 @@ def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
 
 
 def test_checkpoint_from_before_layer_norm_critics_resumes_without_them():
-    """Checkpoints written before TrainConfig.critic_layer_norm existed have no such key and
-    critics without LayerNorm: they resume as such, not with the new default."""
+    """Checkpoints written before TrainConfig.critic_layer_norm (and the selection pre-screen)
+    existed have no such keys and critics without LayerNorm: they resume as such, not with the
+    new defaults."""
     from nanofly.train.td3 import config_of_checkpoint
 
-    cfg = TrainConfig(**SMALL, seed=6, critic_layer_norm=False)
+    cfg = TrainConfig(**SMALL, seed=6, critic_layer_norm=False, selection_prescreen_episodes=0)
     first = Trainer(dataclasses.replace(cfg, total_env_steps=2000))
     run_loop(first)
     ck = first.checkpoint()
-    ck["config"] = {k: v for k, v in ck["config"].items() if k != "critic_layer_norm"}
+    ck["config"] = {k: v for k, v in ck["config"].items()
+                    if k not in ("critic_layer_norm", "selection_prescreen_episodes")}
     ck["config"]["total_env_steps"] = cfg.total_env_steps
     assert config_of_checkpoint(ck) == cfg
     resumed = train(cfg, resume=pickle.loads(pickle.dumps(ck)))
@@ -166,6 +168,14 @@ def test_checkpoint_selection_keeps_best_snapshot_and_stops_early():
     # a reachable stop threshold ends the run at the first check that meets it
     stop = train(dataclasses.replace(cfg, stop_at_selection_success=0.0))
     assert stop.state.stopped_early and stop.state.env_steps == 2000
+    # the pre-screen: a snapshot below its threshold on the first episodes is scored on them
+    screened = train(dataclasses.replace(cfg, selection_prescreen_episodes=8,
+                                         selection_prescreen_success=1.01))
+    assert [h[3] for h in screened.state.selection_history] == [8, 8, 8]
+    assert [h[3] for h in hist] == [16, 16, 16]  # (pre-screen of 200 >= 16: none)
+    passed = train(dataclasses.replace(cfg, selection_prescreen_episodes=8,
+                                       selection_prescreen_success=0.0))
+    assert passed.state.selection_history == hist  # passing it changes nothing
 
 
 def test_checkpoint_from_other_config_is_refused():

@@ -209,7 +209,7 @@ class TD3Core:
         self._solo_job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
         self._solo_counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
         self._no_replay = (np.zeros((1, 1), dtype=_F32), np.zeros(7, dtype=np.int64),
-                           np.zeros(1, dtype=np.int64))
+                           np.zeros(1, dtype=np.int64), 0)
         self._ensure_update_workspace(self.batch_size)
         self._fwd_ws = np.zeros(0, dtype=_F32)
         self._fwd_rows = 0  # rows the forward workspace holds
@@ -364,32 +364,45 @@ class TD3Core:
         inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise,
                   self._batch[7])
         self._sampled_rows = None  # the mailbox gets these rows
-        self._run_update(_k.CRITIC_JOB, inputs, b, inputs[:7], None, _F32(1.0), False)
+        rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        self._run_update(_k.CRITIC_JOB, inputs, b, inputs[:7], None, _F32(1.0), rows)
         return float(self._stats2[0, 0] + self._stats2[0, 1])
 
-    def critic_update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
-                              reward_scale: float = 1.0, update_targets: bool = False) -> float:
+    def update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
+                       reward_scale: float = 1.0, critic_targets: bool = False,
+                       actor_targets: str | None = None) -> tuple[float, float | None]:
         """``critic_update`` on the rows ``idx`` of a ``ReplayBuffer`` (gathered by the threads
-        that use them: no batch arrays are built), rewards times ``reward_scale``; then, with
-        ``update_targets``, the Polyak step of the two target critics. ``actor_update_sampled``
-        reuses the batch. Same numbers as ``critic_update`` on ``replay.get(idx)``."""
-        data, offsets = replay.data, replay.offsets
+        that use them: no batch arrays are built), rewards times ``reward_scale``; with
+        ``critic_targets`` then the Polyak step of the two target critics; and with
+        ``actor_targets`` ("none", "actor" or "all": which targets take a Polyak step after
+        it) an ``actor_update`` on the same batch, in the same call. Returns (critic loss,
+        actor loss or None). Same numbers as the array calls on ``replay.get(idx)``; rows
+        outside the stored ones raise ValueError and change nothing."""
         if (type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1
                 or not idx.flags.c_contiguous or not 1 <= idx.shape[0]):
             raise ValueError("idx: expected a non-empty C-contiguous int64 array of row indices")
-        if idx.min() < 0 or idx.max() >= replay.size:
-            raise ValueError(f"idx: row indices must be in [0, {replay.size}) (the rows stored)")
         b = idx.shape[0]
         noise = self._check("noise", noise, b, self.action_dim)
         self._grow(b)
         self._sampled_rows = None
-        c0, c1 = self.n_actor_params, self.n_actor_params + self.n_critic_params
-        self._run_update(_k.CRITIC_JOB, (*self._batch[:6], noise, self._batch[7]), b,
-                         None, (data, offsets, idx), _F32(reward_scale), False,
-                         polyak=(c0, c1) if update_targets else (0, 0))
-        h = (b + 1) // 2 if self.threads == 2 else b
-        self._sampled_rows = (h, b - h)
-        return float(self._stats2[0, 0] + self._stats2[0, 1])
+        phases = _k.CRITIC_JOB | (_k.ACTOR_JOB if actor_targets is not None else 0)
+        rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        ok = self._run_update(phases, (*self._batch[:6], noise, self._batch[7]), b, None,
+                              (replay.data, replay.offsets, idx, replay.size),
+                              _F32(reward_scale), rows,
+                              critic_polyak="critics" if critic_targets else "none",
+                              actor_polyak=actor_targets or "none")
+        if not ok:
+            raise ValueError(f"idx: row indices must be in [0, {replay.size}) (the rows stored)")
+        self._sampled_rows = rows
+        return (float(self._stats2[0, 0] + self._stats2[0, 1]),
+                None if actor_targets is None else float(self._actor_stats2[0, 0]))
+
+    def critic_update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
+                              reward_scale: float = 1.0, update_targets: bool = False) -> float:
+        """``update_sampled`` without the actor update; ``actor_update_sampled`` may follow on
+        the same batch. Returns the critic loss."""
+        return self.update_sampled(replay, idx, noise, reward_scale, update_targets)[0]
 
     def actor_update(self, actor_obs: np.ndarray, critic_obs: np.ndarray,
                      update_targets: bool = True) -> float:
@@ -399,11 +412,10 @@ class TD3Core:
         critic_obs = self._check("critic_obs", critic_obs, b, self.critic_obs_dim)
         self._grow(b)
         self._sampled_rows = None
-        dummy = self._batch
-        inputs = (critic_obs, *dummy[1:7], actor_obs)
-        mailbox_inputs = {0: critic_obs, 7: actor_obs}
-        self._run_update(_k.ACTOR_JOB, inputs, b, mailbox_inputs, None, _F32(1.0), True,
-                         polyak=(0, self.params.shape[0]) if update_targets else (0, 0))
+        inputs = (critic_obs, *self._batch[1:7], actor_obs)
+        rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        self._run_update(_k.ACTOR_JOB, inputs, b, {0: critic_obs, 7: actor_obs}, None,
+                         _F32(1.0), rows, actor_polyak="all" if update_targets else "none")
         return float(self._actor_stats2[0, 0])
 
     def actor_update_sampled(self, update_targets: str = "none") -> float:
@@ -413,14 +425,9 @@ class TD3Core:
         if self._sampled_rows is None:
             raise RuntimeError("actor_update_sampled needs a critic_update_sampled before it "
                                "(and no critic_update / actor_update in between)")
-        polyak = {"none": (0, 0), "actor": (0, self.n_actor_params),
-                  "all": (0, self.params.shape[0])}.get(update_targets)
-        if polyak is None:
-            raise ValueError(f"update_targets must be 'none', 'actor' or 'all', got "
-                             f"{update_targets!r}")
-        h, rest = self._sampled_rows
-        self._run_update(_k.ACTOR_JOB, self._batch, h + rest, None, None, _F32(1.0), True,
-                         polyak=polyak, rows=(h, rest))
+        rows = self._sampled_rows
+        self._run_update(_k.ACTOR_JOB, self._batch, sum(rows), None, None, _F32(1.0), rows,
+                         actor_polyak=update_targets)
         return float(self._actor_stats2[0, 0])
 
     def _grow(self, b: int) -> None:
@@ -428,29 +435,37 @@ class TD3Core:
             self.batch_size = b
             self._ensure_update_workspace(b)
 
-    def _run_update(self, kind: int, inputs: tuple, b: int, mailbox_inputs, replay,
-                    reward_scale: np.float32, actor: bool, polyak: tuple[int, int] = (0, 0),
-                    rows: tuple[int, int] | None = None) -> None:
-        """One update: ``update_kernel`` on this thread's rows of ``inputs`` (its eight arrays
-        in the kernel's order) and, with two threads, the helper thread on the rest.
+    def _polyak_range(self, which: str) -> tuple[int, int]:
+        ranges = {"none": (0, 0), "actor": (0, self.n_actor_params),
+                  "critics": (self.n_actor_params, self.params.shape[0]),
+                  "all": (0, self.params.shape[0])}
+        if which not in ranges:
+            raise ValueError(f"update_targets must be 'none', 'actor' or 'all', got {which!r}")
+        return ranges[which]
+
+    def _run_update(self, phases: int, inputs: tuple, b: int, mailbox_inputs, replay,
+                    reward_scale: np.float32, rows: tuple[int, int], critic_polyak: str = "none",
+                    actor_polyak: str = "none") -> bool:
+        """One job of ``update_kernel`` (``phases``: critic and/or actor update): this thread
+        on its ``rows[0]`` rows of ``inputs`` (the kernel's eight batch arrays) and, with two
+        threads, the helper thread on the other ``rows[1]``.
 
         ``mailbox_inputs``: what to copy into the helper's mailbox first (the seven critic
         arrays as a sequence, or {slot: array}; None: nothing, it gathers or has its rows);
-        ``replay``: (data, offsets, idx) to gather from, or None; ``rows``: (this thread's,
-        the helper's) when the helper already holds its rows."""
-        if actor:  # the Adam range: the actor's or the critics' parameters
-            self.actor_steps += 1
-            lo, hi = 0, self.n_actor_params
-            self._adam_hp(self._hp_actor, self.actor_lr, self.actor_steps)
-        else:
-            self.critic_steps += 1
-            lo, hi = self.n_actor_params, self.n_actor_params + self.n_critic_params
-            self._adam_hp(self._hp_critic, self.critic_lr, self.critic_steps)
+        ``replay``: (data, offsets, idx, rows stored) to gather from, or None. False (and
+        nothing changed) when the replay rows were out of range."""
+        critic_ranges = (0, 0, 0, 0)
+        actor_ranges = (0, 0, 0, 0)
+        c0, c1 = self.n_actor_params, self.n_actor_params + self.n_critic_params
+        if phases & _k.CRITIC_JOB:
+            critic_ranges = (c0, c1, *self._polyak_range(critic_polyak))
+            self._adam_hp(self._hp_critic, self.critic_lr, self.critic_steps + 1)
+        if phases & _k.ACTOR_JOB:
+            actor_ranges = (0, c0, *self._polyak_range(actor_polyak))
+            self._adam_hp(self._hp_actor, self.actor_lr, self.actor_steps + 1)
         gather = replay is not None
-        data, offsets, idx = replay if gather else self._no_replay
+        data, offsets, idx, stored = replay if gather else self._no_replay
         inv_batch = _F32(1.0 / b)
-        if rows is None:
-            rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
         if self.threads == 1:
             job, counters, worker = self._solo_job, self._solo_counters, None
         else:
@@ -470,22 +485,15 @@ class TD3Core:
         scalars = self._scalars
         scalars[0] = inv_batch
         scalars[1] = reward_scale
-        job[0] = kind
-        job[1] = rows[1]
-        job[2] = gather
-        job[3] = lo
-        job[4] = hi
-        job[5] = polyak[0]
-        job[6] = polyak[1]
-        job[7] = rows[0]
+        job[:] = (phases, rows[1], rows[0], gather, stored, *critic_ranges, *actor_ranges)
         counters[0] += 1
         if worker is not None:
             worker.wake()
         try:
-            _k.update_kernel(0, counters, job, 0, self.params, self.targets, self._grads2,
-                             self.adam_m, self.adam_v, self.dims, self.offs, self._hp_critic,
-                             self._hp_actor, self._ws2, self._stats2, self._actor_stats2,
-                             *inputs, scalars, idx, data, offsets)
+            ok = _k.update_kernel(0, counters, job, 0, self.params, self.targets, self._grads2,
+                                  self.adam_m, self.adam_v, self.dims, self.offs,
+                                  self._hp_critic, self._hp_actor, self._ws2, self._stats2,
+                                  self._actor_stats2, *inputs, scalars, idx, data, offsets)
         except BaseException:
             if worker is not None:  # the helper must not finish a half-done update
                 counters[4] = counters[0]
@@ -493,6 +501,10 @@ class TD3Core:
             raise
         if worker is not None:
             worker.wait()
+        if ok:
+            self.critic_steps += phases & _k.CRITIC_JOB != 0
+            self.actor_steps += phases & _k.ACTOR_JOB != 0
+        return ok
 
     def _half_worker(self, data: np.ndarray | None, offsets: np.ndarray) -> "_HalfWorker":
         """The helper thread that computes the second half of each update (``threads=2``),

@@ -45,7 +45,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import register_jitable
 
-from nanofly.sim.cpu import cpu_relax, load_acquire, store_release
+from nanofly.sim.cpu import (SPIN_TURNS_BEFORE_YIELD, cpu_relax, load_acquire, spin_until,
+                             store_release, yield_cpu)
 from nanofly.train.replay import gather_rows
 
 try:  # numba's BLAS helper imports this lazily; fail here, with a clear message, instead
@@ -753,15 +754,20 @@ def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch
 # one whole update (update_kernel): the caller's thread and, with two threads, the helper
 # thread's loop, each on one half of the batch
 # ---------------------------------------------------------------------------------------------
-# counters (int64): [0 jobs posted, 1 jobs done (by the helper), 2 caller's half ready,
-#                    3 helper's half ready, 4 job cancelled by the caller]; 2-4 hold job numbers.
-# job (int64): [0 kind (1 critic, 2 actor, 0 stop), 1 helper's rows, 2 gather (0/1),
-#               3-4 Adam range [lo, hi), 5-6 Polyak range [lo, hi), 7 caller's rows]
-JOB_FIELDS = 8
-COUNTER_FIELDS = 5
+# job (int64): [0 phases (bit 1: critic update, bit 2: actor update after it; 0: stop),
+#               1 helper's rows, 2 caller's rows, 3 gather (0/1), 4 replay rows stored,
+#               5-8 critic Adam range [lo, hi) and Polyak range [lo, hi), 9-12 the actor's]
+# counters (int64): [0 jobs posted, 1 jobs done (by the helper), 2 caller's progress,
+#                    3 helper's progress, 4 job cancelled by the caller, 5 job with bad rows];
+#                    progress = 4 * job number + stage (0 critic gradient ready, 1 critic step
+#                    done, 2 actor gradient ready); 4 and 5 hold job numbers.
+JOB_FIELDS = 13
+COUNTER_FIELDS = 6
 CRITIC_JOB = 1
 ACTOR_JOB = 2
 STOP_JOB = 0
+_CRITIC_RANGES = 5
+_ACTOR_RANGES = 9
 
 
 @_helper
@@ -782,13 +788,13 @@ def _share(lo, hi, part, parts):
 
 
 @_helper
-def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, part, parts):
+def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, ranges, part, parts):
     """Thread ``part``'s share (of ``parts``) of an update's end: the half gradients added and
-    the Adam step on [job[3], job[4]), then the Polyak step on [job[5], job[6]); each value
-    Polyak-averaged by the thread that stepped it (no other ordering between the threads is
-    needed). Every value goes through the same operations whichever thread computes it, so
-    the split changes no bits."""
-    alo, ahi, plo, phi = job[3], job[4], job[5], job[6]
+    the Adam step on [job[ranges], job[ranges + 1]), then the Polyak step on [job[ranges + 2],
+    job[ranges + 3]); each value Polyak-averaged by the thread that stepped it (no other
+    ordering between the threads is needed). Every value goes through the same operations
+    whichever thread computes it, so the split changes no bits."""
+    alo, ahi, plo, phi = job[ranges], job[ranges + 1], job[ranges + 2], job[ranges + 3]
     a0, a1 = _share(alo, ahi, part, parts)
     if a1 > a0:
         if parts == 2:
@@ -808,6 +814,29 @@ def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, part, parts):
         _polyak(params, targets, polyak, lo, hi)
 
 
+@_helper
+def _meet(counters, part, parts, number, stage):
+    """With two threads, wait until the other one reached ``stage`` of job ``number`` too.
+    False when the helper (part 1) was cancelled by the caller; the caller (part 0) also goes
+    on when the helper failed (its error is raised by the caller's wait())."""
+    if parts == 1:
+        return True
+    progress = 4 * number + stage
+    store_release(counters, 2 + part, progress)
+    if part == 0:
+        spin_until(counters, 3, progress, 1, number)
+        return True
+    return spin_until(counters, 2, progress, 4, number)
+
+
+@_helper
+def _rows_valid(idx, rows, stored):
+    for i in range(rows):
+        if idx[i] < 0 or idx[i] >= stored:
+            return False
+    return True
+
+
 @njit(**_JIT)
 def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam_m, adam_v, dims,
                   offs, hp_critic, hp_actor, ws2, stats_critic, stats_actor, obs_c, action,
@@ -815,13 +844,14 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                   data_offsets):
     """One update, or the helper thread's loop of them (``TD3Core``, ``_HalfWorker``).
 
-    ``role`` 0 (the caller): run the job just posted (job[0] 1 = critic, 2 = actor) on the
-    first job[7] rows of the batch arrays ``obs_c`` ... ``obs_a`` (gathered first from the
-    replay ``data`` at ``idx`` when job[2]), with ``scalars`` = [1 / B, reward scale]; with
-    two threads (``grads2`` has two rows) meet the helper when both gradients are ready and
-    take the lower share of the Adam and Polyak ranges, with one thread all of them. Fills
-    stats_critic[0, 0:5] = [loss_q1, loss_q2, mean_q1, mean_q2, mean_y] or stats_actor[0, 0]
-    = the actor loss. Returns True.
+    ``role`` 0 (the caller): run the job just posted: a critic update, an actor update, or a
+    critic then an actor update on the same batch (job[0]), on the first job[2] rows of the
+    batch arrays ``obs_c`` ... ``obs_a``, gathered first from the replay ``data`` at ``idx``
+    when job[3] (rows outside [0, job[4]): nothing changes, returns False), with ``scalars`` =
+    [1 / B, reward scale]. With two threads (``grads2`` has two rows) it meets the helper
+    when both halves' gradients are ready and takes the lower share of the Adam and Polyak
+    ranges, with one thread all of them. Fills stats_critic[0, 0:5] = [loss_q1, loss_q2,
+    mean_q1, mean_q2, mean_y] and stats_actor[0, 0] = the actor loss. Returns True.
 
     ``role`` 1 (the helper thread, on its own mailbox arrays): run posted jobs on their first
     job[1] rows, the upper shares, until a stop job (returns True) or until ``idle_turns``
@@ -840,55 +870,59 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
             if load_acquire(counters, 0) <= done:
                 if idle > idle_turns:
                     return False
-                cpu_relax()
                 idle += 1
+                if idle % SPIN_TURNS_BEFORE_YIELD == 0:
+                    yield_cpu()
+                else:
+                    cpu_relax()
                 continue
             idle = 0
             if job[0] == STOP_JOB:
                 return True
         number = load_acquire(counters, 0)  # this job's number
-        critic = job[0] == CRITIC_JOB
-        hp = hp_critic if critic else hp_actor
-        stats2 = stats_critic if critic else stats_actor
+        phases = job[0]
         inv_batch = scalars[0]
-        rows = job[7] if part == 0 else job[1]
-        # this thread's half of the gradient
-        if job[2] != 0:
-            gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows],
-                        action[:rows], reward[:rows], next_obs_a[:rows], next_obs_c[:rows],
-                        terminated[:rows])
-            if scalars[1] != _ONE:
-                for i in range(rows):
-                    reward[i] = reward[i] * scalars[1]
-        if critic:
-            critic_gradient(params, targets, grads2[part], dims, offs, hp, obs_c[:rows],
-                            action[:rows], reward[:rows], next_obs_c[:rows], next_obs_a[:rows],
-                            terminated[:rows], noise[:rows], ws2[part], stats2[part], inv_batch)
-        else:
+        rows = job[2] if part == 0 else job[1]
+        ok = True
+        if job[3] != 0:  # gather this thread's rows
+            if not _rows_valid(idx, rows, job[4]):
+                store_release(counters, 5, number)
+                ok = False
+            else:
+                gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows],
+                            action[:rows], reward[:rows], next_obs_a[:rows],
+                            next_obs_c[:rows], terminated[:rows])
+                if scalars[1] != _ONE:
+                    for i in range(rows):
+                        reward[i] = reward[i] * scalars[1]
+        if phases & CRITIC_JOB:
+            if ok:
+                critic_gradient(params, targets, grads2[part], dims, offs, hp_critic,
+                                obs_c[:rows], action[:rows], reward[:rows], next_obs_c[:rows],
+                                next_obs_a[:rows], terminated[:rows], noise[:rows], ws2[part],
+                                stats_critic[part], inv_batch)
+            ok = _meet(counters, part, parts, number, 0) and ok
+            ok = ok and load_acquire(counters, 5) < number  # neither half had bad rows
+            if ok:
+                if part == 0:  # the losses and statistics of the whole batch
+                    s = stats_critic[0]
+                    for k in range(5):
+                        s[k] = (s[5 + k] + stats_critic[1, 5 + k] if parts == 2
+                                else s[5 + k]) * inv_batch
+                _finish_part(params, targets, grads2, adam_m, adam_v, hp_critic, job,
+                             _CRITIC_RANGES, part, parts)
+                if phases & ACTOR_JOB:  # the actor sees the stepped critics
+                    ok = _meet(counters, part, parts, number, 1)
+        if ok and phases & ACTOR_JOB:
             actor_gradient(params, grads2[part], dims, offs, obs_a[:rows], obs_c[:rows],
-                           ws2[part], stats2[part], inv_batch)
-        cancelled = False
-        if parts == 2:  # meet: both halves' gradients ready
-            store_release(counters, 2 + part, number)
-            if part == 0:  # (or the helper failed: the caller's wait() then raises its error)
-                while load_acquire(counters, 3) < number and load_acquire(counters, 1) < number:
-                    cpu_relax()
-            else:
-                while load_acquire(counters, 2) < number:
-                    if load_acquire(counters, 4) >= number:
-                        cancelled = True  # by the caller: leave the parameters alone
-                        break
-                    cpu_relax()
-        if part == 0:  # the loss and the statistics of the whole batch
-            s = stats2[0]
-            if critic:
-                for k in range(5):
-                    s[k] = (s[5 + k] + stats2[1, 5 + k] if parts == 2 else s[5 + k]) * inv_batch
-            else:
-                s[0] = -(s[1] + stats2[1, 1] if parts == 2 else s[1]) * inv_batch
-        if not cancelled:
-            _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, part, parts)
+                           ws2[part], stats_actor[part], inv_batch)
+            if _meet(counters, part, parts, number, 2):
+                if part == 0:
+                    s = stats_actor[0]
+                    s[0] = -(s[1] + stats_actor[1, 1] if parts == 2 else s[1]) * inv_batch
+                _finish_part(params, targets, grads2, adam_m, adam_v, hp_actor, job,
+                             _ACTOR_RANGES, part, parts)
         if role == 0:
-            return True
+            return ok
         done += 1
         store_release(counters, 1, done)
