@@ -563,24 +563,50 @@ def _observe_all(blocks, cfg, seed, step_index, target_p, target_v, noise_pool, 
                  obs_store[i, base:base + obs_dim], priv[i], True)
 
 
+@njit(cache=True)
+def _recompute_rewards_kernel(p, actions, terminated, w, hover_action, out):
+    # One pass over the rows (the trainer's are strided views of its replay rows). The sums
+    # are in the order NumPy's einsum used here before (three terms left to right, four as
+    # two pairs) and without fastmath (no fused multiply-add), so the rewards, and with them
+    # every training run, are bit for bit what they were.
+    three = np.float32(3.0)
+    quarter = np.float32(0.25)
+    zero = np.float32(0.0)
+    for i in range(p.shape[0]):
+        e_p = p[i, 0] * p[i, 0] + p[i, 1] * p[i, 1] + p[i, 2] * p[i, 2]
+        e_q = (three - (p[i, 3] + p[i, 7] + p[i, 11])) * quarter
+        e_v = p[i, 12] * p[i, 12] + p[i, 13] * p[i, 13] + p[i, 14] * p[i, 14]
+        e_w = p[i, 15] * p[i, 15] + p[i, 16] * p[i, 16] + p[i, 17] * p[i, 17]
+        d0 = actions[i, 0] - hover_action
+        d1 = actions[i, 1] - hover_action
+        d2 = actions[i, 2] - hover_action
+        d3 = actions[i, 3] - hover_action
+        e_a = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        r = w[W_CONSTANT] - w[W_SCALE] * (w[W_P] * e_p + w[W_Q] * e_q + w[W_V] * e_v
+                                           + w[W_W] * e_w + w[W_A] * e_a)
+        if w[W_NON_NEGATIVE] != zero and r < zero:
+            r = zero
+        out[i] = w[W_TERM] if terminated[i] != zero else r
+
+
 def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
                       terminated: np.ndarray, weights: RewardWeights,
-                      hover_action: float) -> np.ndarray:
+                      hover_action: float, out: np.ndarray | None = None) -> np.ndarray:
     """Rewards of stored transitions under new weights (curriculum), from the privileged
-    observation after each step; the same formula as the simulator's (float32)."""
-    p = next_privileged_obs
-    w = weights.as_array().astype(np.float32)
-    e_p = np.einsum("ij,ij->i", p[:, 0:3], p[:, 0:3])
-    e_q = (np.float32(3.0) - (p[:, 3] + p[:, 7] + p[:, 11])) * np.float32(0.25)
-    e_v = np.einsum("ij,ij->i", p[:, 12:15], p[:, 12:15])
-    e_w = np.einsum("ij,ij->i", p[:, 15:18], p[:, 15:18])
-    d = actions - np.float32(hover_action)
-    e_a = np.einsum("ij,ij->i", d, d)
-    r = w[W_CONSTANT] - w[W_SCALE] * (w[W_P] * e_p + w[W_Q] * e_q + w[W_V] * e_v
-                                       + w[W_W] * e_w + w[W_A] * e_a)
-    if w[W_NON_NEGATIVE] != 0.0:
-        r = np.maximum(r, np.float32(0.0))
-    return np.where(np.asarray(terminated, dtype=bool), w[W_TERM], r).astype(np.float32)
+    observation after each step; the same formula as the simulator's (float32). Arrays may be
+    strided views (rows of a replay buffer); ``out``: where to write them (float32, n rows)."""
+    p = np.asarray(next_privileged_obs, dtype=np.float32)
+    actions = np.asarray(actions, dtype=np.float32)
+    terminated = np.asarray(terminated, dtype=np.float32)
+    n = p.shape[0]
+    if p.ndim != 2 or p.shape[1] < 18 or actions.shape != (n, 4) or terminated.shape != (n,):
+        raise ValueError(f"recompute_rewards: shapes {p.shape}, {actions.shape}, "
+                         f"{terminated.shape}; expected (n, 28), (n, 4), (n,)")
+    if out is None:
+        out = np.empty(n, np.float32)
+    _recompute_rewards_kernel(p, actions, terminated, weights.as_array().astype(np.float32),
+                              np.float32(hover_action), out)
+    return out
 
 
 class VecEnv:

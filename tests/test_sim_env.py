@@ -169,6 +169,14 @@ def test_reward_recomputation_matches_simulator_and_curriculum_weights():
     obs, r, term, trunc, info = env.step(acts[:256])
     priv = np.where(info["_final_obs"][:, None], info["final_privileged_obs"], info["privileged_obs"])
     assert np.allclose(r, recompute_rewards(priv, acts[:256], term, new_w, env.hover_action), atol=1e-5)
+    # strided views of packed rows (as the trainer's replay buffer holds them), written in place
+    packed = np.zeros((len(nxt), 40), np.float32)
+    packed[:, 0:28], packed[:, 28:32], packed[:, 32] = nxt, acts, terms
+    recompute_rewards(packed[:, 0:28], packed[:, 28:32], packed[:, 32], new_w, env.hover_action,
+                      out=packed[:, 33])
+    np.testing.assert_array_equal(packed[:, 33], changed)
+    with pytest.raises(ValueError, match="shapes"):
+        recompute_rewards(nxt, acts[:, :3], terms, new_w, env.hover_action)
 
 
 def test_disturbance_statistics_in_privileged_observation():

@@ -428,6 +428,8 @@ class Trainer:
     def _update(self, at_step: int) -> None:
         cfg, core = self.cfg, self.core
         if self._background_compile is not None:  # its kernels are in numba's cache then
+            if cfg.curriculum:  # meanwhile compile the curriculum's kernel here (0 rows)
+                self._recompute_rewards(0)
             self._background_compile.wait()
             self._background_compile = None
         # the batch: rows drawn here, gathered by the threads that use them (TD3Core)
@@ -525,10 +527,14 @@ class Trainer:
         st.curriculum_stage += 1
         self.weights = curriculum_step(self.weights, self.cfg)
         self.env.reward_weights = self.weights
-        n = buf.size
+        self._recompute_rewards(buf.size)
+
+    def _recompute_rewards(self, n: int) -> None:
+        """The rewards of the first ``n`` stored transitions under the current weights."""
+        buf = self.buffer
         priv = buf.next_critic_obs[:n] if self.cfg.asymmetric_critic else self.reward_priv[:n]
-        buf.reward[:n] = recompute_rewards(priv, buf.action[:n], buf.terminated[:n],
-                                           self.weights, self.env.hover_action)
+        recompute_rewards(priv, buf.action[:n], buf.terminated[:n], self.weights,
+                          self.env.hover_action, out=buf.reward[:n])
 
     def _finish_episodes(self, ids, reward, terminated) -> None:
         st = self.state
