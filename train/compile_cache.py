@@ -75,7 +75,7 @@ def _helper_main(spec: str) -> None:
     from .td3_core import TD3Core
 
     core = TD3Core(**json.loads(spec)["core"])
-    try:
-        core.warmup()
+    try:  # the trainer compiles the acting kernel itself: it needs it from the first step
+        core.warmup(acting=False)
     finally:
         core.close()

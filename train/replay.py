@@ -64,6 +64,38 @@ def _gather_kernel(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_nc
     return gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term)
 
 
+@njit(cache=True)
+def _store_observations(data, offsets, first, obs, critic_obs, copy_to):
+    """Rows ``first``.. of ``data``: the observations a step starts from; ``obs`` also into
+    ``copy_to`` (the caller's contiguous copy: the environment reuses its arrays)."""
+    o_obs, o_cobs = offsets[0], offsets[1]
+    obs_dim, cobs_dim = obs.shape[1], critic_obs.shape[1]
+    for j in range(obs.shape[0]):
+        row = data[first + j]
+        copy_into(row[o_obs:o_obs + obs_dim], obs[j])
+        copy_into(row[o_cobs:o_cobs + cobs_dim], critic_obs[j])
+        copy_into(copy_to[j], obs[j])
+
+
+@njit(cache=True)
+def _store_outcomes(data, offsets, first, action, reward, terminated, next_obs, next_critic_obs,
+                    final_obs, final_critic_obs, done):
+    """Rows ``first``.. of ``data``: the rest of a step's transitions; where ``done``, the
+    episode's final observations instead of the next ones (those begin the next episode)."""
+    o_act, o_rew, o_nst, o_ncobs, o_term = (offsets[2], offsets[3], offsets[4], offsets[5],
+                                            offsets[6])
+    act_dim, cobs_dim = action.shape[1], next_critic_obs.shape[1]
+    for j in range(action.shape[0]):
+        row = data[first + j]
+        copy_into(row[o_act:o_act + act_dim], action[j])
+        row[o_rew] = reward[j]
+        row[o_term] = np.float32(terminated[j])
+        nxt = final_obs[j] if done[j] else next_obs[j]
+        nxt_c = final_critic_obs[j] if done[j] else next_critic_obs[j]
+        copy_into(row[o_nst:o_nst + STATE_PART], nxt[:STATE_PART])
+        copy_into(row[o_ncobs:o_ncobs + cobs_dim], nxt_c)
+
+
 class ReplayBuffer:
     """Fixed-capacity FIFO buffer (oldest rows are overwritten when full).
 
@@ -106,6 +138,22 @@ class ReplayBuffer:
         self.ptr += n
         self.size = max(self.size, self.ptr)
         return rows
+
+    def store_observations(self, rows: slice, obs: np.ndarray, critic_obs: np.ndarray,
+                           copy_to: np.ndarray) -> None:
+        """The first half of storing one step of ``n`` environments in ``rows`` (from
+        ``rows(n)``): the actor and critic observations it starts from, before the step (the
+        environment overwrites them); ``obs`` is also copied into ``copy_to`` (n, obs_dim)."""
+        _store_observations(self.data, self.offsets, rows.start, obs, critic_obs, copy_to)
+
+    def store_outcomes(self, rows: slice, action: np.ndarray, reward: np.ndarray,
+                       terminated: np.ndarray, next_obs: np.ndarray, next_critic_obs: np.ndarray,
+                       final_obs: np.ndarray, final_critic_obs: np.ndarray,
+                       done: np.ndarray) -> None:
+        """The second half: the actions, rewards, terminations and next observations, the
+        episodes' final observations where ``done`` (Gymnasium's ``info["final_obs"]``)."""
+        _store_outcomes(self.data, self.offsets, rows.start, action, reward, terminated,
+                        next_obs, next_critic_obs, final_obs, final_critic_obs, done)
 
     def get(self, idx: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The transitions at row indices ``idx`` as contiguous arrays (``next_obs`` rebuilt)."""

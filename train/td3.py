@@ -26,7 +26,7 @@ import numpy as np
 from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, observation_layout, recompute_rewards
 
 from .compile_cache import start_if_cold
-from .replay import STATE_PART, ReplayBuffer
+from .replay import ReplayBuffer
 
 
 # The int8 grid of int8-aware fine-tuning is chosen on the last this many training observations,
@@ -326,8 +326,6 @@ class Trainer:
         self._episode_length = np.zeros(cfg.num_envs, dtype=np.int64)
         self._action = np.empty((cfg.num_envs, 4), np.float32)
         self._obs_now = np.empty((cfg.num_envs, self.obs_dim), np.float32)
-        self._next_obs = np.empty((cfg.num_envs, self.obs_dim), np.float32)
-        self._next_priv = np.empty((cfg.num_envs, self.env.privileged_dim), np.float32)
         self.last_critic_loss = float("nan")
         self.last_actor_loss = float("nan")
 
@@ -336,31 +334,25 @@ class Trainer:
         cfg, env, buf, st = self.cfg, self.env, self.buffer, self.state
         n = cfg.num_envs
         rows = buf.rows(n)
-        np.copyto(self._obs_now, self.obs)  # copy now: the env reuses its buffers
-        buf.obs[rows] = self._obs_now
-        buf.critic_obs[rows] = self.priv if cfg.asymmetric_critic else self._obs_now
+        asymmetric = cfg.asymmetric_critic
+        # store the observations now (the env reuses its arrays) and act on a contiguous copy
+        buf.store_observations(rows, self.obs, self.priv if asymmetric else self.obs,
+                               copy_to=self._obs_now)
         a = self.core.actor_forward(self._obs_now, out=self._action)
         a += (cfg.exploration_noise_std * self.rng.standard_normal((n, 4))).astype(np.float32)
         np.clip(a, -1.0, 1.0, out=a)
-        buf.action[rows] = a
         obs, reward, terminated, truncated, info = env.step(a)
         done = info["_final_obs"]
         priv = info["privileged_obs"]
-        buf.reward[rows] = reward
-        buf.terminated[rows] = terminated
-        next_full = self._next_obs
-        np.copyto(next_full, obs)
-        next_priv = self._next_priv
-        np.copyto(next_priv, priv)
+        final_obs, final_priv = info["final_obs"], info["final_privileged_obs"]
+        if asymmetric:
+            buf.store_outcomes(rows, a, reward, terminated, obs, priv, final_obs, final_priv,
+                               done)
+        else:  # the critics see the actor observation; rewards are recomputed from priv
+            buf.store_outcomes(rows, a, reward, terminated, obs, obs, final_obs, final_obs, done)
+            self.reward_priv[rows] = np.where(done[:, None], final_priv, priv)
         if done.any():
-            ids = np.flatnonzero(done)
-            next_full[ids] = info["final_obs"][ids]
-            next_priv[ids] = info["final_privileged_obs"][ids]
-            self._finish_episodes(ids, reward, terminated)
-        buf.next_obs_state[rows] = next_full[:, :STATE_PART]
-        buf.next_critic_obs[rows] = next_priv if cfg.asymmetric_critic else next_full
-        if self.reward_priv is not None:
-            self.reward_priv[rows] = next_priv
+            self._finish_episodes(np.flatnonzero(done), reward, terminated)
         self._episode_return += reward
         self._episode_length += 1
         self._episode_return[done] = 0.0

@@ -525,8 +525,10 @@ class TD3Core:
             weakref.finalize(self, self._worker.close)
         return self._worker
 
-    def warmup(self) -> float:
-        """Compile (or load from numba's cache) every kernel this core uses, now.
+    def warmup(self, acting: bool = True) -> float:
+        """Compile (or load from numba's cache) every kernel this core uses, now; with
+        ``acting=False`` only those of the updates (not ``actor_forward``'s and the separate
+        Polyak steps').
 
         Runs each update once on a 2-row dummy batch and restores all state afterwards, so the
         compile cost lands where the caller wants it (e.g. before the clock starts, or during
@@ -543,8 +545,9 @@ class TD3Core:
                            np.zeros(rows, _F32), zeros(self.critic_obs_dim),
                            zeros(self.actor_obs_dim), np.zeros(rows, _F32), zeros(self.action_dim))
         self.actor_update(zeros(self.actor_obs_dim), zeros(self.critic_obs_dim))
-        self.update_targets()
-        self.actor_forward(zeros(self.actor_obs_dim))
+        if acting:
+            self.update_targets()
+            self.actor_forward(zeros(self.actor_obs_dim))
         (params, targets, adam_m, adam_v, self.actor_steps, self.critic_steps) = saved
         self.params[...] = params
         self.targets[...] = targets
