@@ -68,10 +68,12 @@ next_actor_obs (B, Oa), terminated (B,), noise (B, A)) -> float``
 critics (polyak = 0.995 keeps 99.5 % of the target).
 
 From a replay buffer (what the trainer uses; the same numbers as the calls above on
-``replay.get(idx)``): ``critic_update_sampled(replay, idx, noise, reward_scale=1.0,
-update_targets=False)`` gathers the rows ``idx`` inside the update (each thread its own half:
-no batch is built in Python) and can take the target critics' Polyak step in the same call;
-``actor_update_sampled(update_targets="none" | "actor" | "all")`` then reuses that batch.
+``replay.get(idx)``): ``update_sampled(replay, idx, noise, reward_scale=1.0,
+critic_targets=False, actor_targets=None)`` gathers the rows ``idx`` inside the update (each
+thread its own half: no batch is built in Python), can take the target critics' Polyak step,
+and with ``actor_targets`` ("none" | "actor" | "all") runs the actor update on the same batch
+in the same call; ``critic_update_sampled`` / ``actor_update_sampled`` are its two halves as
+separate calls (for code that changes the actor's weights in between).
 
 Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
 workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
