@@ -176,6 +176,11 @@ def test_checkpoint_selection_keeps_best_snapshot_and_stops_early():
     passed = train(dataclasses.replace(cfg, selection_prescreen_episodes=8,
                                        selection_prescreen_success=0.0))
     assert passed.state.selection_history == hist  # passing it changes nothing
+    # a pre-screen score never stops the run, however high the threshold it missed
+    unstopped = train(dataclasses.replace(cfg, stop_at_selection_success=0.0,
+                                          selection_prescreen_episodes=8,
+                                          selection_prescreen_success=1.01))
+    assert not unstopped.state.stopped_early and unstopped.state.env_steps == 4000
 
 
 def test_checkpoint_from_other_config_is_refused():

@@ -407,7 +407,9 @@ class Trainer:
         if score > st.best_selection_score:
             st.best_selection_score, st.best_selection_step = score, st.env_steps
             self.best_actor_params = candidate.copy()
-        if score >= cfg.stop_at_selection_success and st.int8_aware_until < 0:
+        # only a full check can stop the run (a pre-screen score is of fewer episodes)
+        if (score >= cfg.stop_at_selection_success and episodes == cfg.selection_episodes
+                and st.int8_aware_until < 0):
             st.stopped_early = True
 
     def policy_actor(self):
