@@ -750,8 +750,9 @@ class _HalfWorker:
     spent ~15 us unpacking the kernel's arguments, so the first half's thread waited for it at
     the end of every update. The second half's inputs are in the loop's own arrays (the
     "mailbox"; ~64 rows): gathered by the loop from the replay buffer (``critic_update_sampled``)
-    or copied in by the caller (``fill``). The two threads meet twice per update inside their
-    kernels (both halves' gradients ready; then each takes half of the Adam and Polyak steps).
+    or copied in by the caller (``fill``). The two threads meet inside the kernel when both
+    halves' gradients are ready (then each takes half of the Adam and Polyak steps), and once
+    more between a critic and an actor update that run in the same job.
     Waking a sleeping thread took 50-150 us in this VM, so both sides spin; a worker with
     nothing to do for ~2 ms returns to Python and blocks on an Event instead, so an idle
     trainer does not burn a core. Errors in the thread are re-raised by ``wait``.
