@@ -70,22 +70,43 @@ def yield_cpu(typingctx):
     return types.void(), codegen
 
 
-# Spin waits yield the core after this many ``pause`` turns (~50 us): two spinning threads
-# must not starve each other when a third process takes one of the two cores.
+@intrinsic
+def sleep_us(typingctx, microseconds):
+    """``usleep(microseconds)`` (libc): give the core up for a while."""
+    def codegen(context, builder, signature, args):
+        usleep = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32)]), "usleep")
+        value = context.cast(builder, args[0], signature.args[0], types.int32)
+        builder.call(usleep, [value])
+        return context.get_dummy_value()
+    return types.void(microseconds), codegen
+
+
+# Spin waits yield the core after this many ``pause`` turns (~50 us), and sleep in steps of
+# SPIN_SLEEP_US after SPIN_YIELDS_BEFORE_SLEEP yields: two threads that wait for each other
+# must not burn the time slices the other one needs when other processes take the cores.
 SPIN_TURNS_BEFORE_YIELD = 2_000
+SPIN_YIELDS_BEFORE_SLEEP = 4
+SPIN_SLEEP_US = 20
 
 
 @njit(inline="always")
 def spin_until(counters, index, value, cancel_index, cancel_value):
     """Spin until ``counters[index] >= value`` (True) or, with ``cancel_index`` >= 0, until
-    ``counters[cancel_index] >= cancel_value`` first (False); yields the core now and then."""
+    ``counters[cancel_index] >= cancel_value`` first (False); yields the core now and then,
+    and sleeps between checks once the wait has been long."""
     turns = 0
+    yields = 0
     while load_acquire(counters, index) < value:
         if cancel_index >= 0 and load_acquire(counters, cancel_index) >= cancel_value:
             return False
+        if yields >= SPIN_YIELDS_BEFORE_SLEEP:
+            sleep_us(SPIN_SLEEP_US)
+            continue
         turns += 1
         if turns == SPIN_TURNS_BEFORE_YIELD:
             yield_cpu()
+            yields += 1
             turns = 0
         else:
             cpu_relax()
