@@ -604,6 +604,9 @@ def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
                          f"{terminated.shape}; expected (n, 28), (n, 4), (n,)")
     if out is None:
         out = np.empty(n, np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (n,)):
+        raise ValueError(f"recompute_rewards: out must be a float32 array of shape ({n},), got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {np.shape(out)}")
     _recompute_rewards_kernel(p, actions, terminated, weights.as_array().astype(np.float32),
                               np.float32(hover_action), out)
     return out

@@ -177,6 +177,9 @@ def test_reward_recomputation_matches_simulator_and_curriculum_weights():
     np.testing.assert_array_equal(packed[:, 33], changed)
     with pytest.raises(ValueError, match="shapes"):
         recompute_rewards(nxt, acts[:, :3], terms, new_w, env.hover_action)
+    for bad_out in (packed[:-1, 33], packed[:, 33].astype(np.float64)):  # short, wrong dtype
+        with pytest.raises(ValueError, match="out must be"):
+            recompute_rewards(nxt, acts, terms, new_w, env.hover_action, out=bad_out)
 
 
 def test_disturbance_statistics_in_privileged_observation():

@@ -161,8 +161,8 @@ class ReplayBuffer:
             out = {name: np.empty((len(idx),) + ((self._batch_widths[name],) if name not in (
                 "reward", "terminated") else ()), np.float32) for name in BATCH_FIELDS}
         _gather_kernel(np.asarray(idx, dtype=np.int64), self.data, self.offsets, out["obs"],
-                out["critic_obs"], out["action"], out["reward"], out["next_obs"],
-                out["next_critic_obs"], out["terminated"])
+                       out["critic_obs"], out["action"], out["reward"], out["next_obs"],
+                       out["next_critic_obs"], out["terminated"])
         return out
 
     def state_dict(self) -> dict[str, np.ndarray | int]:

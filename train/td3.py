@@ -433,14 +433,14 @@ class Trainer:
         critic_targets = separate and at_step % cfg.critic_target_update_interval == 0
         actor = at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0
         int8_aware = self.state.int8_aware_until >= 0
-        if actor and not int8_aware:  # both updates in one call
-            self.last_critic_loss, self.last_actor_loss = core.update_sampled(
-                self.buffer, idx, noise, reward_scale=cfg.reward_scale,
-                critic_targets=critic_targets, actor_targets="actor" if separate else "all")
-        else:
-            self.last_critic_loss = core.critic_update_sampled(
-                self.buffer, idx, noise, reward_scale=cfg.reward_scale,
-                update_targets=critic_targets)
+        # the actor update runs in the same call unless int8-aware fine-tuning changes the
+        # actor's weights around it (below)
+        fused_actor = ("actor" if separate else "all") if actor and not int8_aware else None
+        self.last_critic_loss, actor_loss = core.update_sampled(
+            self.buffer, idx, noise, reward_scale=cfg.reward_scale,
+            critic_targets=critic_targets, actor_targets=fused_actor)
+        if actor_loss is not None:
+            self.last_actor_loss = actor_loss
         self.state.critic_updates += 1
         if actor and int8_aware:  # straight-through: the step is computed on the grid
             na = core.n_actor_params

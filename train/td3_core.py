@@ -208,6 +208,9 @@ class TD3Core:
         # update_kernel's job and counters when there is no helper thread; and the replay
         # arguments of updates that do not gather
         self._scalars = np.zeros(2, dtype=_F32)  # [1 / B, reward scale] of this thread's half
+        # parameter ranges whose targets take a Polyak step (update_targets / critic_targets)
+        self._polyak_ranges = {"none": (0, 0), "actor": (0, self.n_actor_params),
+                               "critics": (self.n_actor_params, n), "all": (0, n)}
         self._solo_job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
         self._solo_counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
         self._no_replay = (np.zeros((1, 1), dtype=_F32), np.zeros(7, dtype=np.int64),
@@ -367,7 +370,8 @@ class TD3Core:
                   self._batch[7])
         self._sampled_rows = None  # the mailbox gets these rows
         rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
-        self._run_update(_k.CRITIC_JOB, inputs, b, inputs[:7], None, _F32(1.0), rows)
+        self._run_update(_k.CRITIC_JOB, inputs, b, dict(enumerate(inputs[:7])), None,
+                         _F32(1.0), rows)
         return float(self._stats2[0, 0] + self._stats2[0, 1])
 
     def update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
@@ -438,12 +442,9 @@ class TD3Core:
             self._ensure_update_workspace(b)
 
     def _polyak_range(self, which: str) -> tuple[int, int]:
-        ranges = {"none": (0, 0), "actor": (0, self.n_actor_params),
-                  "critics": (self.n_actor_params, self.params.shape[0]),
-                  "all": (0, self.params.shape[0])}
-        if which not in ranges:
+        if which not in self._polyak_ranges:
             raise ValueError(f"update_targets must be 'none', 'actor' or 'all', got {which!r}")
-        return ranges[which]
+        return self._polyak_ranges[which]
 
     def _run_update(self, phases: int, inputs: tuple, b: int, mailbox_inputs, replay,
                     reward_scale: np.float32, rows: tuple[int, int], critic_polyak: str = "none",
@@ -452,8 +453,8 @@ class TD3Core:
         on its ``rows[0]`` rows of ``inputs`` (the kernel's eight batch arrays) and, with two
         threads, the helper thread on the other ``rows[1]``.
 
-        ``mailbox_inputs``: what to copy into the helper's mailbox first (the seven critic
-        arrays as a sequence, or {slot: array}; None: nothing, it gathers or has its rows);
+        ``mailbox_inputs``: what to copy into the helper's mailbox first ({slot: array}; None:
+        nothing, it gathers or has its rows);
         ``replay``: (data, offsets, idx, rows stored) to gather from, or None. False (and
         nothing changed) when the replay rows were out of range."""
         critic_ranges = (0, 0, 0, 0)
@@ -476,12 +477,8 @@ class TD3Core:
             if gather:
                 worker.fill(6, inputs[6][rows[0]:])  # the helper's noise rows
                 worker.fill_index(idx[rows[0]:])
-            if isinstance(mailbox_inputs, dict):
-                for slot, array in mailbox_inputs.items():
-                    worker.fill(slot, array[rows[0]:])
-            elif mailbox_inputs is not None:
-                for slot, array in enumerate(mailbox_inputs):
-                    worker.fill(slot, array[rows[0]:])
+            for slot, array in (mailbox_inputs or {}).items():
+                worker.fill(slot, array[rows[0]:])
             worker.scalars[0] = inv_batch
             worker.scalars[1] = reward_scale
         scalars = self._scalars

@@ -851,7 +851,8 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
     [1 / B, reward scale]. With two threads (``grads2`` has two rows) it meets the helper
     when both halves' gradients are ready and takes the lower share of the Adam and Polyak
     ranges, with one thread all of them. Fills stats_critic[0, 0:5] = [loss_q1, loss_q2,
-    mean_q1, mean_q2, mean_y] and stats_actor[0, 0] = the actor loss. Returns True.
+    mean_q1, mean_q2, mean_y] and stats_actor[0, 0] = the actor loss. Returns True when the
+    update was made.
 
     ``role`` 1 (the helper thread, on its own mailbox arrays): run posted jobs on their first
     job[1] rows, the upper shares, until a stop job (returns True) or until ``idle_turns``
