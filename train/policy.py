@@ -3,28 +3,26 @@
 A policy file is what every later stage reads (evaluation, export, the firmware bridge): it
 holds the actor weights plus everything needed to use them without the training code: the
 observation layout, the action mapping, the vehicle, the MDP and training configuration, the git
-commit and the evaluation metrics at save time. It is a plain ``torch.save`` of a dict of
-tensors and builtin types, so ``torch.load(weights_only=True)`` reads it safely.
+commit and the evaluation metrics at save time. It is a dict of tensors and builtin types in
+``torch.save``'s layout, so ``torch.load(weights_only=True)`` reads it safely; it is written by
+``nanofly.train.policy_file`` without importing torch (re-exported here: ``save_policy``).
 """
 from __future__ import annotations
 
 import math
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-POLICY_FORMAT = "nanofly-policy"
-POLICY_FORMAT_VERSION = 1
-SUPPORTED_ACTIVATIONS = ("tanh",)
+from .policy_file import (POLICY_FORMAT, POLICY_FORMAT_VERSION, SUPPORTED_ACTIVATIONS,
+                          ActorWeights, PolicyFileError, git_commit, save_policy)
 
-
-class PolicyFileError(ValueError):
-    """A policy file is missing, corrupt, or describes something nanofly cannot run."""
+__all__ = ["POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SUPPORTED_ACTIVATIONS", "Actor",
+           "ActorWeights", "PolicyFileError", "git_commit", "init_actor", "load_policy",
+           "policy_summary", "save_policy"]
 
 
 class Actor(nn.Module):
@@ -62,63 +60,6 @@ class Actor(nn.Module):
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         return self.net(observation)
-
-
-def git_commit(default: str = "unknown") -> str:
-    """The current git commit of the nanofly source tree, or ``default`` outside a checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return default
-
-
-def save_policy(path: str | os.PathLike, actor: Actor, *, observation: dict[str, Any],
-                action: dict[str, Any], vehicle: dict[str, Any], mdp: dict[str, Any] | None = None,
-                train_config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                extra: dict[str, Any] | None = None) -> Path:
-    """Write a self-describing policy file atomically (temp file + rename).
-
-    ``observation``: the actor observation layout, e.g. ``{"dim": 146, "history_length": 32,
-    "layout": [["position_error", 3], ["rotation_matrix", 9], ...]}``.
-    ``action``: the action mapping, e.g. ``{"dim": 4, "mapping": "...", "hover_action": 0.334}``.
-    ``vehicle``: ``{"preset": name, "params": {...}}`` (the preset as plain data).
-    """
-    path = Path(path)
-    for name, tensor in actor.state_dict().items():
-        if not torch.isfinite(tensor).all():
-            raise PolicyFileError(f"refusing to save: actor parameter {name!r} has NaN or Inf")
-    payload = {
-        "format": POLICY_FORMAT,
-        "format_version": POLICY_FORMAT_VERSION,
-        "actor": {
-            "layer_sizes": list(actor.layer_sizes),
-            "activation": actor.activation,
-            "output_activation": "tanh",
-            "state_dict": {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
-        },
-        "observation": observation,
-        "action": action,
-        "vehicle": vehicle,
-        "mdp": mdp or {},
-        "train_config": train_config or {},
-        "git_commit": git_commit(),
-        "metrics": metrics or {},
-        "extra": extra or {},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".policy-", suffix=".pt.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def load_policy(path: str | os.PathLike) -> tuple[Actor, dict[str, Any]]:

@@ -412,12 +412,16 @@ class Trainer:
                 and st.int8_aware_until < 0):
             st.stopped_early = True
 
-    def policy_actor(self):
-        """The actor to save (a torch module): the best selection snapshot if checkpoint
-        selection ran, otherwise the target (or online) actor as configured."""
+    def policy_weights(self):
+        """The actor to save (``ActorWeights``, no torch): the best selection snapshot if
+        checkpoint selection ran, otherwise the target (or online) actor as configured."""
         if self.best_actor_params is not None:
-            return self.core.to_actor(actor_params=self.best_actor_params)
-        return self.core.to_actor(target=self.cfg.save_target_actor)
+            return self.core.actor_weights(actor_params=self.best_actor_params)
+        return self.core.actor_weights(target=self.cfg.save_target_actor)
+
+    def policy_actor(self):
+        """``policy_weights()`` as a torch ``Actor``."""
+        return self.policy_weights().to_actor()
 
     def _update(self, at_step: int) -> None:
         cfg, core = self.cfg, self.core

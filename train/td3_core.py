@@ -78,7 +78,8 @@ separate calls (for code that changes the actor's weights in between).
 Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
 workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
 
-Torch: ``to_actor(target=False) -> nanofly.train.policy.Actor`` (what ``save_policy`` takes),
+Torch: ``to_actor(target=False) -> nanofly.train.policy.Actor``; ``actor_weights`` the same as
+NumPy arrays (what ``save_policy`` takes too, without importing torch),
 ``load_actor(actor_or_state_dict, targets_too=True)``, ``to_critics(target=False) -> (Q1, Q2)``
 as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` (a LayerNorm before each Tanh with
 ``critic_layer_norm``), ``load_critics(q1, q2, ...)``.
@@ -596,23 +597,23 @@ class TD3Core:
         return out
 
     # --------------------------------------------------------------------------------- torch
-    def to_actor(self, target: bool = False, actor_params: np.ndarray | None = None):
-        """The (online or target) actor as a ``nanofly.train.policy.Actor`` (copied weights);
-        ``actor_params``: instead, the actor part of a parameter vector saved earlier
-        (``params[:n_actor_params]``)."""
-        import torch
+    def actor_weights(self, target: bool = False, actor_params: np.ndarray | None = None):
+        """The (online or target) actor as ``nanofly.train.policy_file.ActorWeights`` (copied
+        NumPy arrays, no torch); ``actor_params``: instead, the actor part of a parameter vector
+        saved earlier (``params[:n_actor_params]``)."""
+        from nanofly.train.policy_file import ActorWeights
 
-        from nanofly.train.policy import Actor
-
-        actor = Actor(self.actor_sizes)
         buf = actor_params if actor_params is not None else (self.targets if target else self.params)
         if len(buf) < self.n_actor_params:
             raise ValueError(f"actor_params has {len(buf)} values, the actor {self.n_actor_params}")
-        with torch.no_grad():
-            for layer, (weight, bias) in zip(actor.linear_layers(), self._actor_views(buf)):
-                layer.weight.copy_(torch.from_numpy(weight.copy()))
-                layer.bias.copy_(torch.from_numpy(bias.copy()))
-        return actor
+        state = {}
+        for i, (weight, bias) in enumerate(self._actor_views(buf)):
+            state[f"net.{2 * i}.weight"], state[f"net.{2 * i}.bias"] = weight.copy(), bias.copy()
+        return ActorWeights(list(self.actor_sizes), state)
+
+    def to_actor(self, target: bool = False, actor_params: np.ndarray | None = None):
+        """``actor_weights(...)`` as a torch ``nanofly.train.policy.Actor``."""
+        return self.actor_weights(target, actor_params).to_actor()
 
     def load_actor(self, actor: Any, targets_too: bool = True) -> None:
         """Set the online actor (and by default its target) from an ``Actor`` or its state_dict.
