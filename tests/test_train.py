@@ -272,6 +272,26 @@ def test_train_cli_writes_run_dir_and_eval_exit_codes(tmp_path):
     assert _cli("train", "--config", str(badcfg), "--out", str(tmp_path / "x")).returncode == 2
 
 
+def test_update_threads_option_and_single_cpu_warning(tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    args = ("train", "--out", str(run), "--steps", "600", "--eval-episodes", "0", "--no-plots",
+            "--json", "--update-threads")
+    assert _cli(*args, "3").returncode == 2  # argparse: not a choice
+    # one usable CPU: two update threads would take turns on it, so the command says so
+    out = _cli(*args, "2", preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert out.returncode == 0, out.stderr
+    assert "--update-threads 1" in out.stderr
+    _, payload = load_policy(run / "policy.pt")
+    assert payload["train_config"]["update_threads"] == 2
+    out = _cli(*args, "1", preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert out.returncode == 0, out.stderr
+    assert "--update-threads 1" not in out.stderr
+    _, payload = load_policy(run / "policy.pt")
+    assert payload["train_config"]["update_threads"] == 1
+
+
 def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
     import signal
     import time

@@ -50,6 +50,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def load_train_config(args):
     """The TrainConfig from --config (TOML) and the command-line options."""
     from .td3 import TrainConfig
@@ -65,7 +73,8 @@ def load_train_config(args):
             raise ValueError(f"--config {path}: malformed TOML: {exc}") from None
         data.update(raw.get("train", raw))
     for key, attr in (("seed", "seed"), ("total_env_steps", "steps"), ("num_envs", "num_envs"),
-                      ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps")):
+                      ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps"),
+                      ("update_threads", "update_threads")):
         value = getattr(args, attr)
         if value is not None:
             data[key] = value
@@ -134,6 +143,11 @@ def run_train(args) -> int:
     if not args.json and not kernels_cached():
         print("first run with this numba cache: compiling the simulator and update kernels "
               "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
+    cpus = usable_cpus()
+    if cfg.update_threads > cpus:
+        print(f"warning: {cfg.update_threads} update threads but this process may use only "
+              f"{cpus} CPU; they will take turns on it (slow). Pass --update-threads 1 (its "
+              "results differ from 2 threads' by float rounding).", file=sys.stderr)
     trainer = Trainer(cfg)
     if resume is not None:
         trainer.restore(resume)
