@@ -87,6 +87,15 @@ def test_same_payload_same_bytes():
     assert torch_file_bytes(_payload()) != torch_file_bytes({**_payload(), "n": 8})
 
 
+def test_numpy_scalars_become_python_numbers(tmp_path):
+    path = tmp_path / "p.pt"
+    path.write_bytes(torch_file_bytes({"m": {"rate": np.float32(0.5), "n": np.int64(3)},
+                                       "l": [np.bool_(True)]}))
+    got = torch.load(path, weights_only=True)
+    assert got == {"m": {"rate": 0.5, "n": 3}, "l": [True]}
+    assert type(got["m"]["n"]) is int and type(got["l"][0]) is bool
+
+
 def test_unsupported_dtype_is_refused():
     with pytest.raises(PolicyFileError, match="complex64"):
         torch_file_bytes({"z": np.zeros(3, dtype=np.complex64)})
@@ -124,6 +133,21 @@ def test_nan_weights_are_refused_and_nothing_is_written(tmp_path):
     weights = _weights()
     weights.state_dict["net.2.bias"][3] = np.nan
     with pytest.raises(PolicyFileError, match="net.2.bias"):
+        save_policy(tmp_path / "p.pt", weights, observation={}, action={}, vehicle={})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: w.state_dict.pop("net.4.bias"), "do not match layer_sizes"),
+    (lambda w: w.state_dict.update({"net.6.weight": np.zeros((4, 4), np.float32)}),
+     "do not match layer_sizes"),
+    (lambda w: w.state_dict.update({"net.2.weight": np.zeros((64, 63), np.float32)}),
+     r"'net.2.weight' has shape \(64, 63\)"),
+])
+def test_weights_that_do_not_match_layer_sizes_are_refused(tmp_path, edit, message):
+    weights = _weights()
+    edit(weights)
+    with pytest.raises(PolicyFileError, match=message):
         save_policy(tmp_path / "p.pt", weights, observation={}, action={}, vehicle={})
     assert list(tmp_path.iterdir()) == []
 

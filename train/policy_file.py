@@ -96,14 +96,24 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
     """
     path = Path(path)
     weights = ActorWeights.of(actor)
+    sizes = [int(s) for s in weights.layer_sizes]
+    expected = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        expected[f"net.{2 * i}.weight"], expected[f"net.{2 * i}.bias"] = (fan_out, fan_in), (fan_out,)
+    if set(weights.state_dict) != set(expected):
+        raise PolicyFileError(f"refusing to save: actor parameters {sorted(weights.state_dict)} "
+                              f"do not match layer_sizes {sizes} (expected {sorted(expected)})")
     for name, values in weights.state_dict.items():
+        if np.shape(values) != expected[name]:
+            raise PolicyFileError(f"refusing to save: actor parameter {name!r} has shape "
+                                  f"{np.shape(values)}, layer_sizes {sizes} imply {expected[name]}")
         if not np.isfinite(values).all():
             raise PolicyFileError(f"refusing to save: actor parameter {name!r} has NaN or Inf")
     payload = {
         "format": POLICY_FORMAT,
         "format_version": POLICY_FORMAT_VERSION,
         "actor": {
-            "layer_sizes": [int(s) for s in weights.layer_sizes],
+            "layer_sizes": sizes,
             "activation": weights.activation,
             "output_activation": "tanh",
             "state_dict": {k: np.array(v, dtype=np.float32) for k, v in weights.state_dict.items()},
@@ -189,12 +199,25 @@ class _TorchPickler(pickle._Pickler):  # the Python pickler: its dispatch table 
         return (self._rebuild, (storage, 0, shape, stride, False, collections.OrderedDict()))
 
 
+def _plain(obj: Any) -> Any:
+    """NumPy scalars (in metrics, say) as Python numbers: torch.load(weights_only=True) refuses
+    NumPy's scalar types."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
 def torch_file_bytes(payload: Any) -> bytes:
-    """``payload`` (dicts, lists, tuples, str, int, float, bool, None and NumPy arrays, which
-    become tensors) in ``torch.save``'s zip layout, as bytes."""
+    """``payload`` (dicts, lists, tuples, str, int, float, bool, None, NumPy scalars, which become
+    Python numbers, and NumPy arrays, which become tensors) in ``torch.save``'s zip layout, as
+    bytes."""
     pkl = io.BytesIO()
     pickler = _TorchPickler(pkl)
-    pickler.dump(payload)
+    pickler.dump(_plain(payload))
     records: list[tuple[str, bytes]] = [("data.pkl", pkl.getvalue()), (".format_version", b"1"),
                                         (".storage_alignment", str(_ALIGNMENT).encode()),
                                         ("byteorder", b"little")]
