@@ -292,7 +292,10 @@ def test_update_threads_option_and_single_cpu_warning(tmp_path):
     assert payload["train_config"]["update_threads"] == 1
 
 
-def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_stop_signal_saves_checkpoint_and_resume_finishes(tmp_path, signal_name):
+    """Ctrl-C, and SIGTERM (kill, timeout, container stops, batch schedulers), save a checkpoint
+    that resumes."""
     import signal
     import time
 
@@ -307,10 +310,11 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    number = getattr(signal, signal_name)
+    proc.send_signal(number)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert (run / "checkpoint.pkl").is_file() and "--resume" in err
+    assert proc.returncode == 128 + number, err
+    assert (run / "checkpoint.pkl").is_file() and "--resume" in err and signal_name in err
     ck = pickle.loads((run / "checkpoint.pkl").read_bytes())
     stopped_at = ck["state"]["env_steps"]
     assert 2000 <= stopped_at < 400000

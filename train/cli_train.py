@@ -154,14 +154,14 @@ def run_train(args) -> int:
     try:
         run_loop(trainer, on_progress=on_progress, progress_every=max(cfg.num_envs, 5000),
                  on_log=on_log)
-    except Interrupted:
+    except Interrupted as stopped:
         bar.close()
         _atomic_write_bytes(run_dir / "checkpoint.pkl", pickle.dumps(trainer.checkpoint()))
-        print(f"\ninterrupted at {trainer.state.env_steps} steps: saved "
+        print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
               f"{run_dir / 'checkpoint.pkl'}; continue with: nanofly train --resume {run_dir}",
               file=sys.stderr)
         log_file.close()
-        return 130
+        return 128 + stopped.signal_number  # the shell's convention: 130 for Ctrl-C
     finally:
         bar.close()
     log_file.close()

@@ -10,8 +10,8 @@ def register(sub, bench_sub) -> None:
         "train", help="train a hover policy (TD3, asymmetric actor-critic)",
         description="Train a policy (defaults: the paper's TD3 setup with the changes measured "
                     "in docs/benchmarks.md) and save it to a run directory (policy.pt, "
-                    "metrics.jsonl, config.toml, plots). Ctrl-C saves a checkpoint that "
-                    "--resume continues from.")
+                    "metrics.jsonl, config.toml, plots). Ctrl-C (or SIGTERM, SIGHUP) saves a "
+                    "checkpoint that --resume continues from.")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--steps", type=int, default=None,

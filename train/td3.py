@@ -621,27 +621,36 @@ class Trainer:
         }
 
 
-class Interrupted(Exception):
-    """Training stopped by Ctrl-C between two steps; ``trainer`` is consistent and can be
-    checkpointed."""
+# Signals that stop a run cleanly (a checkpoint is saved): Ctrl-C, and what `kill`, `timeout`,
+# container stops and batch schedulers send (SIGTERM), or a closed terminal (SIGHUP).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
 
-    def __init__(self, trainer: Trainer):
-        super().__init__("training interrupted")
+
+class Interrupted(Exception):
+    """Training stopped by a signal (``STOP_SIGNALS``; ``signal_number``) between two steps;
+    ``trainer`` is consistent and can be checkpointed."""
+
+    def __init__(self, trainer: Trainer, signal_number: int = signal.SIGINT):
+        super().__init__(f"training interrupted ({signal.Signals(signal_number).name})")
         self.trainer = trainer
+        self.signal_number = int(signal_number)
 
 
 def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None = None,
              progress_every: int = 2000, on_log: Callable[[dict], None] | None = None) -> Trainer:
-    """Step ``trainer`` to the end of its schedule. Ctrl-C (SIGINT) is deferred to the end of the
-    current step and raised as ``Interrupted`` with the trainer in a consistent state."""
+    """Step ``trainer`` to the end of its schedule. Ctrl-C (SIGINT), SIGTERM and SIGHUP are
+    deferred to the end of the current step and raised as ``Interrupted`` with the trainer in a
+    consistent state (in the main thread; elsewhere signals keep their handlers)."""
     cfg, st = trainer.cfg, trainer.state
     start = time.perf_counter() - st.wall_time_s
     next_progress = st.env_steps + progress_every
     next_log = (st.env_steps // cfg.log_interval + 1) * cfg.log_interval
-    stop = []
-    previous = None
+    stop: list[int] = []
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
+        for number in STOP_SIGNALS:
+            previous[number] = signal.signal(number, lambda signum, _frame: stop.append(signum))
     except ValueError:  # not the main thread: no deferral
         pass
     try:
@@ -656,7 +665,7 @@ def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None 
             trainer.step()
             if stop:
                 st.wall_time_s = time.perf_counter() - start
-                raise Interrupted(trainer)
+                raise Interrupted(trainer, stop[0])
             if st.env_steps >= next_progress or st.env_steps >= next_log:
                 st.wall_time_s = time.perf_counter() - start
                 if on_progress and st.env_steps >= next_progress:
@@ -667,8 +676,8 @@ def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None 
                     next_log += cfg.log_interval
     finally:
         st.wall_time_s = time.perf_counter() - start
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return trainer
 
 
