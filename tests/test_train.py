@@ -12,7 +12,8 @@ import torch
 from nanofly.sim.env import RewardWeights
 from nanofly.train.evaluate import hover_suite
 from nanofly.train.policy import init_actor, load_policy
-from nanofly.train.td3 import TrainConfig, Trainer, curriculum_step, run_loop, train
+from nanofly.train.td3 import (Interrupted, TrainConfig, Trainer, curriculum_step, run_loop,
+                               train)
 
 SMALL = dict(total_env_steps=6000, num_envs=8, critic_warmup_steps=1000, actor_warmup_steps=2000,
              curriculum_interval=2000, log_interval=1000, batch_size=64)
@@ -290,6 +291,31 @@ def test_update_threads_option_and_single_cpu_warning(tmp_path):
     assert "--update-threads 1" not in out.stderr
     _, payload = load_policy(run / "policy.pt")
     assert payload["train_config"]["update_threads"] == 1
+
+
+def test_stop_signals_in_process_and_ignored_signals_stay_ignored():
+    """A stop signal ends run_loop with Interrupted after the current step; a signal the caller
+    ignores (SIGHUP under nohup) stays ignored; the handlers are restored afterwards."""
+    import signal
+
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 1200, "num_envs": 4})
+
+    def hang_up(trainer):
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        finished = run_loop(Trainer(cfg), on_progress=hang_up, progress_every=200)
+        assert finished.state.env_steps >= 1200
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with pytest.raises(Interrupted) as stopped:
+            run_loop(Trainer(cfg), on_progress=hang_up, progress_every=200)
+        assert stopped.value.signal_number == signal.SIGHUP
+        assert 200 <= stopped.value.trainer.state.env_steps < 1200
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])

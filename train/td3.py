@@ -641,7 +641,8 @@ def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None 
              progress_every: int = 2000, on_log: Callable[[dict], None] | None = None) -> Trainer:
     """Step ``trainer`` to the end of its schedule. Ctrl-C (SIGINT), SIGTERM and SIGHUP are
     deferred to the end of the current step and raised as ``Interrupted`` with the trainer in a
-    consistent state (in the main thread; elsewhere signals keep their handlers)."""
+    consistent state (in the main thread; elsewhere signals keep their handlers, as do signals
+    that are ignored, like SIGHUP under ``nohup``)."""
     cfg, st = trainer.cfg, trainer.state
     start = time.perf_counter() - st.wall_time_s
     next_progress = st.env_steps + progress_every
@@ -650,6 +651,8 @@ def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None 
     previous: dict[int, Any] = {}
     try:
         for number in STOP_SIGNALS:
+            if signal.getsignal(number) is signal.SIG_IGN:  # e.g. SIGHUP under nohup: keep
+                continue
             previous[number] = signal.signal(number, lambda signum, _frame: stop.append(signum))
     except ValueError:  # not the main thread: no deferral
         pass
