@@ -143,6 +143,7 @@ def test_nan_weights_are_refused_and_nothing_is_written(tmp_path):
      "do not match layer_sizes"),
     (lambda w: w.state_dict.update({"net.2.weight": np.zeros((64, 63), np.float32)}),
      r"'net.2.weight' has shape \(64, 63\)"),
+    (lambda w: setattr(w, "activation", "relu"), "activation 'relu'"),
 ])
 def test_weights_that_do_not_match_layer_sizes_are_refused(tmp_path, edit, message):
     weights = _weights()

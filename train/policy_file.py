@@ -54,6 +54,8 @@ class ActorWeights:
         """``actor`` as weights: an ``ActorWeights`` itself, or a torch ``Actor`` (copied)."""
         if isinstance(actor, cls):
             return actor
+        if not all(hasattr(actor, a) for a in ("state_dict", "layer_sizes", "activation")):
+            raise TypeError(f"expected ActorWeights or a nanofly Actor, got {type(actor).__name__}")
         return cls(list(actor.layer_sizes),
                    {k: v.detach().cpu().numpy().copy() for k, v in actor.state_dict().items()},
                    actor.activation)
@@ -96,6 +98,9 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
     """
     path = Path(path)
     weights = ActorWeights.of(actor)
+    if weights.activation not in SUPPORTED_ACTIVATIONS:
+        raise PolicyFileError(f"refusing to save: activation {weights.activation!r}; nanofly runs "
+                              f"{SUPPORTED_ACTIVATIONS} MLPs")
     sizes = [int(s) for s in weights.layer_sizes]
     expected = {}
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
