@@ -111,6 +111,9 @@ def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
     assert resumed.state.env_steps == full.state.env_steps
     assert np.array_equal(resumed.core.params, full.core.params)
     assert np.array_equal(resumed.buffer.data[:full.buffer.size], full.buffer.data[:full.buffer.size])
+    # the update thread count changes no result: a run may resume with the other one
+    one_thread = train(dataclasses.replace(cfg, update_threads=1), resume=pickle.loads(blob))
+    assert np.array_equal(one_thread.core.params, full.core.params)
 
 
 def test_checkpoint_from_before_layer_norm_critics_resumes_without_them():
@@ -273,24 +276,34 @@ def test_train_cli_writes_run_dir_and_eval_exit_codes(tmp_path):
     assert _cli("train", "--config", str(badcfg), "--out", str(tmp_path / "x")).returncode == 2
 
 
-def test_update_threads_option_and_single_cpu_warning(tmp_path):
+def test_update_threads_give_the_same_policy_and_one_cpu_falls_back_to_one(tmp_path):
+    """One update thread computes the batch's two halves in turn, two threads at once: the
+    same policy bit for bit. A process that may use one CPU only trains with one thread."""
     import os
 
-    run = tmp_path / "run"
-    args = ("train", "--out", str(run), "--steps", "600", "--eval-episodes", "0", "--no-plots",
-            "--json", "--update-threads")
-    assert _cli(*args, "3").returncode == 2  # argparse: not a choice
-    # one usable CPU: two update threads would take turns on it, so the command says so
-    out = _cli(*args, "2", preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
-    assert out.returncode == 0, out.stderr
-    assert "--update-threads 1" in out.stderr
-    _, payload = load_policy(run / "policy.pt")
-    assert payload["train_config"]["update_threads"] == 2
-    out = _cli(*args, "1", preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
-    assert out.returncode == 0, out.stderr
-    assert "--update-threads 1" not in out.stderr
-    _, payload = load_policy(run / "policy.pt")
-    assert payload["train_config"]["update_threads"] == 1
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[train]\ncritic_warmup_steps = 500\nactor_warmup_steps = 1000\n"
+                   "log_interval = 1000\nbatch_size = 37\n")  # odd: halves of 19 and 18 rows
+
+    def train(name, threads, **kw):
+        out = _cli("train", "--out", str(tmp_path / name), "--steps", "3000", "--config", str(cfg),
+                   "--eval-episodes", "0", "--no-plots", "--json", "--update-threads", threads, **kw)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["actor_updates"] > 100  # the threads had work to do
+        return out.stderr, load_policy(tmp_path / name / "policy.pt")[1]
+
+    assert _cli("train", "--update-threads", "3").returncode == 2  # argparse: not a choice
+    one_cpu = {"preexec_fn": lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})}
+    err_two, two = train("two", "2")
+    err_one, one = train("one", "1")
+    err_fallback, fallback = train("fallback", "2", **one_cpu)
+    assert "update thread" not in err_two + err_one
+    assert "training with 1 update thread instead of 2" in err_fallback
+    assert (two["train_config"]["update_threads"], one["train_config"]["update_threads"],
+            fallback["train_config"]["update_threads"]) == (2, 1, 1)
+    for name, tensor in two["actor"]["state_dict"].items():
+        assert torch.equal(tensor, one["actor"]["state_dict"][name]), name
+        assert torch.equal(tensor, fallback["actor"]["state_dict"][name]), name
 
 
 def test_stop_signals_in_process_and_ignored_signals_stay_ignored():

@@ -2,6 +2,7 @@
 ``nanofly --help`` does not import numba or torch)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -118,6 +119,11 @@ def run_train(args) -> int:
         return 2
     from .td3 import Interrupted, Trainer, run_loop
 
+    cpus = usable_cpus()
+    if cfg.update_threads > cpus:  # two threads would take turns on one CPU (slow)
+        print(f"note: this process may use only {cpus} CPU: training with 1 update thread "
+              f"instead of {cfg.update_threads} (the same results, sooner)", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, update_threads=1)
     (run_dir / "config.toml").write_text(dumps_toml({"train": cfg.to_dict()}))
     metrics_path = run_dir / "metrics.jsonl"
     if resume is None and metrics_path.exists():
@@ -143,11 +149,6 @@ def run_train(args) -> int:
     if not args.json and not kernels_cached():
         print("first run with this numba cache: compiling the simulator and update kernels "
               "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
-    cpus = usable_cpus()
-    if cfg.update_threads > cpus:
-        print(f"warning: {cfg.update_threads} update threads but this process may use only "
-              f"{cpus} CPU; they will take turns on it (slow). Pass --update-threads 1 (its "
-              "results differ from 2 threads' by float rounding).", file=sys.stderr)
     trainer = Trainer(cfg)
     if resume is not None:
         trainer.restore(resume)

@@ -24,7 +24,7 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--update-threads", type=int, choices=(1, 2), default=None,
                    help="threads for the network updates (default 2: fastest on an otherwise "
                         "idle machine with 2+ cores; 1 is faster when other work keeps a core "
-                        "busy; results differ between the two by float rounding)")
+                        "busy; the results are the same bits either way)")
     p.add_argument("--preset", default=None, help="vehicle preset name or .toml file")
     p.add_argument("--config", default=None,
                    help="TOML file with training options (keys of TrainConfig, a [train] table)")

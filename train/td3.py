@@ -159,9 +159,9 @@ class TrainConfig:
     int8_aware_steps: int = 0
     # Bookkeeping.
     log_interval: int = 10_000  # env steps between metrics.jsonl lines
-    # Threads for the network updates: 2 splits each batch over two cores (the gradient sum is
-    # ordered differently, so results differ from 1 thread by float rounding but are
-    # deterministic for a given value).
+    # Threads for the network updates: each batch is computed as two halves whose gradients
+    # are added in a fixed order, by two threads on two cores (2) or in turn by one (1); the
+    # results are the same bits either way, only the speed differs.
     update_threads: int = 2
 
     def validate(self) -> None:
@@ -582,7 +582,10 @@ class Trainer:
         }
 
     def restore(self, ck: dict[str, Any]) -> None:
-        if config_of_checkpoint(ck) != self.cfg:
+        # the update thread count changes no result, so a run may resume with another one
+        made_with = dataclasses.replace(config_of_checkpoint(ck),
+                                        update_threads=self.cfg.update_threads)
+        if made_with != self.cfg:
             raise ValueError("checkpoint was made with a different training configuration")
         self.state = TrainState(**ck["state"])
         self.weights = RewardWeights(**ck["weights"])

@@ -35,12 +35,11 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
   ``critic_lr`` attributes may be changed between calls.
 - ``batch_size`` only sizes the workspaces: any batch of 1..batch_size rows may be passed (a
   larger one grows the workspace once).
-- ``threads``: 1 = everything on the calling thread; 2 = each update splits its batch in two
-  halves, one on the calling thread and one on a helper thread (the kernels release the GIL),
-  then adds the gradients: ~1.6x (critic) / ~1.5x (actor) faster when the second core is idle
-  (bench; no gain when another process keeps it busy). Results match
-  threads=1 to float32 rounding (the gradient sum is ordered differently) and are
-  deterministic for a given ``threads``. ``close()`` stops the helper thread (also done when
+- ``threads``: each update computes its batch as two halves and adds their gradients in a
+  fixed order; 1 = both halves in turn on the calling thread; 2 = one on the calling thread
+  and one on a helper thread (the kernels release the GIL): ~1.6x (critic) / ~1.5x (actor)
+  faster when the second core is idle (bench; no gain when another process keeps it busy).
+  The results are the same bits for 1 and 2 (tested). ``close()`` stops the helper thread (also done when
   the core is garbage-collected; it is a daemon thread either way).
 - Construction sets the thread count of SciPy's BLAS (which the kernels call) to 1:
   ``core.blas_threads_info`` says what was done. NumPy's own BLAS is not touched.
@@ -192,10 +191,12 @@ class TD3Core:
         self.targets = self.params.copy()
         self.adam_m = np.zeros(n, dtype=_F32)
         self.adam_v = np.zeros(n, dtype=_F32)
-        # one gradient buffer per thread; grads (row 0) holds the summed gradient of the
-        # last update (critic part after critic_update, actor part after actor_update)
+        # one gradient buffer per half of the batch: each update sums the gradients of the
+        # two halves in the same order whether one thread computes both or two threads one
+        # each, so the thread count changes no bits. grads (row 0) holds the summed gradient
+        # of the last update (critic part after critic_update, actor part after actor_update)
         self.threads = int(threads)
-        self._grads2 = np.zeros((self.threads, n), dtype=_F32)
+        self._grads2 = np.zeros((2, n), dtype=_F32)
         self.grads = self._grads2[0]
         self.blas_threads_info = _k.limit_blas_threads(1)
         self._worker: _HalfWorker | None = None
@@ -224,8 +225,8 @@ class TD3Core:
         # beta2, eps, weight decay, polyak (float64, read once per call by the kernels)
         self._hp_critic = np.zeros(10, dtype=np.float64)
         self._hp_actor = np.zeros(10, dtype=np.float64)
-        self._stats2 = np.zeros((self.threads, 10), dtype=_F32)
-        self._actor_stats2 = np.zeros((self.threads, 2), dtype=_F32)
+        self._stats2 = np.zeros((2, 10), dtype=_F32)  # per half, as the gradients
+        self._actor_stats2 = np.zeros((2, 2), dtype=_F32)
         self.critic_stats = self._stats2[0, :5]  # [loss_q1, loss_q2, mean_q1, mean_q2, mean_y]
 
     # -------------------------------------------------------------------------------- layout
@@ -370,7 +371,7 @@ class TD3Core:
         inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise,
                   self._batch[7])
         self._sampled_rows = None  # the mailbox gets these rows
-        rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         self._run_update(_k.CRITIC_JOB, inputs, b, dict(enumerate(inputs[:7])), None,
                          _F32(1.0), rows)
         return float(self._stats2[0, 0] + self._stats2[0, 1])
@@ -393,7 +394,7 @@ class TD3Core:
         self._grow(b)
         self._sampled_rows = None
         phases = _k.CRITIC_JOB | (_k.ACTOR_JOB if actor_targets is not None else 0)
-        rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         ok = self._run_update(phases, (*self._batch[:6], noise, self._batch[7]), b, None,
                               (replay.data, replay.offsets, idx, replay.size),
                               _F32(reward_scale), rows,
@@ -420,7 +421,7 @@ class TD3Core:
         self._grow(b)
         self._sampled_rows = None
         inputs = (critic_obs, *self._batch[1:7], actor_obs)
-        rows = ((b + 1) // 2, b - (b + 1) // 2) if self.threads == 2 else (b, 0)
+        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         self._run_update(_k.ACTOR_JOB, inputs, b, {0: critic_obs, 7: actor_obs}, None,
                          _F32(1.0), rows, actor_polyak="all" if update_targets else "none")
         return float(self._actor_stats2[0, 0])
@@ -485,7 +486,8 @@ class TD3Core:
         scalars = self._scalars
         scalars[0] = inv_batch
         scalars[1] = reward_scale
-        job[:] = (phases, rows[1], rows[0], gather, stored, *critic_ranges, *actor_ranges)
+        job[:] = (phases, rows[1], rows[0], gather, stored, *critic_ranges, *actor_ranges,
+                  worker is None)
         counters[0] += 1
         if worker is not None:
             worker.wake()

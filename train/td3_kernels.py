@@ -15,11 +15,12 @@ Conventions:
 - No allocation: every intermediate lives in the workspace ``ws`` passed in.
 - A batch can be split into row blocks: ``critic_gradient`` / ``actor_gradient`` compute the
   gradient contribution of a block (scaled by 1/B of the whole batch). One update is one call
-  of ``update_kernel`` from Python: with one thread it runs the whole batch as one block,
-  then the Adam (and Polyak) step; with two threads (``TD3Core(threads=2)``) it runs the first
-  half while a helper thread (the same kernel in its loop role, never returning to Python
-  between jobs) runs the second, and each then adds the two gradients and steps one half of
-  the parameters. The replay rows can be gathered inside the same call
+  of ``update_kernel`` from Python, on the batch as two halves: with two threads
+  (``TD3Core(threads=2)``) it runs the first half while a helper thread (the same kernel in
+  its loop role, never returning to Python between jobs) runs the second, and each then adds
+  the two gradients and steps one half of the parameters; with one thread it runs both halves
+  and both steps in turn. Same operations in the same order either way: the thread count
+  changes no bits. The replay rows can be gathered inside the same call
   (``gather_rows``), each thread its own half. Plain Python threads, not numba's
   ``parallel=True``: parfors added ~6 s of cold compile for the same split.
 
@@ -756,18 +757,21 @@ def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch
 # ---------------------------------------------------------------------------------------------
 # job (int64): [0 phases (bit 1: critic update, bit 2: actor update after it; 0: stop),
 #               1 helper's rows, 2 caller's rows, 3 gather (0/1), 4 replay rows stored,
-#               5-8 critic Adam range [lo, hi) and Polyak range [lo, hi), 9-12 the actor's]
+#               5-8 critic Adam range [lo, hi) and Polyak range [lo, hi), 9-12 the actor's,
+#               13 solo (1: no helper thread; the caller computes both halves, its own rows
+#               first, so one thread gets the same numbers as two)]
 # counters (int64): [0 jobs posted, 1 jobs done (by the helper), 2 caller's progress,
 #                    3 helper's progress, 4 job cancelled by the caller, 5 job with bad rows];
 #                    progress = 4 * job number + stage (0 critic gradient ready, 1 critic step
 #                    done, 2 actor gradient ready); 4 and 5 hold job numbers.
-JOB_FIELDS = 13
+JOB_FIELDS = 14
 COUNTER_FIELDS = 6
 CRITIC_JOB = 1
 ACTOR_JOB = 2
 STOP_JOB = 0
 _CRITIC_RANGES = 5
 _ACTOR_RANGES = 9
+_SOLO = 13
 
 
 @_helper
@@ -830,6 +834,16 @@ def _meet(counters, part, parts, number, stage):
 
 
 @_helper
+def _half_rows(job, half, second_lo):
+    """Rows [lo, hi) of ``half`` in the computing thread's batch arrays: the first half is
+    the caller's job[2] rows from row 0, the second the helper's job[1] rows from
+    ``second_lo`` (0 in the helper's own arrays; solo, after the first half's in the
+    caller's)."""
+    lo = second_lo * half
+    return lo, lo + (job[1] if half == 1 else job[2])
+
+
+@_helper
 def _rows_valid(idx, rows, stored):
     for i in range(rows):
         if idx[i] < 0 or idx[i] >= stored:
@@ -863,7 +877,7 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
     and compiles all of it again (measured: 12.7 s cold with two more levels, 8.3 s before).
     """
     part = role
-    parts = grads2.shape[0]
+    parts = grads2.shape[0]  # halves of the batch (2; 1: the whole batch as one)
     done = load_acquire(counters, 1)
     idle = 0
     while True:
@@ -884,6 +898,15 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
         phases = job[0]
         inv_batch = scalars[0]
         rows = job[2] if part == 0 else job[1]
+        # the halves this thread computes: its own, or with no helper (solo) both, the second
+        # on the rows after the first in the same arrays; the threads meet only when both run
+        solo = job[_SOLO] != 0
+        last_half = parts if solo else part + 1
+        meeting = 1 if solo else parts
+        # row offset of the second half in this thread's arrays (solo: after the first half)
+        second_lo = job[2] if solo else 0
+        if solo:
+            rows += job[1]
         ok = True
         if job[3] != 0:  # gather this thread's rows
             if not _rows_valid(idx, rows, job[4]):
@@ -898,11 +921,13 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                         reward[i] = reward[i] * scalars[1]
         if phases & CRITIC_JOB:
             if ok:
-                critic_gradient(params, targets, grads2[part], dims, offs, hp_critic,
-                                obs_c[:rows], action[:rows], reward[:rows], next_obs_c[:rows],
-                                next_obs_a[:rows], terminated[:rows], noise[:rows], ws2[part],
-                                stats_critic[part], inv_batch)
-            ok = _meet(counters, part, parts, number, 0) and ok
+                for half in range(part, last_half):
+                    lo, hi = _half_rows(job, half, second_lo)
+                    critic_gradient(params, targets, grads2[half], dims, offs, hp_critic,
+                                    obs_c[lo:hi], action[lo:hi], reward[lo:hi], next_obs_c[lo:hi],
+                                    next_obs_a[lo:hi], terminated[lo:hi], noise[lo:hi], ws2[part],
+                                    stats_critic[half], inv_batch)
+            ok = _meet(counters, part, meeting, number, 0) and ok
             ok = ok and load_acquire(counters, 5) < number  # neither half had bad rows
             if ok:
                 if part == 0:  # the losses and statistics of the whole batch
@@ -910,19 +935,23 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                     for k in range(5):
                         s[k] = (s[5 + k] + stats_critic[1, 5 + k] if parts == 2
                                 else s[5 + k]) * inv_batch
-                _finish_part(params, targets, grads2, adam_m, adam_v, hp_critic, job,
-                             _CRITIC_RANGES, part, parts)
+                for half in range(part, last_half):
+                    _finish_part(params, targets, grads2, adam_m, adam_v, hp_critic, job,
+                                 _CRITIC_RANGES, half, parts)
                 if phases & ACTOR_JOB:  # the actor sees the stepped critics
-                    ok = _meet(counters, part, parts, number, 1)
+                    ok = _meet(counters, part, meeting, number, 1)
         if ok and phases & ACTOR_JOB:
-            actor_gradient(params, grads2[part], dims, offs, obs_a[:rows], obs_c[:rows],
-                           ws2[part], stats_actor[part], inv_batch)
-            if _meet(counters, part, parts, number, 2):
+            for half in range(part, last_half):
+                lo, hi = _half_rows(job, half, second_lo)
+                actor_gradient(params, grads2[half], dims, offs, obs_a[lo:hi], obs_c[lo:hi],
+                               ws2[part], stats_actor[half], inv_batch)
+            if _meet(counters, part, meeting, number, 2):
                 if part == 0:
                     s = stats_actor[0]
                     s[0] = -(s[1] + stats_actor[1, 1] if parts == 2 else s[1]) * inv_batch
-                _finish_part(params, targets, grads2, adam_m, adam_v, hp_actor, job,
-                             _ACTOR_RANGES, part, parts)
+                for half in range(part, last_half):
+                    _finish_part(params, targets, grads2, adam_m, adam_v, hp_actor, job,
+                                 _ACTOR_RANGES, half, parts)
         if role == 0:
             return ok
         done += 1
