@@ -39,8 +39,8 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
   fixed order; 1 = both halves in turn on the calling thread; 2 = one on the calling thread
   and one on a helper thread (the kernels release the GIL): ~1.6x (critic) / ~1.5x (actor)
   faster when the second core is idle (bench; no gain when another process keeps it busy).
-  The results are the same bits for 1 and 2 (tested). ``close()`` stops the helper thread (also done when
-  the core is garbage-collected; it is a daemon thread either way).
+  The results are the same bits for 1 and 2 (tested). ``close()`` stops the helper thread
+  (also done when the core is garbage-collected; it is a daemon thread either way).
 - Construction sets the thread count of SciPy's BLAS (which the kernels call) to 1:
   ``core.blas_threads_info`` says what was done. NumPy's own BLAS is not touched.
 

@@ -862,9 +862,10 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
     critic then an actor update on the same batch (job[0]), on the first job[2] rows of the
     batch arrays ``obs_c`` ... ``obs_a``, gathered first from the replay ``data`` at ``idx``
     when job[3] (rows outside [0, job[4]): nothing changes, returns False), with ``scalars`` =
-    [1 / B, reward scale]. With two threads (``grads2`` has two rows) it meets the helper
-    when both halves' gradients are ready and takes the lower share of the Adam and Polyak
-    ranges, with one thread all of them. Fills stats_critic[0, 0:5] = [loss_q1, loss_q2,
+    [1 / B, reward scale]. ``grads2`` has a row per half. With a helper (job[13] 0) it meets
+    the helper when both halves' gradients are ready and takes the lower share of the Adam
+    and Polyak ranges; solo (job[13] 1) it computes both halves and both shares in turn, on
+    job[2] + job[1] rows. Fills stats_critic[0, 0:5] = [loss_q1, loss_q2,
     mean_q1, mean_q2, mean_y] and stats_actor[0, 0] = the actor loss. Returns True when the
     update was made.
 
