@@ -204,9 +204,9 @@ class TD3Core:
         self.batch_size = int(batch_size)
         self._ws2 = np.zeros((self.threads, 0), dtype=_F32)
         self._batch: tuple[np.ndarray, ...] = ()
-        # rows (this thread's, the helper's) of the batch the last critic_update_sampled
-        # gathered, which actor_update_sampled reuses; None when there is none
-        self._sampled_rows: tuple[int, int] | None = None
+        # rows of the batch the last critic_update_sampled gathered, which
+        # actor_update_sampled reuses; None when there is none
+        self._sampled_batch: int | None = None
         # update_kernel's job and counters when there is no helper thread; and the replay
         # arguments of updates that do not gather
         self._scalars = np.zeros(2, dtype=_F32)  # [1 / B, reward scale] of this thread's half
@@ -370,10 +370,9 @@ class TD3Core:
         self._grow(b)
         inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise,
                   self._batch[7])
-        self._sampled_rows = None  # the mailbox gets these rows
-        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
+        self._sampled_batch = None  # the mailbox gets these rows
         self._run_update(_k.CRITIC_JOB, inputs, b, dict(enumerate(inputs[:7])), None,
-                         _F32(1.0), rows)
+                         _F32(1.0))
         return float(self._stats2[0, 0] + self._stats2[0, 1])
 
     def update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
@@ -392,17 +391,16 @@ class TD3Core:
         b = idx.shape[0]
         noise = self._check("noise", noise, b, self.action_dim)
         self._grow(b)
-        self._sampled_rows = None
+        self._sampled_batch = None
         phases = _k.CRITIC_JOB | (_k.ACTOR_JOB if actor_targets is not None else 0)
-        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         ok = self._run_update(phases, (*self._batch[:6], noise, self._batch[7]), b, None,
                               (replay.data, replay.offsets, idx, replay.size),
-                              _F32(reward_scale), rows,
+                              _F32(reward_scale),
                               critic_polyak="critics" if critic_targets else "none",
                               actor_polyak=actor_targets or "none")
         if not ok:
             raise ValueError(f"idx: row indices must be in [0, {replay.size}) (the rows stored)")
-        self._sampled_rows = rows
+        self._sampled_batch = b
         return (float(self._stats2[0, 0] + self._stats2[0, 1]),
                 None if actor_targets is None else float(self._actor_stats2[0, 0]))
 
@@ -419,22 +417,20 @@ class TD3Core:
         b = actor_obs.shape[0]
         critic_obs = self._check("critic_obs", critic_obs, b, self.critic_obs_dim)
         self._grow(b)
-        self._sampled_rows = None
+        self._sampled_batch = None
         inputs = (critic_obs, *self._batch[1:7], actor_obs)
-        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         self._run_update(_k.ACTOR_JOB, inputs, b, {0: critic_obs, 7: actor_obs}, None,
-                         _F32(1.0), rows, actor_polyak="all" if update_targets else "none")
+                         _F32(1.0), actor_polyak="all" if update_targets else "none")
         return float(self._actor_stats2[0, 0])
 
     def actor_update_sampled(self, update_targets: str = "none") -> float:
         """``actor_update`` on the batch of the last ``critic_update_sampled``; then the Polyak
         step of ``update_targets``: "none", "actor" (the target actor) or "all" (all three
         targets). Returns the loss."""
-        if self._sampled_rows is None:
+        if self._sampled_batch is None:
             raise RuntimeError("actor_update_sampled needs a critic_update_sampled before it "
                                "(and no critic_update / actor_update in between)")
-        rows = self._sampled_rows
-        self._run_update(_k.ACTOR_JOB, self._batch, sum(rows), None, None, _F32(1.0), rows,
+        self._run_update(_k.ACTOR_JOB, self._batch, self._sampled_batch, None, None, _F32(1.0),
                          actor_polyak=update_targets)
         return float(self._actor_stats2[0, 0])
 
@@ -449,11 +445,12 @@ class TD3Core:
         return self._polyak_ranges[which]
 
     def _run_update(self, phases: int, inputs: tuple, b: int, mailbox_inputs, replay,
-                    reward_scale: np.float32, rows: tuple[int, int], critic_polyak: str = "none",
+                    reward_scale: np.float32, critic_polyak: str = "none",
                     actor_polyak: str = "none") -> bool:
-        """One job of ``update_kernel`` (``phases``: critic and/or actor update): this thread
-        on its ``rows[0]`` rows of ``inputs`` (the kernel's eight batch arrays) and, with two
-        threads, the helper thread on the other ``rows[1]``.
+        """One job of ``update_kernel`` (``phases``: critic and/or actor update) on a batch of
+        ``b`` rows as two halves, the first ``(b + 1) // 2`` rows of ``inputs`` (the kernel's
+        eight batch arrays) and the rest: with two threads this thread computes the first and
+        the helper thread the second, with one thread this one both.
 
         ``mailbox_inputs``: what to copy into the helper's mailbox first ({slot: array}; None:
         nothing, it gathers or has its rows);
@@ -471,6 +468,7 @@ class TD3Core:
         gather = replay is not None
         data, offsets, idx, stored = replay if gather else self._no_replay
         inv_batch = _F32(1.0 / b)
+        rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         if self.threads == 1:
             job, counters, worker = self._solo_job, self._solo_counters, None
         else:

@@ -783,47 +783,45 @@ def _split_point(lo, hi):
 
 
 @_helper
-def _share(lo, hi, part, parts):
-    """Thread ``part``'s share of [lo, hi) when ``parts`` (1 or 2) threads split it."""
-    if parts == 1:
-        return lo, hi
+def _share(lo, hi, part):
+    """Half ``part``'s share of [lo, hi)."""
     mid = _split_point(lo, hi)
     return (lo, mid) if part == 0 else (mid, hi)
 
 
 @_helper
-def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, ranges, part, parts):
-    """Thread ``part``'s share (of ``parts``) of an update's end: the half gradients added and
+def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, ranges, part):
+    """Share ``part`` (0 or 1) of an update's end: the two halves' gradients added and
     the Adam step on [job[ranges], job[ranges + 1]), then the Polyak step on [job[ranges + 2],
     job[ranges + 3]); each value Polyak-averaged by the thread that stepped it (no other
     ordering between the threads is needed). Every value goes through the same operations
     whichever thread computes it, so the split changes no bits."""
     alo, ahi, plo, phi = job[ranges], job[ranges + 1], job[ranges + 2], job[ranges + 3]
-    a0, a1 = _share(alo, ahi, part, parts)
+    a0, a1 = _share(alo, ahi, part)
     if a1 > a0:
-        if parts == 2:
-            _add_into(grads2[0], grads2[1], a0, a1)
+        _add_into(grads2[0], grads2[1], a0, a1)
         _adam(params, grads2[0], adam_m, adam_v, a0, a1, hp)
     if phi <= plo:
         return
     polyak = np.float32(hp[9])
-    lo, hi = max(plo, a0), min(phi, a1)  # inside this thread's Adam share
+    lo, hi = max(plo, a0), min(phi, a1)  # inside this share of the Adam range
     if hi > lo:
         _polyak(params, targets, polyak, lo, hi)
-    lo, hi = _share(plo, min(phi, alo), part, parts)  # below the Adam range
+    lo, hi = _share(plo, min(phi, alo), part)  # below the Adam range
     if hi > lo:
         _polyak(params, targets, polyak, lo, hi)
-    lo, hi = _share(max(plo, ahi), phi, part, parts)  # above it
+    lo, hi = _share(max(plo, ahi), phi, part)  # above it
     if hi > lo:
         _polyak(params, targets, polyak, lo, hi)
 
 
 @_helper
-def _meet(counters, part, parts, number, stage):
-    """With two threads, wait until the other one reached ``stage`` of job ``number`` too.
-    False when the helper (part 1) was cancelled by the caller; the caller (part 0) also goes
-    on when the helper failed (its error is raised by the caller's wait())."""
-    if parts == 1:
+def _meet(counters, part, solo, number, stage):
+    """With two threads (not ``solo``), wait until the other one reached ``stage`` of job
+    ``number`` too. False when the helper (part 1) was cancelled by the caller; the caller
+    (part 0) also goes on when the helper failed (its error is raised by the caller's
+    wait())."""
+    if solo:
         return True
     progress = 4 * number + stage
     store_release(counters, 2 + part, progress)
@@ -878,7 +876,8 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
     and compiles all of it again (measured: 12.7 s cold with two more levels, 8.3 s before).
     """
     part = role
-    parts = grads2.shape[0]  # halves of the batch (2; 1: the whole batch as one)
+    if grads2.shape[0] != 2:  # a row per half of the batch
+        raise ValueError("update_kernel: grads2 needs two rows")
     done = load_acquire(counters, 1)
     idle = 0
     while True:
@@ -902,8 +901,7 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
         # the halves this thread computes: its own, or with no helper (solo) both, the second
         # on the rows after the first in the same arrays; the threads meet only when both run
         solo = job[_SOLO] != 0
-        last_half = parts if solo else part + 1
-        meeting = 1 if solo else parts
+        last_half = 2 if solo else part + 1
         # row offset of the second half in this thread's arrays (solo: after the first half)
         second_lo = job[2] if solo else 0
         if solo:
@@ -928,31 +926,30 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                                     obs_c[lo:hi], action[lo:hi], reward[lo:hi], next_obs_c[lo:hi],
                                     next_obs_a[lo:hi], terminated[lo:hi], noise[lo:hi], ws2[part],
                                     stats_critic[half], inv_batch)
-            ok = _meet(counters, part, meeting, number, 0) and ok
+            ok = _meet(counters, part, solo, number, 0) and ok
             ok = ok and load_acquire(counters, 5) < number  # neither half had bad rows
             if ok:
                 if part == 0:  # the losses and statistics of the whole batch
                     s = stats_critic[0]
                     for k in range(5):
-                        s[k] = (s[5 + k] + stats_critic[1, 5 + k] if parts == 2
-                                else s[5 + k]) * inv_batch
+                        s[k] = (s[5 + k] + stats_critic[1, 5 + k]) * inv_batch
                 for half in range(part, last_half):
                     _finish_part(params, targets, grads2, adam_m, adam_v, hp_critic, job,
-                                 _CRITIC_RANGES, half, parts)
+                                 _CRITIC_RANGES, half)
                 if phases & ACTOR_JOB:  # the actor sees the stepped critics
-                    ok = _meet(counters, part, meeting, number, 1)
+                    ok = _meet(counters, part, solo, number, 1)
         if ok and phases & ACTOR_JOB:
             for half in range(part, last_half):
                 lo, hi = _half_rows(job, half, second_lo)
                 actor_gradient(params, grads2[half], dims, offs, obs_a[lo:hi], obs_c[lo:hi],
                                ws2[part], stats_actor[half], inv_batch)
-            if _meet(counters, part, meeting, number, 2):
+            if _meet(counters, part, solo, number, 2):
                 if part == 0:
                     s = stats_actor[0]
-                    s[0] = -(s[1] + stats_actor[1, 1] if parts == 2 else s[1]) * inv_batch
+                    s[0] = -(s[1] + stats_actor[1, 1]) * inv_batch
                 for half in range(part, last_half):
                     _finish_part(params, targets, grads2, adam_m, adam_v, hp_actor, job,
-                                 _ACTOR_RANGES, half, parts)
+                                 _ACTOR_RANGES, half)
         if role == 0:
             return ok
         done += 1
