@@ -45,12 +45,6 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -117,6 +111,7 @@ def run_train(args) -> int:
     except OSError as exc:
         print(f"error: cannot write the run directory {run_dir}: {exc}", file=sys.stderr)
         return 2
+    from .policy_file import atomic_write_bytes, save_policy  # no torch import (~1.3 s)
     from .td3 import Interrupted, Trainer, run_loop
 
     cpus = usable_cpus()
@@ -157,7 +152,7 @@ def run_train(args) -> int:
                  on_log=on_log)
     except Interrupted as stopped:
         bar.close()
-        _atomic_write_bytes(run_dir / "checkpoint.pkl", pickle.dumps(trainer.checkpoint()))
+        atomic_write_bytes(run_dir / "checkpoint.pkl", pickle.dumps(trainer.checkpoint()))
         print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
               f"{run_dir / 'checkpoint.pkl'}; continue with: nanofly train --resume {run_dir}",
               file=sys.stderr)
@@ -167,8 +162,6 @@ def run_train(args) -> int:
         bar.close()
     log_file.close()
     train_wall = trainer.state.wall_time_s
-    from .policy_file import save_policy  # torch is not imported to save (~1.3 s)
-
     actor = trainer.policy_weights()
     policy_path = run_dir / "policy.pt"
     st = trainer.state

@@ -132,9 +132,15 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    data = torch_file_bytes(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".policy-", suffix=".pt.tmp", dir=path.parent)
+    atomic_write_bytes(path, torch_file_bytes(payload))
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, flushed to
+    disk, then renamed over it (a crash leaves the old file or none, never a partial one)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -144,7 +150,6 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 # ----------------------------------------------------------------------- torch's file layout
