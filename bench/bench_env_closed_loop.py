@@ -7,11 +7,11 @@ actions in the same run.
 `nanofly bench sim` steps every environment with a fixed hover action plus 0.05 N(0, 1) noise,
 open loop: most episodes crash within ~1 s, so ~2.2 % of the environments reset in every step,
 and a reset costs ~0.8 us (docs/benchmarks.md). Under a hovering policy most episodes run their
-500 steps, so far fewer reset. This bench times only `VecEnv.step` (the policy's forward pass, in
-NumPy float32, runs outside the timed region) over a window of `--steps` steps after a 500-step
-warm-up, on one thread, for both kinds of actions, and prints one JSON object: env steps per
-second, the fraction of environment steps that ended an episode, and the ratio of the two
-rates. A 500-step window holds every surviving episode's truncation exactly once, so its
+500 steps, so far fewer reset. This bench times only `VecEnv.step` (the policy's forward pass,
+in torch on one thread, runs outside the timed region) over a window of `--steps` steps after a
+500-step warm-up, on one thread, for both kinds of actions, and prints one JSON object: env
+steps per second, the fraction of environment steps that ended an episode, and the ratio of the
+two rates. A 500-step window holds every surviving episode's truncation exactly once, so its
 average reset rate is the steady state's even though the episodes start together.
 """
 from __future__ import annotations
@@ -27,23 +27,6 @@ from nanofly.sim.bench import bench_actions
 from nanofly.sim.env import VecEnv
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover" / "policy.pt"
-
-
-def numpy_actor(policy_path: Path):
-    """The policy's actor as a float32 NumPy function (tanh MLP), and its payload."""
-    from nanofly.train.policy import load_policy
-
-    actor, payload = load_policy(policy_path)
-    layers = [(lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy())
-              for lin in actor.linear_layers()]
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        h = obs
-        for weight, bias in layers:
-            h = np.tanh(h @ weight + bias)
-        return h
-
-    return act, payload
 
 
 def timed_window(env: VecEnv, obs: np.ndarray, actions_for, steps: int):
@@ -80,10 +63,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each kind")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    act, payload = numpy_actor(Path(args.policy))
-    from nanofly.train.evaluate import policy_mdp
+    from nanofly.train.evaluate import TorchPolicy, policy_mdp
 
-    preset, mdp = policy_mdp(payload)  # the evaluation MDP: noise and disturbances on
+    act = TorchPolicy(Path(args.policy))  # the policy file's actor (torch, one thread)
+    preset, mdp = policy_mdp(act.payload)  # the evaluation MDP: noise and disturbances on
     VecEnv(64, preset, seed=0, config=mdp).reset()  # load the kernels before timing
     runs: dict[str, list] = {"open_loop": [], "policy": []}
     for r in range(args.repeats):
