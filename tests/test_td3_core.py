@@ -499,9 +499,9 @@ def test_half_worker_hands_off_after_sleeping_reraises_errors_and_closes():
     bad.scalars[:] = (1.0 / (2 * rows), 1.0)
     for _ in range(2):
         # a critic job on the mailbox rows (no gathering): [phases, helper's rows, caller's
-        # rows, gather, rows stored, critic Adam range, Polyak range, actor ranges]
+        # rows, gather, rows stored, critic Adam range, Polyak range, actor ranges, solo]
         bad.post((td3_kernels.CRITIC_JOB, rows, rows, 0, 0, core.n_actor_params,
-                  core.params.size, 0, 0, 0, 0, 0, 0))
+                  core.params.size, 0, 0, 0, 0, 0, 0, 0))
         with pytest.raises(ValueError, match="workspace too small"):
             bad.wait()
     bad.close()
