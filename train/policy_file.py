@@ -72,6 +72,17 @@ class ActorWeights:
         return actor
 
 
+def parameter_shapes(layer_sizes) -> dict[str, tuple[int, ...]]:
+    """The actor's parameters by state_dict name, in order, with their shapes: ``net.0.weight``
+    (out, in), ``net.0.bias`` (out,), ``net.2.weight``, ... (``Actor``'s ``nn.Sequential`` of
+    Linear and Tanh layers)."""
+    shapes = {}
+    for i, (fan_in, fan_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+        shapes[f"net.{2 * i}.weight"] = (int(fan_out), int(fan_in))
+        shapes[f"net.{2 * i}.bias"] = (int(fan_out),)
+    return shapes
+
+
 def git_commit(default: str = "unknown") -> str:
     """The current git commit of the nanofly source tree, or ``default`` outside a checkout."""
     try:
@@ -102,9 +113,7 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
         raise PolicyFileError(f"refusing to save: activation {weights.activation!r}; nanofly runs "
                               f"{SUPPORTED_ACTIVATIONS} MLPs")
     sizes = [int(s) for s in weights.layer_sizes]
-    expected = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        expected[f"net.{2 * i}.weight"], expected[f"net.{2 * i}.bias"] = (fan_out, fan_in), (fan_out,)
+    expected = parameter_shapes(sizes)
     if set(weights.state_dict) != set(expected):
         raise PolicyFileError(f"refusing to save: actor parameters {sorted(weights.state_dict)} "
                               f"do not match layer_sizes {sizes} (expected {sorted(expected)})")

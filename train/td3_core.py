@@ -601,15 +601,14 @@ class TD3Core:
         """The (online or target) actor as ``nanofly.train.policy_file.ActorWeights`` (copied
         NumPy arrays, no torch); ``actor_params``: instead, the actor part of a parameter vector
         saved earlier (``params[:n_actor_params]``)."""
-        from nanofly.train.policy_file import ActorWeights
+        from nanofly.train.policy_file import ActorWeights, parameter_shapes
 
         buf = actor_params if actor_params is not None else (self.targets if target else self.params)
         if len(buf) < self.n_actor_params:
             raise ValueError(f"actor_params has {len(buf)} values, the actor {self.n_actor_params}")
-        state = {}
-        for i, (weight, bias) in enumerate(self._actor_views(buf)):
-            state[f"net.{2 * i}.weight"], state[f"net.{2 * i}.bias"] = weight.copy(), bias.copy()
-        return ActorWeights(list(self.actor_sizes), state)
+        arrays = [a.copy() for layer in self._actor_views(buf) for a in layer]  # W, b per layer
+        return ActorWeights(list(self.actor_sizes),
+                            dict(zip(parameter_shapes(self.actor_sizes), arrays)))
 
     def to_actor(self, target: bool = False, actor_params: np.ndarray | None = None):
         """``actor_weights(...)`` as a torch ``nanofly.train.policy.Actor``."""
