@@ -601,6 +601,84 @@ def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
     b.close()
 
 
+
+def test_adaptive_threads_switching_changes_no_bit():
+    """TD3Core(threads=2, adaptive_threads=True) may run any update on one thread or two:
+    updates forced to alternate (sampled critic+actor calls, a sampled critic update followed
+    by actor_update_sampled in the mode it gathered in, array calls) give exactly the fixed
+    two-thread core's numbers."""
+    from nanofly.train.replay import ReplayBuffer
+
+    rng = np.random.default_rng(8)
+    fixed, adaptive = small_core(threads=2), small_core(threads=2, adaptive_threads=True)
+    modes = iter([False, True] * 20)
+    adaptive._adaptive.pick = lambda: next(modes)
+    replay = ReplayBuffer(300, fixed.actor_obs_dim, fixed.critic_obs_dim, fixed.action_dim)
+    replay.data[:] = rng.standard_normal(replay.data.shape).astype(np.float32)
+    replay.terminated[:] = rng.random(300) < 0.2
+    replay.rows(300)
+    used = []
+    for step in range(8):
+        idx = rng.integers(0, replay.size, size=64 - step)
+        noise = rng.standard_normal((idx.size, fixed.action_dim)).astype(np.float32)
+        for core in (fixed, adaptive):
+            if step % 2:
+                core.critic_update_sampled(replay, idx, noise, update_targets=True)
+                core.actor_update_sampled("actor")
+            else:
+                core.update_sampled(replay, idx, noise, critic_targets=True, actor_targets="all")
+        used.append(adaptive._sampled_helper)
+        b = make_batch(rng, fixed, b=37)
+        for core in (fixed, adaptive):
+            core.critic_update(**b)
+            core.actor_update(b["next_actor_obs"], b["critic_obs"])
+        for name in ("params", "targets", "adam_m", "adam_v"):
+            assert np.array_equal(getattr(fixed, name), getattr(adaptive, name)), (step, name)
+    assert set(used) == {False, True}  # both modes ran sampled updates
+    assert adaptive._adaptive.updates_without_helper > 0
+    assert np.abs(fixed.params - small_core().params).max() > 1e-3  # they did train
+    fixed.close()
+    adaptive.close()
+
+
+def test_adaptive_threads_policy():
+    """AdaptiveThreads on made-up timings: two threads while they are faster (one-thread
+    probes only), one thread soon after two become slow, two again after a probe shows
+    them fast; one thread slowing down alone does not switch back between probes."""
+    from nanofly.train.td3_core import AdaptiveThreads
+
+    policy = AdaptiveThreads()
+    n = policy.PROBE_INTERVAL
+
+    def run(updates, two, one, phases=1):
+        chosen = []
+        for _ in range(updates):
+            helper = policy.pick()
+            chosen.append(helper)
+            policy.record(helper, phases, two if helper else one)
+        return chosen
+
+    chosen = run(3 * n, two=1.0, one=1.6)  # an idle machine
+    assert policy.helper and chosen.count(False) == 6 and policy.switches == 0
+    chosen = run(20, two=10.0, one=1.6)  # another process took a core: the helper waits
+    assert not policy.helper and policy.switches == 1
+    assert chosen.index(False) < 10  # switched within a few updates, not at the next probe
+    before = policy.switches
+    run(n - (policy.updates % n), two=10.0, one=3.0)  # one thread slower too: no flapping
+    assert not policy.helper and policy.switches == before
+    run(2, two=10.0, one=3.0)  # a probe: two threads still slow
+    assert not policy.helper
+    run(n, two=1.0, one=3.0)  # the core is free again: the next probe finds two faster
+    assert policy.helper and policy.switches == before + 1
+    # a slow first update of a kind (starting the helper) does not switch by itself
+    fresh = AdaptiveThreads()
+    fresh.updates = 2  # past the opening probes
+    for seconds in [20.0] + [1.0] * 10:
+        fresh.record(True, 3, seconds)
+    fresh._average[(False, 3)] = 1.6
+    fresh.record(True, 3, 1.0)
+    assert fresh.helper and fresh.switches == 0
+
 def test_sampled_update_errors():
     from nanofly.train.replay import ReplayBuffer
 

@@ -111,9 +111,11 @@ def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
     assert resumed.state.env_steps == full.state.env_steps
     assert np.array_equal(resumed.core.params, full.core.params)
     assert np.array_equal(resumed.buffer.data[:full.buffer.size], full.buffer.data[:full.buffer.size])
-    # the update thread count changes no result: a run may resume with the other one
+    # the update threads change no result: a run may resume with other settings
     one_thread = train(dataclasses.replace(cfg, update_threads=1), resume=pickle.loads(blob))
     assert np.array_equal(one_thread.core.params, full.core.params)
+    fixed = train(dataclasses.replace(cfg, adapt_update_threads=False), resume=pickle.loads(blob))
+    assert np.array_equal(fixed.core.params, full.core.params)
 
 
 def test_checkpoint_from_before_layer_norm_critics_resumes_without_them():

@@ -163,6 +163,9 @@ class TrainConfig:
     # are added in a fixed order, by two threads on two cores (2) or in turn by one (1); the
     # results are the same bits either way, only the speed differs.
     update_threads: int = 2
+    # With 2: run an update on one thread while that is measured faster, e.g. while another
+    # process keeps a core busy (td3_core.AdaptiveThreads); the same bits either way.
+    adapt_update_threads: bool = True
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -303,7 +306,8 @@ class Trainer:
                            polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
                            smoothing_clip=cfg.target_noise_clip, batch_size=cfg.batch_size,
                            seed=cfg.seed, threads=cfg.update_threads,
-                           critic_layer_norm=cfg.critic_layer_norm)
+                           critic_layer_norm=cfg.critic_layer_norm,
+                           adaptive_threads=cfg.adapt_update_threads)
         # cold numba cache: the update kernels compile in a helper process meanwhile
         self._background_compile = start_if_cold(core_kwargs)
         self.core = TD3Core(**core_kwargs)
@@ -558,6 +562,8 @@ class Trainer:
             # (policies that survive can still miss the 0.1 m success radius).
             "survival_rate": float(np.mean(st.recent_survived)) if st.recent_survived else None,
             "critic_loss": self.last_critic_loss, "actor_loss": self.last_actor_loss,
+            # updates run on one thread although two were allowed (a busy machine): speed only
+            "one_thread_updates": self.core.updates_without_helper,
             "reward_weights": dataclasses.asdict(self.weights),
             "selection": (dict(zip(("env_steps", "success_rate", "termination_rate",
                                     "episodes"), st.selection_history[-1]),
@@ -582,9 +588,10 @@ class Trainer:
         }
 
     def restore(self, ck: dict[str, Any]) -> None:
-        # the update thread count changes no result, so a run may resume with another one
+        # the update threads change no result, so a run may resume with other settings
         made_with = dataclasses.replace(config_of_checkpoint(ck),
-                                        update_threads=self.cfg.update_threads)
+                                        update_threads=self.cfg.update_threads,
+                                        adapt_update_threads=self.cfg.adapt_update_threads)
         if made_with != self.cfg:
             raise ValueError("checkpoint was made with a different training configuration")
         self.state = TrainState(**ck["state"])

@@ -104,6 +104,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -113,6 +114,72 @@ from nanofly.train import td3_kernels as _k
 
 _F32 = np.float32
 _F32_DTYPE = np.dtype(np.float32)
+
+
+class AdaptiveThreads:
+    """Picks, update by update, whether the helper thread computes the second half of the
+    batch (``TD3Core(threads=2, adaptive_threads=True)``). Either way the halves are computed
+    and added the same way, so the choice changes the speed only, never a bit.
+
+    Why: on an idle machine two threads are ~1.5x faster per update, but when another process
+    keeps a core busy the helper is queued behind it and every update waits a scheduler time
+    slice for it (measured: 100 k steps in 7.5 s with one busy process, 26-45 s in some runs
+    with two, against ~5-7 s on one thread; docs/benchmarks.md). So: run in the current mode,
+    keep a moving average of its seconds per update (per kind of update: critic, or critic
+    and actor), and every ``PROBE_INTERVAL`` updates run two in the other mode, the first
+    to wake the helper or fill caches, the second timed (the other mode's latest figure).
+    Switch when the other mode's figure is below ``SWITCH_RATIO`` times the current
+    mode's average: after a probe, and with two threads as soon as they slow down. An idle
+    two-core machine pays the probes only: one slower update in ``PROBE_INTERVAL`` (~0.3 %)."""
+
+    PROBE_INTERVAL = 200
+    SWITCH_RATIO = 0.8
+    SMOOTHING = 0.05  # weight of a new update in the moving average
+    # Until an average holds this many updates it is their minimum, and the mode does not
+    # switch between probes: the first updates of a run or after a switch pay for starting or
+    # waking the helper and for cold caches (the very first two-thread update: ~2 ms).
+    MIN_SAMPLES = 8
+
+    def __init__(self) -> None:
+        self.helper = True  # the current mode: two threads
+        self.updates = 0
+        self.updates_without_helper = 0
+        self.switches = 0
+        self._average: dict[tuple[bool, int], float] = {}
+        self._samples: dict[tuple[bool, int], int] = {}  # updates in each average
+
+    def pick(self) -> bool:
+        """Whether the next update uses the helper thread."""
+        probing = self.updates % self.PROBE_INTERVAL in (0, 1)
+        return self.helper != probing
+
+    def record(self, helper: bool, phases: int, seconds: float) -> None:
+        """The update just made (as ``pick`` said) took ``seconds``."""
+        step = self.updates % self.PROBE_INTERVAL
+        self.updates += 1
+        self.updates_without_helper += not helper
+        if step == 0:  # the first probe only wakes the other mode
+            return
+        key = (helper, phases)
+        samples = 0 if step == 1 else self._samples.get(key, 0)
+        if samples == 0:  # a probe (the other mode's latest figure), or the first of a kind
+            self._average[key] = seconds
+        elif samples < self.MIN_SAMPLES:  # the fastest while few: the first ones are slow
+            self._average[key] = min(self._average[key], seconds)
+        else:
+            self._average[key] += self.SMOOTHING * (seconds - self._average[key])
+        self._samples[key] = samples + 1
+        # switch when the other mode is clearly faster: found by a probe, or, with two threads,
+        # because they became slow (the helper queued behind another process) since the last
+        # one. (One thread slows down too on a busy machine, but then so would two: back to
+        # two threads only after a probe, else the modes would take turns.)
+        if step != 1 and (not self.helper or self._samples[key] < self.MIN_SAMPLES):
+            return
+        mine = self._average.get((self.helper, phases))
+        other = self._average.get((not self.helper, phases))
+        if mine is not None and other is not None and other < self.SWITCH_RATIO * mine:
+            self.helper = not self.helper
+            self.switches += 1
 
 
 class TD3Core:
@@ -125,7 +192,7 @@ class TD3Core:
                  weight_decay: float = 1e-4, gamma: float = 0.99, polyak: float = 0.995,
                  smoothing_std: float = 0.2, smoothing_clip: float = 0.5,
                  batch_size: int = 256, seed: int = 0, threads: int = 1,
-                 critic_layer_norm: bool = False):
+                 critic_layer_norm: bool = False, adaptive_threads: bool = False):
         for name, value in (("actor_obs_dim", actor_obs_dim), ("critic_obs_dim", critic_obs_dim),
                             ("action_dim", action_dim), ("batch_size", batch_size)):
             if int(value) != value or int(value) <= 0:
@@ -196,6 +263,10 @@ class TD3Core:
         # each, so the thread count changes no bits. grads (row 0) holds the summed gradient
         # of the last update (critic part after critic_update, actor part after actor_update)
         self.threads = int(threads)
+        # threads=2 with adaptive_threads: each update runs on two threads or on this one
+        # alone, whichever is measured faster now (AdaptiveThreads); the same bits either way
+        self._adaptive = AdaptiveThreads() if adaptive_threads and self.threads == 2 else None
+        self._sampled_helper = False  # whether the last sampled batch's second half is the helper's
         self._grads2 = np.zeros((2, n), dtype=_F32)
         self.grads = self._grads2[0]
         self.blas_threads_info = _k.limit_blas_threads(1)
@@ -293,8 +364,9 @@ class TD3Core:
         need = rows * max(_k.critic_ws_per_row(self.dims), _k.actor_ws_per_row(self.dims))
         if need > self._ws2.shape[1]:
             self._ws2 = np.zeros((self.threads, need), dtype=_F32)
-            # this thread's rows of a batch that critic_update_sampled gathers
-            self._batch = self._batch_arrays(rows)
+            # this thread's rows of a batch that critic_update_sampled gathers: all of them
+            # when it may compute both halves itself
+            self._batch = self._batch_arrays(batch if self._adaptive is not None else rows)
             self.close()  # the helper thread is bound to the old buffers
 
     def _batch_arrays(self, rows: int) -> tuple[np.ndarray, ...]:
@@ -431,13 +503,18 @@ class TD3Core:
             raise RuntimeError("actor_update_sampled needs a critic_update_sampled before it "
                                "(and no critic_update / actor_update in between)")
         self._run_update(_k.ACTOR_JOB, self._batch, self._sampled_batch, None, None, _F32(1.0),
-                         actor_polyak=update_targets)
+                         actor_polyak=update_targets, helper=self._sampled_helper)
         return float(self._actor_stats2[0, 0])
 
     def _grow(self, b: int) -> None:
         if b > self.batch_size:
             self.batch_size = b
             self._ensure_update_workspace(b)
+
+    @property
+    def updates_without_helper(self) -> int:
+        """Updates that ran on one thread although ``threads=2`` (adaptive_threads)."""
+        return 0 if self._adaptive is None else self._adaptive.updates_without_helper
 
     def _polyak_range(self, which: str) -> tuple[int, int]:
         if which not in self._polyak_ranges:
@@ -446,7 +523,7 @@ class TD3Core:
 
     def _run_update(self, phases: int, inputs: tuple, b: int, mailbox_inputs, replay,
                     reward_scale: np.float32, critic_polyak: str = "none",
-                    actor_polyak: str = "none") -> bool:
+                    actor_polyak: str = "none", helper: bool | None = None) -> bool:
         """One job of ``update_kernel`` (``phases``: critic and/or actor update) on a batch of
         ``b`` rows as two halves, the first ``(b + 1) // 2`` rows of ``inputs`` (the kernel's
         eight batch arrays) and the rest: with two threads this thread computes the first and
@@ -454,8 +531,10 @@ class TD3Core:
 
         ``mailbox_inputs``: what to copy into the helper's mailbox first ({slot: array}; None:
         nothing, it gathers or has its rows);
-        ``replay``: (data, offsets, idx, rows stored) to gather from, or None. False (and
-        nothing changed) when the replay rows were out of range."""
+        ``replay``: (data, offsets, idx, rows stored) to gather from, or None; ``helper``:
+        whether the helper thread computes the second half (None: threads=2, or what
+        AdaptiveThreads picks). False (and nothing changed) when the replay rows were out of
+        range."""
         critic_ranges = (0, 0, 0, 0)
         actor_ranges = (0, 0, 0, 0)
         c0, c1 = self.n_actor_params, self.n_actor_params + self.n_critic_params
@@ -469,7 +548,12 @@ class TD3Core:
         data, offsets, idx, stored = replay if gather else self._no_replay
         inv_batch = _F32(1.0 / b)
         rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
-        if self.threads == 1:
+        adaptive = self._adaptive
+        if helper is None:
+            helper = self.threads == 2 if adaptive is None else adaptive.pick()
+        if gather:
+            self._sampled_helper = helper
+        if not helper:
             job, counters, worker = self._solo_job, self._solo_counters, None
         else:
             worker = self._half_worker(data if gather else None, offsets)
@@ -486,6 +570,7 @@ class TD3Core:
         scalars[1] = reward_scale
         job[:] = (phases, rows[1], rows[0], gather, stored, *critic_ranges, *actor_ranges,
                   worker is None)
+        started = time.perf_counter()
         counters[0] += 1
         if worker is not None:
             worker.wake()
@@ -501,6 +586,8 @@ class TD3Core:
             raise
         if worker is not None:
             worker.wait()
+        if adaptive is not None:
+            adaptive.record(helper, phases, time.perf_counter() - started)
         if ok:
             self.critic_steps += phases & _k.CRITIC_JOB != 0
             self.actor_steps += phases & _k.ACTOR_JOB != 0
@@ -713,7 +800,8 @@ class TD3Core:
                     polyak=self.polyak, smoothing_std=self.smoothing_std,
                     smoothing_clip=self.smoothing_clip, batch_size=self.batch_size,
                     seed=self.seed, threads=self.threads,
-                    critic_layer_norm=self.critic_layer_norm)
+                    critic_layer_norm=self.critic_layer_norm,
+                    adaptive_threads=self._adaptive is not None)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: config, parameters, targets, Adam moments and steps."""
