@@ -130,9 +130,9 @@ class AdaptiveThreads:
     to wake the helper or fill caches, the second timed (the other mode's latest figure).
     Switch when the other mode's figure is below ``SWITCH_RATIO`` times the current
     mode's average: after a probe, and with two threads as soon as they slow down. An idle
-    two-core machine pays the probes only: one slower update in ``PROBE_INTERVAL`` (~0.3 %)."""
+    two-core machine pays the probes only: two slower updates in ``PROBE_INTERVAL`` (~0.2 %)."""
 
-    PROBE_INTERVAL = 200
+    PROBE_INTERVAL = 400
     SWITCH_RATIO = 0.8
     SMOOTHING = 0.05  # weight of a new update in the moving average
     # Until an average holds this many updates it is their minimum, and the mode does not
