@@ -41,6 +41,8 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
   faster when the second core is idle (bench; no gain when another process keeps it busy).
   The results are the same bits for 1 and 2 (tested). ``close()`` stops the helper thread
   (also done when the core is garbage-collected; it is a daemon thread either way).
+  ``adaptive_threads`` (with 2): each update runs on one thread or two, whichever is measured
+  faster now (``AdaptiveThreads``; the trainer's default).
 - Construction sets the thread count of SciPy's BLAS (which the kernels call) to 1:
   ``core.blas_threads_info`` says what was done. NumPy's own BLAS is not touched.
 
@@ -123,8 +125,9 @@ class AdaptiveThreads:
 
     Why: on an idle machine two threads are ~1.5x faster per update, but when another process
     keeps a core busy the helper is queued behind it and every update waits a scheduler time
-    slice for it (measured: 100 k steps in 7.5 s with one busy process, 26-45 s in some runs
-    with two, against ~5-7 s on one thread; docs/benchmarks.md). So: run in the current mode,
+    slice for it (measured, 100 k steps: 5.2-5.5 s beside one busy process and 39-46 s beside
+    two, against 3.7-3.9 s and 5.5-6.1 s on one thread; `bench/bench_busy_machine.py`,
+    docs/benchmarks.md). So: run in the current mode,
     keep a moving average of its seconds per update (per kind of update: critic, or critic
     and actor), and every ``PROBE_INTERVAL`` updates run two in the other mode, the first
     to wake the helper or fill caches, the second timed (the other mode's latest figure).
