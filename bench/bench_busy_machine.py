@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,11 +40,10 @@ print(json.dumps({"wall_s": round(wall, 2), "hash": digest[:16],
 
 
 def run(steps: int, setting: dict, timeout: float) -> dict:
-    env_code = CHILD % (steps, setting)
-    try:
-        out = subprocess.run([sys.executable, "-c", env_code], capture_output=True, text=True,
-                             timeout=timeout, env={"OPENBLAS_NUM_THREADS": "1",
-                                                   **__import__("os").environ})
+    code = CHILD % (steps, setting)
+    try:  # one BLAS thread unless the user set it, as `nanofly train` does
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=timeout, env={"OPENBLAS_NUM_THREADS": "1", **os.environ})
     except subprocess.TimeoutExpired:
         return {"wall_s": timeout, "timed_out": True}
     if out.returncode != 0:
