@@ -709,9 +709,13 @@ class TD3Core:
 
         Adam state is left as it is (reset it with ``reset_optimizers`` if that is wanted).
         """
+        from .policy_file import parameter_shapes
+
         state = actor.state_dict() if hasattr(actor, "state_dict") else dict(actor)
-        self._load_sequential(state, self._actor_views, "actor", ["net.0.", "net.2.", "net.4."],
-                              self.actor_sizes, targets_too)
+        prefixes = [name[:-len("weight")] for name in parameter_shapes(self.actor_sizes)
+                    if name.endswith(".weight")]  # net.0., net.2., net.4.
+        self._load_sequential(state, self._actor_views, "actor", prefixes, self.actor_sizes,
+                              targets_too)
 
     def _critic_modules(self):
         """One critic as torch modules: ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)``,
