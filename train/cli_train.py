@@ -181,7 +181,9 @@ def run_train(args) -> int:
         "cli_start_to_saved_policy_s": round(time_to_policy, 3),
         "policy_saved_at_unix": saved_at,
         "env_steps": trainer.state.env_steps, "critic_updates": trainer.state.critic_updates,
-        "actor_updates": trainer.state.actor_updates, "selected_snapshot": selection,
+        "actor_updates": trainer.state.actor_updates,
+        "one_thread_updates": trainer.core.updates_without_helper,  # a busy machine: speed only
+        "selected_snapshot": selection,
         "stopped_early": st.stopped_early,
         "int8_aware_steps": (st.env_steps - (st.int8_aware_until - cfg.int8_aware_steps)
                              if st.int8_aware_until >= 0 else 0),
