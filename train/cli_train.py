@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import sys
 import time
@@ -43,14 +42,6 @@ class ProgressBar:
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def load_train_config(args):
@@ -113,6 +104,7 @@ def run_train(args) -> int:
         return 2
     from .policy_file import atomic_write_bytes, save_policy  # no torch import (~1.3 s)
     from .td3 import Interrupted, Trainer, run_loop
+    from .td3_core import usable_cpus
 
     cpus = usable_cpus()
     if cfg.update_threads > cpus:  # two threads would take turns on one CPU (slow)

@@ -118,6 +118,14 @@ _F32 = np.float32
 _F32_DTYPE = np.dtype(np.float32)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class AdaptiveThreads:
     """Picks, update by update, whether the helper thread computes the second half of the
     batch (``TD3Core(threads=2, adaptive_threads=True)``). Either way the halves are computed
@@ -873,11 +881,7 @@ class _HalfWorker:
         self._sleeping = False  # read and written with the GIL held (see _loop)
         self._error: BaseException | None = None
         self._closed = False
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):  # not Linux
-            cpus = os.cpu_count() or 1
-        self._idle_turns = self.IDLE_SPIN_TURNS if cpus >= 2 else 0
+        self._idle_turns = self.IDLE_SPIN_TURNS if usable_cpus() >= 2 else 0
         self._thread = threading.Thread(target=self._loop, name="nanofly-td3-half", daemon=True)
         self._thread.start()
 
