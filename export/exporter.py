@@ -293,6 +293,10 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
         "output_activation": "tanh",
         "observation": payload.get("observation"),
         "action": payload.get("action"),
+        # the vehicle and MDP the policy was trained on: what a deployment needs besides the
+        # weights (rotor speed range, thrust curve, control period, action history reset)
+        "vehicle": payload.get("vehicle"),
+        "mdp": payload.get("mdp"),
         "onnx": {"file": "policy.onnx", "input": "observation", "output": "action",
                  "sha256": _sha256(onnx_bytes)},
         "blobs": {"f32": blob_entry("policy_f32.bin", blob_f32, "float32"),
