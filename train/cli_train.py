@@ -217,25 +217,16 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from .evaluate import (Figure8Thresholds, HoverThresholds, make_policy, policy_mdp, public,
-                           run_suite)
-    from .policy import PolicyFileError, load_policy
+    from .evaluate import Figure8Thresholds, HoverThresholds, open_for_eval, public, run_suite
+    from .policy import PolicyFileError
 
     policy_path = Path(args.policy)
     suites = args.suite or ["hover"]
     try:
-        if policy_path.is_dir():
-            payload_path = policy_path / "policy.pt"
-            if not payload_path.is_file():
-                raise PolicyFileError(f"{policy_path}: directory has no policy.pt")
-        else:
-            payload_path = policy_path
-        _, payload = load_policy(payload_path)
-        policy = make_policy(args.backend, policy_path)
+        policy, preset, mdp = open_for_eval(policy_path, args.backend)
     except (PolicyFileError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    preset, mdp = policy_mdp(payload)
     out: dict[str, Any] = {"policy": str(policy_path), "backend": args.backend, "suites": {}}
     passed = True
     try:

@@ -43,7 +43,8 @@ def register(sub, bench_sub) -> None:
         "eval", help="evaluate a policy in simulation (exit 1 when it misses the thresholds)",
         description="Run evaluation suites with the paper's observation noise and disturbances. "
                     "Exit status 1 when a suite misses its thresholds (CI gate), 2 on bad input.")
-    e.add_argument("policy", help="policy.pt (or an export directory for the C backends)")
+    e.add_argument("policy", help="policy.pt, a run directory (its policy.pt), or an export "
+                                  "directory (the onnx, c-f32, c-int8 and pil backends)")
     e.add_argument("--suite", action="append", choices=("hover", "figure8"),
                    help="suite to run (repeatable; default: hover)")
     e.add_argument("--backend", default="torch",

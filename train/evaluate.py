@@ -84,16 +84,118 @@ def evaluation_mdp(history_length: int) -> MDPConfig:
     return MDPConfig(history_length=int(history_length))
 
 
-def policy_mdp(payload: dict[str, Any]) -> tuple[str, MDPConfig]:
-    """The vehicle and the evaluation MDP (``evaluation_mdp``) for a policy file."""
-    from nanofly.sim.presets import VehicleParams
+def policy_vehicle(payload: dict[str, Any]):
+    """The vehicle a policy file flew in training: its stored parameters (``vehicle.params``),
+    or, in a file without them, the built-in preset it names (never a file path: a policy from
+    someone else must not make nanofly read files). Raises ``PolicyFileError`` naming what is
+    wrong with the stored vehicle."""
+    from nanofly.sim.presets import PRESETS, PresetError, VehicleParams
 
-    vehicle = payload.get("vehicle", {})
+    from .policy_file import PolicyFileError
+
+    vehicle = payload.get("vehicle")
+    if not isinstance(vehicle, dict):
+        raise PolicyFileError(f"the policy file's vehicle is {type(vehicle).__name__}, not a "
+                              f"table of parameters; re-save the policy with nanofly train")
     params = vehicle.get("params")
-    preset = VehicleParams.from_dict(params) if params else vehicle.get("preset", "crazyflie_paper")
+    if params:
+        if not isinstance(params, dict):
+            raise PolicyFileError(f"the policy file's vehicle.params is "
+                                  f"{type(params).__name__}, not a table; re-save the policy")
+        try:
+            return VehicleParams.from_dict(params, source="the policy file's vehicle.params")
+        except (PresetError, TypeError, ValueError) as exc:
+            raise PolicyFileError(f"{exc}; the policy's stored vehicle is invalid: train it "
+                                  f"again with a valid vehicle") from None
+    preset = vehicle.get("preset")
+    if isinstance(preset, str) and preset in PRESETS:
+        return PRESETS[preset]
+    raise PolicyFileError(f"the policy file stores no vehicle parameters and its vehicle preset "
+                          f"{preset!r} is not a built-in one ({', '.join(sorted(PRESETS))}); "
+                          f"re-save the policy with its vehicle's parameters")
+
+
+def policy_mdp(payload: dict[str, Any]):
+    """The vehicle (``policy_vehicle``, a ``VehicleParams``) and the evaluation MDP
+    (``evaluation_mdp``) for a policy file, checked against the actor's input size. Raises
+    ``PolicyFileError`` naming what is wrong."""
+    from .policy_file import PolicyFileError
+
+    vehicle = policy_vehicle(payload)
     mdp = payload.get("mdp") or {}
-    history = int(mdp.get("history_length", payload.get("observation", {}).get("history_length", 32)))
-    return preset, evaluation_mdp(history)
+    observation = payload.get("observation") or {}
+    if not isinstance(mdp, dict) or not isinstance(observation, dict):
+        raise PolicyFileError("the policy file's mdp / observation entries are not tables; "
+                              "re-save the policy with nanofly train")
+    history = mdp.get("history_length", observation.get("history_length", 32))
+    if (isinstance(history, bool) or not isinstance(history, (int, float))
+            or not math.isfinite(history) or history != int(history) or history < 0):
+        raise PolicyFileError(f"the policy file's history_length is {history!r}, not a "
+                              f"whole number >= 0; re-save the policy with nanofly train")
+    config = evaluation_mdp(int(history))
+    actor = payload.get("actor") or {}
+    sizes = actor.get("layer_sizes") if isinstance(actor, dict) else None
+    if isinstance(sizes, (list, tuple)) and sizes and sizes[0] != config.observation_dim:
+        raise PolicyFileError(f"the policy's actor takes {sizes[0]} inputs but its "
+                              f"history_length {int(history)} gives {config.observation_dim}-value "
+                              f"observations; the file is inconsistent: re-save it")
+    return vehicle, config
+
+
+def open_for_eval(path, backend: str):
+    """``(policy callable, vehicle, evaluation MDP)`` for ``nanofly eval PATH --backend B``.
+
+    ``path``: a policy file, a run directory (its ``policy.pt``), or an export directory
+    (``manifest.json``, which records the vehicle and MDP; the C, ONNX and PIL backends run
+    its blobs, the torch backend needs the policy file). Raises ``PolicyFileError`` (a
+    ``ValueError``) naming what is wrong and what to pass instead."""
+    import json
+    from pathlib import Path
+
+    from .policy_file import PolicyFileError
+
+    path = Path(path)
+    if path.is_dir():
+        manifest_path, run_policy = path / "manifest.json", path / "policy.pt"
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise PolicyFileError(f"{manifest_path}: not readable JSON ({exc}); export "
+                                      f"again with nanofly export") from None
+            if not isinstance(manifest, dict) or manifest.get("format") != "nanofly-export":
+                raise PolicyFileError(f"{manifest_path}: not a nanofly export manifest; export "
+                                      f"again with nanofly export")
+            if "vehicle" not in manifest:
+                raise PolicyFileError(f"{manifest_path} records no vehicle (an export by an "
+                                      f"earlier nanofly); export the policy again")
+            if backend == "torch":
+                raise PolicyFileError(f"{path} is an export directory, which has no torch policy; "
+                                      f"use --backend c-int8, c-f32, onnx or pil:URL, or pass the "
+                                      f"policy.pt")
+            described = {key: manifest.get(key) for key in ("vehicle", "mdp", "observation")}
+            described["actor"] = {"layer_sizes": manifest.get("layer_sizes")}
+            try:
+                vehicle, mdp = policy_mdp(described)
+            except PolicyFileError as exc:
+                raise PolicyFileError(f"{manifest_path}: {exc}") from None
+            return make_policy(backend, path), vehicle, mdp
+        if not run_policy.is_file():
+            raise PolicyFileError(f"{path}: neither a run directory (policy.pt) nor an export "
+                                  f"directory (manifest.json); pass a policy file or one of those")
+        path = run_policy
+    from .policy import load_policy
+
+    try:
+        _, payload = load_policy(path)
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+        raise PolicyFileError(f"{path}: malformed actor description ({type(exc).__name__}: "
+                              f"{exc}); train or save the policy again") from None
+    try:
+        vehicle, mdp = policy_mdp(payload)
+    except PolicyFileError as exc:
+        raise PolicyFileError(f"{path}: {exc}") from None
+    return make_policy(backend, path), vehicle, mdp
 
 
 # -- hover --------------------------------------------------------------------------------------
