@@ -26,32 +26,21 @@ def _actor_forward(actor):
     return forward
 
 
-def _make_env(num_envs: int, seed: int, payload: dict[str, Any] | None, obs_dim: int):
+def _make_env(num_envs: int, seed: int, payload: dict[str, Any], obs_dim: int):
+    """The simulator the policy trained in: the vehicle parameters stored in the policy file and
+    its observation layout (``nanofly.train.evaluate.policy_mdp``, which raises
+    ``PolicyFileError`` when they are invalid: never another vehicle in their place)."""
     try:
         from nanofly.sim import VecEnv
+        from nanofly.train.evaluate import policy_mdp
     except ImportError as exc:  # the simulator stage is missing or broken
         raise CalibrationUnavailable(f"nanofly.sim.VecEnv is not importable ({exc})") from exc
-    payload = payload or {}
-    preset = (payload.get("vehicle") or {}).get("preset")
-    history = (payload.get("observation") or {}).get("history_length")
-    attempts: list[dict[str, Any]] = []
-    if preset:
-        attempts.append({"preset": preset})
-    attempts.append({})
-    if history is not None:
-        attempts = [dict(a, history_length=int(history)) for a in attempts] + attempts
-    last = None
-    for kwargs in attempts:
-        try:
-            env = VecEnv(num_envs, seed=seed, **kwargs)
-        except (TypeError, ValueError, KeyError) as exc:
-            last = exc
-            continue
-        if env.observation_dim == obs_dim:
-            return env
-        last = ValueError(f"simulator observation has {env.observation_dim} values")
-    raise CalibrationUnavailable(f"no simulator configuration gives the policy's {obs_dim}-value "
-                                 f"observation ({last})")
+    vehicle, mdp = policy_mdp(payload)
+    env = VecEnv(num_envs, vehicle, seed=seed, config=mdp)
+    if env.observation_dim != obs_dim:  # policy_mdp checked the payload's own layer sizes
+        raise CalibrationUnavailable(f"the simulator's observation has {env.observation_dim} "
+                                     f"values, the policy takes {obs_dim}")
+    return env
 
 
 def collect_calibration_observations(policy, n: int, seed: int, *, num_envs: int = 64,
@@ -59,16 +48,22 @@ def collect_calibration_observations(policy, n: int, seed: int, *, num_envs: int
                                      payload: dict[str, Any] | None = None) -> np.ndarray:
     """``n`` actor observations (float32, (n, obs_dim)) from closed-loop simulator rollouts.
 
-    ``policy``: a policy.pt path or an ``Actor``. The policy acts with Gaussian exploration
-    noise (std ``exploration_std`` on the normalized action, as in training); episodes reset
+    ``policy``: a policy.pt path, or an ``Actor`` with its policy file's ``payload``. The
+    simulator flies the vehicle whose parameters the policy file stores, with the policy's
+    observation layout. The policy acts with Gaussian exploration noise (std
+    ``exploration_std`` on the normalized action, as in training); episodes reset
     automatically; observations are drawn at random from ``~2 n`` collected ones. Raises
-    ``CalibrationUnavailable`` without a usable simulator.
+    ``CalibrationUnavailable`` without a usable simulator and ``PolicyFileError`` (a
+    ``ValueError``) when the stored vehicle or observation layout is invalid.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
     if not hasattr(policy, "forward"):
         from nanofly.train.policy import load_policy
         policy, payload = load_policy(policy)
+    elif payload is None:
+        raise ValueError("an Actor needs its policy file's payload (vehicle, observation "
+                         "layout): collect_calibration_observations(actor, ..., payload=...)")
     forward = _actor_forward(policy)
     obs_dim = policy.layer_sizes[0]
     num_envs = max(1, min(num_envs, n))

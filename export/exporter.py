@@ -193,6 +193,8 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
     """
     import torch
 
+    from nanofly.train.policy import PolicyFileError
+
     from .onnx_export import OnnxRunner, build_onnx
     from .quantize import quantize_mlp, saturated_rows
 
@@ -209,6 +211,8 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
         except CalibrationUnavailable as exc:
             raise ExportError(f"no {what} observations: {exc}. Pass observations explicitly "
                               f"(export_policy(..., calibration_obs=...)).") from exc
+        except PolicyFileError as exc:  # the stored vehicle: never calibrate on another one
+            raise ExportError(f"cannot export {policy_path}: {exc}") from exc
 
     if calibration_obs is None:
         cal, cal_label = from_sim(num_calibration, seed, "calibration")
@@ -224,6 +228,8 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
             ev_label = "simulator"
         except CalibrationUnavailable:
             evo, ev_label = cal, f"{cal_label} (the calibration set itself)"
+        except PolicyFileError as exc:
+            raise ExportError(f"cannot export {policy_path}: {exc}") from exc
 
     # the three forms of the actor
     meta = {"nanofly.layer_sizes": json.dumps(sizes), "nanofly.activation": "tanh",
