@@ -1,7 +1,6 @@
 import dataclasses
 import json
 import os
-import pickle
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from nanofly.sim.env import RewardWeights
+from nanofly.train.checkpoint_file import load_checkpoint, save_checkpoint
 from nanofly.train.evaluate import hover_suite
 from nanofly.train.policy import init_actor, load_policy
 from nanofly.train.td3 import (Interrupted, TrainConfig, Trainer, curriculum_step, run_loop,
@@ -99,26 +99,26 @@ def test_same_seed_same_policy_different_seed_different():
     assert not np.array_equal(a, c)
 
 
-def test_checkpoint_round_trip_and_resume_match_uninterrupted_run():
+def test_checkpoint_round_trip_and_resume_match_uninterrupted_run(tmp_path):
     cfg = TrainConfig(**SMALL, seed=5)
     full = train(cfg)
     first = Trainer(cfg)
     first.cfg = dataclasses.replace(cfg, total_env_steps=3000)
     run_loop(first)
     first.cfg = cfg
-    blob = pickle.dumps(first.checkpoint())
-    resumed = train(cfg, resume=pickle.loads(blob))
+    path = save_checkpoint(tmp_path / "checkpoint.npz", first.checkpoint())  # the file format
+    resumed = train(cfg, resume=load_checkpoint(path))
     assert resumed.state.env_steps == full.state.env_steps
     assert np.array_equal(resumed.core.params, full.core.params)
     assert np.array_equal(resumed.buffer.data[:full.buffer.size], full.buffer.data[:full.buffer.size])
     # the update threads change no result: a run may resume with other settings
-    one_thread = train(dataclasses.replace(cfg, update_threads=1), resume=pickle.loads(blob))
+    one_thread = train(dataclasses.replace(cfg, update_threads=1), resume=load_checkpoint(path))
     assert np.array_equal(one_thread.core.params, full.core.params)
-    fixed = train(dataclasses.replace(cfg, adapt_update_threads=False), resume=pickle.loads(blob))
+    fixed = train(dataclasses.replace(cfg, adapt_update_threads=False), resume=load_checkpoint(path))
     assert np.array_equal(fixed.core.params, full.core.params)
 
 
-def test_checkpoint_from_before_layer_norm_critics_resumes_without_them():
+def test_checkpoint_from_before_layer_norm_critics_resumes_without_them(tmp_path):
     """Checkpoints written before TrainConfig.critic_layer_norm (and the selection pre-screen)
     existed have no such keys and critics without LayerNorm: they resume as such, not with the
     new defaults."""
@@ -132,7 +132,7 @@ def test_checkpoint_from_before_layer_norm_critics_resumes_without_them():
                     if k not in ("critic_layer_norm", "selection_prescreen_episodes")}
     ck["config"]["total_env_steps"] = cfg.total_env_steps
     assert config_of_checkpoint(ck) == cfg
-    resumed = train(cfg, resume=pickle.loads(pickle.dumps(ck)))
+    resumed = train(cfg, resume=load_checkpoint(save_checkpoint(tmp_path / "ck.npz", ck)))
     assert resumed.state.env_steps == cfg.total_env_steps
     assert not resumed.core.critic_layer_norm
 
@@ -153,7 +153,7 @@ def test_critic_targets_follow_every_critic_update_and_actor_target_every_actor_
     assert np.array_equal(old.core.targets, start.core.targets)
 
 
-def test_checkpoint_selection_keeps_best_snapshot_and_stops_early():
+def test_checkpoint_selection_keeps_best_snapshot_and_stops_early(tmp_path):
     cfg = TrainConfig(**{**SMALL, "total_env_steps": 4000, "selection_start": 2000,
                          "selection_interval": 1000, "selection_episodes": 16,
                          "stop_at_selection_success": 1.1})
@@ -169,7 +169,7 @@ def test_checkpoint_selection_keeps_best_snapshot_and_stops_early():
     assert np.array_equal(params, tr.best_actor_params)
     # the snapshot survives a checkpoint round trip
     again = Trainer(cfg)
-    again.restore(pickle.loads(pickle.dumps(tr.checkpoint())))
+    again.restore(load_checkpoint(save_checkpoint(tmp_path / "checkpoint.npz", tr.checkpoint())))
     assert np.array_equal(again.best_actor_params, tr.best_actor_params)
     # a reachable stop threshold ends the run at the first check that meets it
     stop = train(dataclasses.replace(cfg, stop_at_selection_success=0.0))
@@ -359,17 +359,17 @@ def test_stop_signal_saves_checkpoint_and_resume_finishes(tmp_path, signal_name)
     proc.send_signal(number)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + number, err
-    assert (run / "checkpoint.pkl").is_file() and "--resume" in err and signal_name in err
-    ck = pickle.loads((run / "checkpoint.pkl").read_bytes())
+    assert (run / "checkpoint.npz").is_file() and "--resume" in err and signal_name in err
+    ck = load_checkpoint(run / "checkpoint.npz")
     stopped_at = ck["state"]["env_steps"]
     assert 2000 <= stopped_at < 400000
     # finish quickly: shorten the remaining schedule by editing nothing but the step budget
     ck["config"]["total_env_steps"] = stopped_at + 1000
-    (run / "checkpoint.pkl").write_bytes(pickle.dumps(ck))
+    save_checkpoint(run / "checkpoint.npz", ck)
     out = _cli("train", "--resume", str(run), "--eval-episodes", "0", "--no-plots", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["env_steps"] >= stopped_at + 1000
-    assert (run / "policy.pt").is_file() and not (run / "checkpoint.pkl").exists()
+    assert (run / "policy.pt").is_file() and not (run / "checkpoint.npz").exists()
 
 
 def test_cold_cache_helper_compiles_update_kernels_into_numba_cache(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 import sys
 import time
 import tomllib
@@ -72,6 +71,37 @@ def load_train_config(args):
     return TrainConfig.from_dict(data)
 
 
+CHECKPOINT_NAME = "checkpoint.npz"  # checkpoint_file.CHECKPOINT_NAME (not imported: numpy)
+
+
+def read_resume_checkpoint(run_dir: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """The checkpoint ``--resume RUN_DIR`` continues from: ``checkpoint.npz`` (data only). An
+    earlier nanofly's ``checkpoint.pkl`` is a pickle, which runs any code it holds when read:
+    it is refused, or with ``trust_pickle`` (``--trust-checkpoint``) read once and converted."""
+    from .checkpoint_file import (LEGACY_CHECKPOINT_NAME, CheckpointFileError, load_checkpoint,
+                                  load_legacy_pickle, save_checkpoint)
+
+    ck_path, legacy = run_dir / CHECKPOINT_NAME, run_dir / LEGACY_CHECKPOINT_NAME
+    if ck_path.is_file():
+        return load_checkpoint(ck_path)
+    if not legacy.is_file():
+        raise CheckpointFileError(f"{ck_path}: no checkpoint to resume from")
+    if not trust_pickle:
+        raise CheckpointFileError(
+            f"{legacy} is an earlier nanofly's checkpoint, a Python pickle, which runs any code "
+            f"it holds when read; nanofly does not read it. Only if you made it yourself: "
+            f"nanofly train --resume {run_dir} --trust-checkpoint (converts it to {CHECKPOINT_NAME})")
+    checkpoint = load_legacy_pickle(legacy)
+    try:
+        save_checkpoint(ck_path, checkpoint)
+    except TypeError as exc:
+        raise CheckpointFileError(f"{legacy}: not a nanofly checkpoint ({exc})") from None
+    legacy.unlink()
+    print(f"note: converted {legacy} to {ck_path} (data only) and removed the pickle",
+          file=sys.stderr)
+    return checkpoint
+
+
 def run_train(args) -> int:
     from nanofly.sim.presets import PresetError, dumps_toml
 
@@ -83,15 +113,19 @@ def run_train(args) -> int:
     resume = None
     if args.resume:
         run_dir = Path(args.resume)
-        ck_path = run_dir / "checkpoint.pkl"
-        if not ck_path.is_file():
-            print(f"error: {ck_path}: no checkpoint to resume from", file=sys.stderr)
-            return 2
-        with open(ck_path, "rb") as f:
-            resume = pickle.load(f)
+        from .checkpoint_file import CheckpointFileError
         from .td3 import config_of_checkpoint
 
-        cfg = config_of_checkpoint(resume)
+        try:
+            resume = read_resume_checkpoint(run_dir, trust_pickle=args.trust_checkpoint)
+            cfg = config_of_checkpoint(resume)
+        except CheckpointFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
     else:
         run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     try:
@@ -102,7 +136,8 @@ def run_train(args) -> int:
     except OSError as exc:
         print(f"error: cannot write the run directory {run_dir}: {exc}", file=sys.stderr)
         return 2
-    from .policy_file import atomic_write_bytes, save_policy  # no torch import (~1.3 s)
+    from .checkpoint_file import save_checkpoint
+    from .policy_file import save_policy  # no torch import (~1.3 s)
     from .td3 import Interrupted, Trainer, run_loop
     from .td3_core import usable_cpus
 
@@ -138,15 +173,20 @@ def run_train(args) -> int:
               "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
     trainer = Trainer(cfg)
     if resume is not None:
-        trainer.restore(resume)
+        try:
+            trainer.restore(resume)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
     try:
         run_loop(trainer, on_progress=on_progress, progress_every=max(cfg.num_envs, 5000),
                  on_log=on_log)
     except Interrupted as stopped:
         bar.close()
-        atomic_write_bytes(run_dir / "checkpoint.pkl", pickle.dumps(trainer.checkpoint()))
+        save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
         print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
-              f"{run_dir / 'checkpoint.pkl'}; continue with: nanofly train --resume {run_dir}",
+              f"{run_dir / CHECKPOINT_NAME}; continue with: nanofly train --resume {run_dir}",
               file=sys.stderr)
         log_file.close()
         return 128 + stopped.signal_number  # the shell's convention: 130 for Ctrl-C
@@ -166,7 +206,7 @@ def run_train(args) -> int:
                          "selected_snapshot": selection})
     time_to_policy = time.perf_counter() - PROCESS_START
     saved_at = time.time()
-    (run_dir / "checkpoint.pkl").unlink(missing_ok=True)
+    (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "policy": str(policy_path), "seed": cfg.seed,
         "train_wall_time_s": round(train_wall, 3),

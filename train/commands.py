@@ -35,7 +35,11 @@ def register(sub, bench_sub) -> None:
                    help="hover-suite episodes at the end (0: skip)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from RUN_DIR/checkpoint.pkl")
+                   help="continue an interrupted run from RUN_DIR/checkpoint.npz")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --resume: read an earlier nanofly's RUN_DIR/checkpoint.pkl (a "
+                        "pickle, which can run code: only a file you made yourself) and convert "
+                        "it to checkpoint.npz")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
     p.set_defaults(handler=_train)
 

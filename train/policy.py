@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import torch
 from torch import nn
 
 from .policy_file import (POLICY_FORMAT, POLICY_FORMAT_VERSION, SUPPORTED_ACTIVATIONS,
-                          ActorWeights, PolicyFileError, git_commit, save_policy)
+                          ActorWeights, PolicyFileError, check_layer_sizes, git_commit,
+                          parameter_shapes, save_policy)
 
 __all__ = ["POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SUPPORTED_ACTIVATIONS", "Actor",
            "ActorWeights", "PolicyFileError", "git_commit", "init_actor", "load_policy",
@@ -72,33 +75,49 @@ def load_policy(path: str | os.PathLike) -> tuple[Actor, dict[str, Any]]:
     if not path.is_file():
         raise PolicyFileError(f"{path}: no such policy file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign pickles: the error says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused a global (a class or function to call): never load it
+        raise PolicyFileError(f"{path}: not a readable policy file: it holds Python objects "
+                              f"besides tensors and plain data, which nanofly never loads "
+                              f"(they could run code)") from None
     except Exception as exc:  # torch raises many types for corrupt files
-        raise PolicyFileError(f"{path}: not a readable policy file ({exc})") from exc
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PolicyFileError(f"{path}: not a readable policy file ({detail})") from None
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise PolicyFileError(f"{path}: not a nanofly policy file (missing format tag)")
     if payload.get("format_version") != POLICY_FORMAT_VERSION:
         raise PolicyFileError(f"{path}: policy format version {payload.get('format_version')} "
                               f"is not supported (expected {POLICY_FORMAT_VERSION})")
-    spec = payload.get("actor") or {}
+    spec = payload.get("actor")
+    if not isinstance(spec, dict):
+        raise PolicyFileError(f"{path}: the policy file has no actor table")
     activation = spec.get("activation")
     if activation not in SUPPORTED_ACTIVATIONS or spec.get("output_activation") != "tanh":
         raise PolicyFileError(f"{path}: unsupported activation {activation!r} / output "
                               f"{spec.get('output_activation')!r}; nanofly runs tanh MLPs")
-    actor = Actor(spec["layer_sizes"], activation)
-    state = spec.get("state_dict") or {}
-    expected = actor.state_dict()
-    for name, tensor in expected.items():
+    # sizes checked, and matched against the stored tensors, before anything is allocated
+    sizes = check_layer_sizes(spec.get("layer_sizes"), where=f"{path}: ")
+    state = spec.get("state_dict")
+    if not isinstance(state, dict):
+        raise PolicyFileError(f"{path}: the actor has no state_dict table")
+    expected = parameter_shapes(sizes)
+    for name, shape in expected.items():
         if name not in state:
             raise PolicyFileError(f"{path}: actor parameter {name!r} missing")
-        if tuple(state[name].shape) != tuple(tensor.shape):
+        if not isinstance(state[name], torch.Tensor) or not state[name].is_floating_point():
+            raise PolicyFileError(f"{path}: actor parameter {name!r} is not a float tensor")
+        if tuple(state[name].shape) != shape:
             raise PolicyFileError(f"{path}: actor parameter {name!r} has shape "
-                                  f"{tuple(state[name].shape)}, layer_sizes imply {tuple(tensor.shape)}")
+                                  f"{tuple(state[name].shape)}, layer_sizes imply {shape}")
         if not torch.isfinite(state[name]).all():
             raise PolicyFileError(f"{path}: actor parameter {name!r} has NaN or Inf values")
     extra_keys = set(state) - set(expected)
     if extra_keys:
         raise PolicyFileError(f"{path}: unexpected actor parameters {sorted(extra_keys)}")
+    actor = Actor(sizes, activation)
     actor.load_state_dict(state)
     actor.eval()
     return actor, payload

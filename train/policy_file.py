@@ -27,7 +27,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -72,6 +72,32 @@ class ActorWeights:
         return actor
 
 
+# Bounds on what a policy file may describe, checked before anything is allocated: generous for
+# any actor nanofly trains (146-64-64-4: 13 828 parameters), small enough that a crafted file
+# cannot make a reader allocate more than MAX_POLICY_PARAMETERS float32 values (200 MB).
+MAX_POLICY_LAYERS = 16  # linear layers
+MAX_LAYER_WIDTH = 65_536
+MAX_POLICY_PARAMETERS = 50_000_000
+
+
+def check_layer_sizes(layer_sizes: Any, where: str = "") -> list[int]:
+    """``layer_sizes`` ([input, hidden..., output]) as ints, or ``PolicyFileError`` when it is
+    not a list of 2 to MAX_POLICY_LAYERS + 1 integers in [1, MAX_LAYER_WIDTH] describing at
+    most MAX_POLICY_PARAMETERS parameters. ``where`` prefixes the message (e.g. the path)."""
+    if (not isinstance(layer_sizes, (list, tuple))
+            or not 2 <= len(layer_sizes) <= MAX_POLICY_LAYERS + 1
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in layer_sizes)
+            or not all(1 <= s <= MAX_LAYER_WIDTH for s in layer_sizes)):
+        raise PolicyFileError(
+            f"{where}layer_sizes must be a list of 2 to {MAX_POLICY_LAYERS + 1} integers from 1 "
+            f"to {MAX_LAYER_WIDTH} ([input, hidden..., output]), got {str(layer_sizes)[:80]}")
+    n_params = sum(a * b + b for a, b in zip(layer_sizes[:-1], layer_sizes[1:]))
+    if n_params > MAX_POLICY_PARAMETERS:
+        raise PolicyFileError(f"{where}layer_sizes {list(layer_sizes)} describe {n_params} "
+                              f"parameters; nanofly reads at most {MAX_POLICY_PARAMETERS}")
+    return [int(s) for s in layer_sizes]
+
+
 def parameter_shapes(layer_sizes) -> dict[str, tuple[int, ...]]:
     """The actor's parameters by state_dict name, in order, with their shapes: ``net.0.weight``
     (out, in), ``net.0.bias`` (out,), ``net.2.weight``, ... (``Actor``'s ``nn.Sequential`` of
@@ -112,7 +138,7 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
     if weights.activation not in SUPPORTED_ACTIVATIONS:
         raise PolicyFileError(f"refusing to save: activation {weights.activation!r}; nanofly runs "
                               f"{SUPPORTED_ACTIVATIONS} MLPs")
-    sizes = [int(s) for s in weights.layer_sizes]
+    sizes = check_layer_sizes([int(s) for s in weights.layer_sizes], "refusing to save: ")
     expected = parameter_shapes(sizes)
     if set(weights.state_dict) != set(expected):
         raise PolicyFileError(f"refusing to save: actor parameters {sorted(weights.state_dict)} "
@@ -147,12 +173,18 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, flushed to
-    disk, then renamed over it (a crash leaves the old file or none, never a partial one)."""
+    """Write ``data`` to ``path`` whole or not at all (``atomic_write``)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Create ``path`` whole or not at all: ``write(f)`` fills a temporary file beside it, which
+    is flushed to disk, then renamed over it (a crash leaves the old file or none, never a
+    partial one)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,270 @@
+"""Training-side hardening (issue 19): files from others never run code or allocate what they
+claim, diverging runs end cleanly, late failures keep the run, run directories are not reused.
+
+Each crafted file here would create a marker directory if anything unpickled it; the tests
+check the marker never appears and the user gets one line saying what is wrong."""
+import io
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanofly.train.checkpoint_file import (CheckpointFileError, load_checkpoint,
+                                           save_checkpoint)
+from nanofly.train.td3 import TrainConfig, Trainer, run_loop
+
+SMALL = dict(total_env_steps=2000, num_envs=8, critic_warmup_steps=500, actor_warmup_steps=1000,
+             curriculum_interval=1000, log_interval=500, batch_size=64)
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _MakeMarker:
+    """Unpickling this calls os.mkdir(path): the proof that a file's code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "nanofly", *args], capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def _one_line_error(proc, *needles, status=2):
+    """The command failed with ``status`` and one stderr line naming the problem."""
+    assert proc.returncode == status, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _small_checkpoint(steps=1000, **changes):
+    cfg = TrainConfig(**{**SMALL, **changes})
+    trainer = Trainer(cfg)
+    trainer.cfg = TrainConfig(**{**SMALL, **changes, "total_env_steps": steps})
+    run_loop(trainer)
+    trainer.cfg = cfg
+    return trainer.checkpoint()
+
+
+# ------------------------------------------------------------------ finding 1: checkpoints
+def test_crafted_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
+    """An old-format checkpoint.pkl that would run code: --resume refuses it in one line (naming
+    the trust flag) and nothing in it runs; the same bytes as checkpoint.npz are no checkpoint."""
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    run.mkdir()
+    evil = pickle.dumps({"config": _MakeMarker(marker)})
+    (run / "checkpoint.pkl").write_bytes(evil)
+    line = _one_line_error(_cli("train", "--resume", str(run)), "checkpoint.pkl", "pickle",
+                           "--trust-checkpoint")
+    assert "runs any code" in line
+    assert not marker.exists()
+    (run / "checkpoint.npz").write_bytes(evil)
+    _one_line_error(_cli("train", "--resume", str(run)), "checkpoint.npz",
+                    "not a readable nanofly checkpoint")
+    assert not marker.exists()
+    with pytest.raises(CheckpointFileError):
+        load_checkpoint(run / "checkpoint.npz")
+    assert not marker.exists()
+
+
+def _crafted_npz(path, members: dict[str, bytes], meta=None, compress=()):
+    with zipfile.ZipFile(path, "w") as archive:
+        meta = meta or {"format": "nanofly-checkpoint", "format_version": 1,
+                        "checkpoint": {"x": {"$array": "arrays/0.npy"}}}
+        archive.writestr("checkpoint.json", json.dumps(meta))
+        for name, data in members.items():
+            archive.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if name in compress
+                             else zipfile.ZIP_STORED)
+    return path
+
+
+def _npy(array, allow_pickle=False) -> bytes:
+    f = io.BytesIO()
+    np.lib.format.write_array(f, array, allow_pickle=allow_pickle)
+    return f.getvalue()
+
+
+def _npy_header_only(shape, dtype="<f4") -> bytes:
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(f, {"descr": dtype, "fortran_order": False,
+                                             "shape": shape})
+    return f.getvalue() + b"\0" * 64
+
+
+def test_crafted_checkpoint_arrays_never_run_code_or_allocate(tmp_path):
+    """An object array (a pickle inside the .npy), a header claiming terabytes, a compressed
+    member that would inflate, one member referenced many times: each refused by name, before
+    any allocation, and no code runs."""
+    marker = tmp_path / "marker"
+    pickled = np.empty(1, dtype=object)
+    pickled[0] = _MakeMarker(marker)
+    cases = {
+        "object": (_crafted_npz(tmp_path / "object.npz",
+                                {"arrays/0.npy": _npy(pickled, allow_pickle=True)}),
+                   "dtype object"),
+        "huge": (_crafted_npz(tmp_path / "huge.npz",
+                              {"arrays/0.npy": _npy_header_only((10 ** 12,))}),
+                 "does not match"),
+        "compressed": (_crafted_npz(tmp_path / "zipped.npz",
+                                    {"arrays/0.npy": _npy(np.zeros(1 << 20, np.float32))},
+                                    compress=("arrays/0.npy",)),
+                       "compressed"),
+        "repeated": (_crafted_npz(tmp_path / "repeated.npz",
+                                  {"arrays/0.npy": _npy(np.zeros(1000, np.float32))},
+                                  meta={"format": "nanofly-checkpoint", "format_version": 1,
+                                        "checkpoint": [{"$array": "arrays/0.npy"}] * 1000}),
+                     "used twice"),
+        "negative": (_crafted_npz(tmp_path / "negative.npz",
+                                  {"arrays/0.npy": _npy_header_only((-1, -1))}), "shape"),
+        "foreign": (_crafted_npz(tmp_path / "foreign.npz", {},
+                                 meta={"format": "something-else"}), "format tag"),
+        "deep": (_crafted_npz(tmp_path / "deep.npz", {},
+                              meta={"format": "nanofly-checkpoint", "format_version": 1,
+                                    "checkpoint": json.loads("[" * 100 + "]" * 100)}),
+                 "nested too deeply"),
+    }
+    for name, (path, needle) in cases.items():
+        with pytest.raises(CheckpointFileError, match=needle):
+            load_checkpoint(path)
+        assert not marker.exists(), name
+    # numpy's own reader refuses the object array too (allow_pickle=False)
+    with np.load(cases["object"][0], allow_pickle=False) as npz, pytest.raises(ValueError):
+        npz["arrays/0"]
+    assert not marker.exists()
+    # and through the command line: one line, exit status 2
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes(cases["object"][0].read_bytes())
+    _one_line_error(_cli("train", "--resume", str(run)), "dtype object")
+    assert not marker.exists()
+
+
+def test_checkpoint_file_round_trip_keeps_every_value_and_resumes_bit_identically(tmp_path):
+    """The data-only format holds the whole checkpoint: arrays bit for bit (dtype and shape),
+    numbers, NaN, nested lists; a resume from the file matches the uninterrupted run."""
+    from nanofly.train.td3 import train
+
+    cfg = TrainConfig(**SMALL, seed=11)
+    full = train(cfg)
+    ck = _small_checkpoint(1000, seed=11)
+    ck["state"]["recent_returns"].append(float("nan"))  # non-finite numbers survive too
+    path = save_checkpoint(tmp_path / "checkpoint.npz", ck)
+    back = load_checkpoint(path)
+    assert np.isnan(back["state"]["recent_returns"][-1])
+    ck["state"]["recent_returns"].pop(), back["state"]["recent_returns"].pop()
+
+    def same(a, b, where=""):
+        if isinstance(a, np.ndarray):
+            assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), where
+        elif isinstance(a, dict):
+            assert set(a) == set(b), where
+            for k in a:
+                same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, (list, tuple)):
+            assert len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{where}[{i}]")
+        else:
+            assert a == b and type(a) is type(b), where
+
+    same(ck, back)
+    # the file is an npz that numpy reads without pickles
+    with np.load(path, allow_pickle=False) as npz:
+        assert np.array_equal(npz["arrays/0"], back["core"]["params"])
+    resumed = train(cfg, resume=back)
+    assert np.array_equal(resumed.core.params, full.core.params)
+    assert np.array_equal(resumed.buffer.data[:full.buffer.size],
+                          full.buffer.data[:full.buffer.size])
+
+
+def test_old_pickle_checkpoint_converts_only_with_the_trust_flag(tmp_path):
+    """A genuine checkpoint.pkl of an earlier nanofly: refused without --trust-checkpoint;
+    with it converted to checkpoint.npz (the pickle removed) and the run finishes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pkl").write_bytes(pickle.dumps(_small_checkpoint(1000)))
+    common = ("--eval-episodes", "0", "--no-plots", "--json")
+    _one_line_error(_cli("train", "--resume", str(run), *common), "--trust-checkpoint")
+    out = _cli("train", "--resume", str(run), "--trust-checkpoint", *common)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["env_steps"] == SMALL["total_env_steps"]
+    assert "converted" in out.stderr
+    assert not (run / "checkpoint.pkl").exists() and (run / "policy.pt").is_file()
+
+
+# ---------------------------------------------------------- untrusted policy files (reader)
+def _crafted_policies(tmp_path, marker):
+    """policy.pt files whose payload would call os.mkdir(marker) when unpickled: torch's zip
+    layout (what save_policy writes) and a bare pickle."""
+    import torch
+
+    zipped = tmp_path / "zipped.pt"
+    torch.save({"format": "nanofly-policy", "format_version": 1, "payload": _MakeMarker(marker)},
+               zipped)
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes(pickle.dumps({"format": "nanofly-policy", "x": _MakeMarker(marker)}))
+    return zipped, bare
+
+
+def test_crafted_pickle_policy_never_runs(tmp_path):
+    """load_policy (the one reader behind eval, export, calibration and the firmware bridge)
+    refuses pickled code in a policy file; `nanofly eval` and `nanofly export` say so in one
+    line with exit status 2."""
+    from nanofly.train.policy import PolicyFileError, load_policy
+
+    marker = tmp_path / "marker"
+    for path in _crafted_policies(tmp_path, marker):
+        with pytest.raises(PolicyFileError, match="not a readable policy file"):
+            load_policy(path)
+        assert not marker.exists()
+        _one_line_error(_cli("eval", str(path), "--episodes", "1"), str(path))
+        assert not marker.exists()
+        proc = _cli("export", str(path), "--out", str(tmp_path / f"export-{path.stem}"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert not marker.exists()
+        assert not (tmp_path / f"export-{path.stem}").exists()
+
+
+def test_every_file_reader_in_nanofly_is_data_only():
+    """The source audit behind "crafted files never run code": in nanofly's own modules every
+    torch.load call passes weights_only=True, every np.load allow_pickle=False, and the only
+    unpickling is the legacy checkpoint reader that --trust-checkpoint gates."""
+    import ast
+
+    calls = []
+    for path in sorted(REPO.glob("*/**/*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.split("/")[0] in ("tests", "bench") or ".egg-info" in rel:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name)):
+                continue
+            name = f"{node.func.value.id}.{node.func.attr}"
+            keywords = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+            calls.append((rel, name, keywords))
+    readers = [c for c in calls if c[1] in ("torch.load", "np.load", "numpy.load")
+               or c[1].split(".")[0] in ("pickle", "marshal", "shelve", "dill", "joblib")]
+    assert any(c[1] == "torch.load" for c in readers), "the audit found no torch.load at all"
+    for rel, name, keywords in readers:
+        if name == "torch.load":
+            assert keywords.get("weights_only") is True, (rel, name, keywords)
+        elif name in ("np.load", "numpy.load"):
+            assert keywords.get("allow_pickle") is False, (rel, name, keywords)
+        elif name not in ("pickle.dumps", "pickle.dump"):
+            assert (rel, name) == ("train/checkpoint_file.py", "pickle.load"), (rel, name)
