@@ -268,3 +268,46 @@ def test_every_file_reader_in_nanofly_is_data_only():
             assert keywords.get("allow_pickle") is False, (rel, name, keywords)
         elif name not in ("pickle.dumps", "pickle.dump"):
             assert (rel, name) == ("train/checkpoint_file.py", "pickle.load"), (rel, name)
+
+
+# ------------------------------------------------------ finding 6: crafted policy sizes
+def test_crafted_layer_sizes_are_refused_before_anything_is_allocated(tmp_path):
+    """layer_sizes are checked (types, bounds, parameter count) and matched against the stored
+    tensors before the Actor is built: [146, 10**9, 4] would ask for 584 GB."""
+    import torch
+
+    from nanofly.train.policy import PolicyFileError, init_actor, load_policy, save_policy
+
+    base = save_policy(tmp_path / "policy.pt", init_actor([146, 64, 64, 4], 0),
+                       observation={"dim": 146}, action={"dim": 4},
+                       vehicle={"preset": "crazyflie_paper"})
+    cases = {
+        "huge hidden layer": ([146, 10 ** 9, 4], "layer_sizes must be"),
+        "too many parameters": ([60_000, 60_000, 4], "parameters; nanofly reads at most"),
+        "negative": ([146, -64, 4], "layer_sizes must be"),
+        "not numbers": (["146", "64", "4"], "layer_sizes must be"),
+        "bools": ([True, True], "layer_sizes must be"),
+        "one layer": ([146], "layer_sizes must be"),
+        "too deep": ([4] * 40, "layer_sizes must be"),
+        "missing": (None, "layer_sizes must be"),
+        "other tensors": ([146, 32, 32, 4], "has shape"),
+    }
+    for name, (sizes, needle) in cases.items():
+        payload = torch.load(base, weights_only=True)
+        if sizes is None:
+            del payload["actor"]["layer_sizes"]
+        else:
+            payload["actor"]["layer_sizes"] = sizes
+        path = tmp_path / f"{name.replace(' ', '_')}.pt"
+        torch.save(payload, path)
+        with pytest.raises(PolicyFileError, match=needle):
+            load_policy(path)
+    # a state_dict that is not a table of float tensors
+    payload = torch.load(base, weights_only=True)
+    payload["actor"]["state_dict"]["net.0.weight"] = [[0.0] * 146] * 64
+    torch.save(payload, tmp_path / "list_weights.pt")
+    with pytest.raises(PolicyFileError, match="not a float tensor"):
+        load_policy(tmp_path / "list_weights.pt")
+    # the command line: one line, exit status 2
+    _one_line_error(_cli("eval", str(tmp_path / "huge_hidden_layer.pt")), "layer_sizes")
+    assert load_policy(base)[0].layer_sizes == [146, 64, 64, 4]  # the genuine file still loads
