@@ -179,7 +179,7 @@ def open_for_eval(path, backend: str):
                 vehicle, mdp = policy_mdp(described)
             except PolicyFileError as exc:
                 raise PolicyFileError(f"{manifest_path}: {exc}") from None
-            return make_policy(backend, path), vehicle, mdp
+            return _make_policy_for_eval(backend, path), vehicle, mdp
         if not run_policy.is_file():
             raise PolicyFileError(f"{path}: neither a run directory (policy.pt) nor an export "
                                   f"directory (manifest.json); pass a policy file or one of those")
@@ -195,7 +195,25 @@ def open_for_eval(path, backend: str):
         vehicle, mdp = policy_mdp(payload)
     except PolicyFileError as exc:
         raise PolicyFileError(f"{path}: {exc}") from None
-    return make_policy(backend, path), vehicle, mdp
+    return _make_policy_for_eval(backend, path), vehicle, mdp
+
+
+def _make_policy_for_eval(backend: str, path):
+    """``make_policy``, with a PIL board that cannot be reached or started as a ``ValueError``
+    (a one-line error of ``nanofly eval``) instead of the bridge's own exceptions."""
+    if not backend.startswith("pil:"):
+        return make_policy(backend, path)
+    from nanofly.firmware_bridge.emulator import EmulatorError
+    from nanofly.firmware_bridge.firmware import FirmwareBuildError
+    from nanofly.firmware_bridge.protocol import ProtocolError
+
+    try:
+        return make_policy(backend, path)
+    except ProtocolError as exc:
+        raise ValueError(f"--backend {backend}: {exc} (check the URL, and that the board runs the "
+                         f"bridge firmware: nanofly firmware status --port URL)") from None
+    except (EmulatorError, FirmwareBuildError) as exc:
+        raise ValueError(f"--backend {backend}: {exc}") from None
 
 
 # -- hover --------------------------------------------------------------------------------------
