@@ -25,6 +25,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,11 @@ ESTIMATOR_KALMAN = 2  # param stabilizer.estimator
 # CONFIG_CONTROLLER_OOT: AutoSelect, PID, Mellinger, INDI, Brescianini, Lee, Oot.
 CONTROLLER_OOT = 6
 POSITION_DECKS = {"flow": "deck.bcFlow2", "lighthouse": "deck.bcLighthouse4"}
+CONNECT_TIMEOUT_S = 30.0  # link up, TOCs and all param values (seconds over a radio, no cache)
+PARAM_CONFIRM_S = 2.0  # the firmware echoes a param write within a few radio round trips
+# No log data (100 Hz) for this long means the link is gone. cflib's radio driver reports a lost
+# link itself; a link that just goes quiet (UDP, a stalled USB) reports nothing.
+LINK_TIMEOUT_S = 0.5
 
 
 class FlightError(RuntimeError):
@@ -121,29 +128,129 @@ def preflight(cf, position_source: str) -> dict[str, Any]:
     return info
 
 
-def _wait_for_estimator(cf, timeout_s: float = 10.0) -> None:
+class _Link:
+    """cflib's connection callbacks as events with timeouts (cflib's SyncCrazyflie and
+    SyncLogger wait without one, so a Crazyflie that stops answering would hang the script)."""
+
+    def __init__(self, cf, uri: str):
+        self.cf = cf
+        self.uri = uri
+        self.settled = threading.Event()  # fully connected, or failed
+        self.fully_connected = False
+        self.failure: str | None = None
+        self.lost: str | None = None
+        cf.fully_connected.add_callback(self._fully_connected)
+        cf.connection_failed.add_callback(self._failed)
+        cf.connection_lost.add_callback(self._lost)
+
+    def _fully_connected(self, uri) -> None:
+        self.fully_connected = True
+        self.settled.set()
+
+    def _failed(self, uri, message) -> None:
+        self.failure = message
+        self.settled.set()
+
+    def _lost(self, uri, message) -> None:
+        self.lost = message
+
+    @property
+    def up(self) -> bool:
+        return self.cf.link is not None and self.lost is None
+
+    def check(self, last_data_s: float | None = None) -> None:
+        """Raise FlightError if cflib reported the link lost, or if no log data arrived for
+        LINK_TIMEOUT_S (``last_data_s``: time.monotonic() of the last log data)."""
+        if not self.up:
+            # cflib drops the link before it reports why: give the report a moment to arrive
+            deadline = time.monotonic() + 0.2
+            while self.lost is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise FlightError(f"lost the link to {self.uri}: {_link_error(self.lost)}")
+        if last_data_s is not None and time.monotonic() - last_data_s > LINK_TIMEOUT_S:
+            raise FlightError(f"lost the link to {self.uri}: no log data for {LINK_TIMEOUT_S} s "
+                              f"(out of range, or the Crazyflie stopped); the app cuts the motors "
+                              f"200 ms after the last setpoint")
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "unknown error")
+
+
+def _link_error(message: str | None) -> str:
+    """cflib's link error in one line: its first line and the exception behind it."""
+    if not message:
+        return "cflib closed the link"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    cause = next((line[len("Exception:"):].strip() for line in lines[1:] if line.startswith("Exception:")), "")
+    return f"{lines[0]} ({cause})" if cause else lines[0]
+
+
+def _set_param(cf, name: str, value, wait_s: float | None = PARAM_CONFIRM_S) -> threading.Event:
+    """Write a param; with ``wait_s``, wait until the firmware echoes the write (cflib queues
+    writes on a thread of its own, so without this a later packet, e.g. the arming request,
+    can overtake them). Returns the event set on the echo."""
+    group, short = name.split(".")
+    echoed = threading.Event()
+
+    def on_update(complete_name, value_text) -> None:
+        if not echoed.is_set():
+            echoed.set()
+            cf.param.remove_update_callback(group=group, name=short, cb=on_update)
+
+    cf.param.add_update_callback(group=group, name=short, cb=on_update)
+    cf.param.set_value(name, str(value))
+    if wait_s is not None and not echoed.wait(wait_s):
+        raise FlightError(f"the Crazyflie did not confirm {name} = {value} within {wait_s} s: "
+                          f"the link is failing")
+    return echoed
+
+
+def _arm(cf, on: bool) -> None:
+    supervisor = getattr(cf, "supervisor", None)  # cflib's supervisor port (protocol 12+)
+    if supervisor is not None:
+        supervisor.send_arming_request(on)
+    else:
+        cf.platform.send_arming_request(on)
+
+
+def _wait_for_estimator(cf, link: _Link, timeout_s: float = 10.0) -> None:
     """Reset the Kalman filter and wait until its position variance is small and steady (the
     pattern of cflib's own examples)."""
     from cflib.crazyflie.log import LogConfig
-    from cflib.crazyflie.syncLogger import SyncLogger
 
-    cf.param.set_value("kalman.resetEstimation", "1")
+    _set_param(cf, "kalman.resetEstimation", 1)
     time.sleep(0.1)
-    cf.param.set_value("kalman.resetEstimation", "0")
+    _set_param(cf, "kalman.resetEstimation", 0)
     config = LogConfig(name="variance", period_in_ms=50)
     for axis in "XYZ":
         config.add_variable(f"kalman.varP{axis}", "float")
+    samples: queue.Queue = queue.Queue()
+    config.data_received_cb.add_callback(lambda timestamp, data, logconf: samples.put(data))
+    cf.log.add_config(config)
+    config.start()
     history: list[tuple[float, float, float]] = []
     deadline = time.monotonic() + timeout_s
-    with SyncLogger(cf, config) as logger:
-        for _, data, _ in logger:
+    last_data = time.monotonic()
+    try:
+        while True:
+            try:
+                data = samples.get(timeout=0.05)
+                last_data = time.monotonic()
+            except queue.Empty:
+                link.check(last_data + 0.05)  # the block's own period on top of the timeout
+                continue
             history = (history + [(data["kalman.varPX"], data["kalman.varPY"], data["kalman.varPZ"])])[-10:]
             if len(history) == 10 and all(max(v) - min(v) < 0.001 for v in zip(*history)):
                 return
             if time.monotonic() > deadline:
-                raise FlightError("the position estimate did not settle within 10 s: check the "
-                                  "position source (flow deck surface and light, Lighthouse base "
-                                  "stations, mocap stream)")
+                raise FlightError(f"the position estimate did not settle within {timeout_s:.0f} s: "
+                                  "check the position source (flow deck surface and light, "
+                                  "Lighthouse base stations, mocap stream)")
+    finally:
+        if link.up:
+            config.stop()
+            config.delete()
 
 
 class FlightLog:
@@ -164,15 +271,25 @@ class FlightLog:
             config.data_received_cb.add_callback(self._received)
             self.configs.append(config)
         self.t0 = time.monotonic()
+        self.last_data_s = self.t0  # time.monotonic() of the last log data
         self.target = (math.nan, math.nan, math.nan)
         self.policy = False
 
     def _received(self, timestamp, data, config) -> None:
-        row = {"time_s": time.monotonic() - self.t0, "firmware_ms": timestamp,
+        self.last_data_s = time.monotonic()
+        row = {"time_s": self.last_data_s - self.t0, "firmware_ms": timestamp,
                "target_x": self.target[0], "target_y": self.target[1], "target_z": self.target[2],
                "policy": int(self.policy)}
         row.update(data)
         self.rows.append(row)
+
+    def position(self) -> tuple[float, float, float] | None:
+        """The latest state estimate (m); each log block is a row of its own, so the latest row
+        need not hold it."""
+        for row in reversed(self.rows):
+            if "stateEstimate.x" in row:
+                return row["stateEstimate.x"], row["stateEstimate.y"], row["stateEstimate.z"]
+        return None
 
     def start(self) -> None:
         for config in self.configs:
@@ -211,7 +328,10 @@ def plot_flight(rows: Iterable[dict[str, float]], path: Path) -> Path | None:
     t = [r["time_s"] for r in rows]
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(8, 6))
     for ax, axis in zip(axes, "xyz"):
-        ax.plot(t, [r.get(f"stateEstimate.{axis}", math.nan) for r in rows], label="estimate")
+        # Each log block is a row of its own: plot the estimate from the rows that carry it
+        # (NaN between every two points would leave no line at all).
+        estimate = [(r["time_s"], r[f"stateEstimate.{axis}"]) for r in rows if f"stateEstimate.{axis}" in r]
+        ax.plot([p[0] for p in estimate], [p[1] for p in estimate], label="estimate")
         ax.plot(t, [r.get(f"target_{axis}", math.nan) for r in rows], "--", label="setpoint")
         on = [r.get("policy", 0) for r in rows]
         ax.fill_between(t, 0, 1, where=[bool(v) for v in on], color="tab:green", alpha=0.15,
@@ -228,57 +348,66 @@ def plot_flight(rows: Iterable[dict[str, float]], path: Path) -> Path | None:
 def fly(uri: str, *, height: float = 0.5, duration: float = 10.0, takeoff: str = "pid",
         position_source: str = "flow", out: Path = Path("runs/flight"),
         progress=print) -> dict[str, Any]:
-    """Fly one supervised flight (module docstring). Returns a summary dict."""
+    """Fly one supervised flight (module docstring). Returns a summary dict; a failed check or
+    a lost link raises FlightError (after the cleanup and with the log written)."""
     try:
         import cflib.crtp
         from cflib.crazyflie import Crazyflie
-        from cflib.crazyflie.syncCrazyflie import SyncCrazyflie
     except ImportError as exc:
         raise FlightError(f"cflib is not installed ({exc}); pip install cflib") from None
     flight_plan((0.0, 0.0, 0.0), height=height, duration=duration, takeoff=takeoff)  # validate
+    if position_source not in (*POSITION_DECKS, "mocap"):
+        raise FlightError(f"--position-source must be flow, lighthouse or mocap, got "
+                          f"{position_source!r}")
+    out = Path(out)
     # cflib logs its link errors with tracebacks; the error below says what matters in a line.
     logging.getLogger("cflib").addHandler(logging.NullHandler())
     cflib.crtp.init_drivers()
     cache = Path.home() / ".cache" / "nanofly" / "cflib"
     cache.mkdir(parents=True, exist_ok=True)
+    cf = Crazyflie(rw_cache=str(cache))
+    link = _Link(cf, uri)
     try:
-        scf = SyncCrazyflie(uri, cf=Crazyflie(rw_cache=str(cache)))
-        scf.open_link()
-    except Exception as exc:  # cflib raises plain Exceptions for "no dongle", "no answer", ...
-        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        cf.open_link(uri)  # cflib reports "no dongle", "no answer", ... through connection_failed
+    except Exception as exc:
+        link.failure = str(exc)
+    if not link.settled.wait(CONNECT_TIMEOUT_S) or not link.fully_connected:
+        reason = _first_line(link.failure) if link.failure else \
+            f"no complete answer within {CONNECT_TIMEOUT_S:.0f} s"
+        cf.close_link()
         raise FlightError(f"cannot connect to {uri}: {reason} (check the Crazyradio or USB cable, "
-                          f"the URI, and that the Crazyflie is on)") from None
-    cf = scf.cf
+                          f"the URI, and that the Crazyflie is on)")
     log = None
     summary: dict[str, Any] = {"uri": uri, "completed": False}
     try:
         summary["app"] = preflight(cf, position_source)
         progress(f"nanofly app found: {summary['app']}")
-        cf.param.set_value("stabilizer.estimator", str(ESTIMATOR_KALMAN))
-        cf.param.set_value("nanofly.enable", "0")
-        cf.param.set_value("stabilizer.controller", str(CONTROLLER_OOT))
+        # Confirmed before arming: the arming request must not overtake them.
+        _set_param(cf, "stabilizer.estimator", ESTIMATOR_KALMAN)
+        _set_param(cf, "nanofly.enable", 0)
+        _set_param(cf, "stabilizer.controller", CONTROLLER_OOT)
         progress("waiting for the position estimate to settle ...")
-        _wait_for_estimator(cf)
-        start = (0.0, 0.0, 0.0)  # replaced by the estimate once the log runs
+        _wait_for_estimator(cf, link)
         log = FlightLog(cf)
         log.start()
         time.sleep(0.3)
-        if log.rows:
-            last = log.rows[-1]
-            start = (last.get("stateEstimate.x", 0.0), last.get("stateEstimate.y", 0.0),
-                     last.get("stateEstimate.z", 0.0))
+        link.check(log.last_data_s)
+        start = log.position() or (0.0, 0.0, 0.0)
         plan = flight_plan(start, height=height, duration=duration, takeoff=takeoff)
-        cf.platform.send_arming_request(True)
+        _arm(cf, True)
         time.sleep(0.2)
         policy_on = False
         phase = None
         t0 = time.monotonic()
         for sp in plan:
+            link.check(log.last_data_s)
             if sp.phase != phase:
                 phase = sp.phase
                 progress(f"{phase} ({sp.x:+.2f}, {sp.y:+.2f}, {sp.z:+.2f}) m")
             if sp.policy != policy_on:
-                cf.param.set_value("nanofly.enable", "1" if sp.policy else "0")
+                # Not waited for: the setpoint stream must not pause. Written in order after
+                # the setpoints before it, echoed within a few round trips.
+                _set_param(cf, "nanofly.enable", int(sp.policy), wait_s=None)
                 policy_on = sp.policy
             log.target = (sp.x, sp.y, sp.z)
             log.policy = policy_on
@@ -287,21 +416,35 @@ def fly(uri: str, *, height: float = 0.5, duration: float = 10.0, takeoff: str =
             if delay > 0:
                 time.sleep(delay)
         summary["completed"] = True
+    except FlightError as exc:
+        if log is not None:  # written below, on the way out
+            exc.args = (f"{exc} (flight log: {out / 'flight.csv'})",)
+        raise
     finally:
-        # Whatever happened: policy off, motors stopped, disarmed, link closed.
-        for action in (lambda: cf.param.set_value("nanofly.enable", "0"),
-                       lambda: cf.commander.send_stop_setpoint(),
-                       lambda: cf.commander.send_notify_setpoint_stop(),
-                       lambda: cf.platform.send_arming_request(False)):
+        # Whatever happened: policy off, motors stopped, disarmed, link closed. The stop and the
+        # disarm go out at once; the param write is then given a moment to be sent and echoed
+        # (closing the link drops cflib's queue of pending param writes).
+        disabled = None
+        if cf.link is not None and cf.param.is_updated:
+            try:
+                disabled = _set_param(cf, "nanofly.enable", 0, wait_s=None)
+            except Exception:
+                pass
+        for action in (cf.commander.send_stop_setpoint,
+                       cf.commander.send_notify_setpoint_stop,
+                       lambda: _arm(cf, False)):
             try:
                 action()
             except Exception:
                 pass
+        if disabled is not None and link.up:
+            disabled.wait(0.5)
         if log is not None:
-            log.stop()
+            if link.up:
+                log.stop()
             summary["log"] = str(log.write(out))
             png = plot_flight(log.rows, out / "flight.png")
             summary["plot"] = str(png) if png else None
             summary["log_rows"] = len(log.rows)
-        scf.close_link()
+        cf.close_link()
     return summary
