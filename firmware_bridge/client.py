@@ -65,6 +65,33 @@ class UploadResult:
         return d
 
 
+def check_link_options(*, timeout_s: float | None = None, retries: int | None = None,
+                       chunk_bytes: int | None = None, baudrate: int | None = None,
+                       names: dict[str, str] | None = None) -> None:
+    """Raise ``ValueError`` naming the first unusable link option: a timeout that is not a
+    positive number of seconds, a negative retry count, a chunk of less than one byte, a baud
+    rate below 1. ``names``: how to call each option in the message (the CLI's flags)."""
+    import math
+
+    names = {"timeout_s": "timeout_s", "retries": "retries", "chunk_bytes": "chunk_bytes",
+             "baudrate": "baudrate", **(names or {})}
+
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float))
+                                      and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"{names['timeout_s']} must be a positive number of seconds, got "
+                         f"{timeout_s!r}")
+    if retries is not None and not (whole(retries) and retries >= 0):
+        raise ValueError(f"{names['retries']} must be a whole number >= 0, got {retries!r}")
+    if chunk_bytes is not None and not (whole(chunk_bytes) and chunk_bytes >= 1):
+        raise ValueError(f"{names['chunk_bytes']} must be a whole number of bytes >= 1, got "
+                         f"{chunk_bytes!r} (leave it out to use the negotiated maximum)")
+    if baudrate is not None and not (whole(baudrate) and baudrate >= 1):
+        raise ValueError(f"{names['baudrate']} must be a whole number >= 1, got {baudrate!r}")
+
+
 class BridgeClient:
     """One connection to a board running the bridge firmware.
 
@@ -78,6 +105,7 @@ class BridgeClient:
     def __init__(self, url: str, *, timeout_s: float = 1.0, retries: int = 3,
                  max_payload: int = P.MAX_PAYLOAD, open_timeout_s: float = 5.0,
                  baudrate: int = 115200, link_bytes_per_s: float | None = None):
+        check_link_options(timeout_s=timeout_s, retries=retries, baudrate=baudrate)
         self.url = url
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
@@ -189,6 +217,12 @@ class BridgeClient:
                         self.stats.stale_frames += 1
                         continue
                     if reply.type == P.REPLY_ERROR:
+                        if len(reply.payload) < P.ERROR_REPLY_BYTES:
+                            raise P.ProtocolError(
+                                f"{name}: error reply of {len(reply.payload)} bytes, expected "
+                                f"{P.ERROR_REPLY_BYTES}: the board's firmware does not match this "
+                                f"client; build and flash the firmware of this nanofly "
+                                f"(`nanofly firmware build`)")
                         err = P.decode_error(reply.payload)
                         if err.request == ftype:
                             raise err
@@ -215,31 +249,32 @@ class BridgeClient:
     def begin(self, size: int, crc: int, fmt: int, model_id: int) -> tuple[int, int]:
         """Start (or resume) an upload; returns (bytes already received, staging state)."""
         reply = self.request(P.CMD_BEGIN, P.begin_request(size, crc, fmt, model_id))
-        received, state = struct.unpack_from("<IB", reply)
+        received, state = P.unpack_reply("<IB", reply, P.CMD_BEGIN)
         return received, state
 
     def chunk(self, offset: int, data: bytes) -> int:
         """Write bytes at ``offset`` of the staging slot; returns bytes received so far."""
-        (received,) = struct.unpack_from("<I", self.request(P.CMD_CHUNK, P.chunk_request(offset, data)))
+        (received,) = P.unpack_reply("<I", self.request(P.CMD_CHUNK, P.chunk_request(offset, data)),
+                                     P.CMD_CHUNK)
         return received
 
     def commit(self) -> dict:
-        crc, size, n_in, n_out = struct.unpack_from("<IIHH", self.request(P.CMD_COMMIT))
+        crc, size, n_in, n_out = P.unpack_reply("<IIHH", self.request(P.CMD_COMMIT), P.CMD_COMMIT)
         return {"crc": crc, "size": size, "observation_dim": n_in, "action_dim": n_out}
 
     def activate(self, crc: int) -> dict:
-        model_id, active_crc, size = struct.unpack_from(
-            "<III", self.request(P.CMD_ACTIVATE, struct.pack("<I", crc)))
+        model_id, active_crc, size = P.unpack_reply(
+            "<III", self.request(P.CMD_ACTIVATE, struct.pack("<I", crc)), P.CMD_ACTIVATE)
         return {"model_id": model_id, "crc": active_crc, "size": size}
 
     def arm(self) -> int:
-        return struct.unpack_from("<I", self.request(P.CMD_ARM))[0]
+        return P.unpack_reply("<I", self.request(P.CMD_ARM), P.CMD_ARM)[0]
 
     def disarm(self) -> int:
-        return struct.unpack_from("<I", self.request(P.CMD_DISARM))[0]
+        return P.unpack_reply("<I", self.request(P.CMD_DISARM), P.CMD_DISARM)[0]
 
     def heartbeat(self) -> dict:
-        now_ms, armed, tripped = struct.unpack_from("<IBB", self.request(P.CMD_HEARTBEAT))
+        now_ms, armed, tripped = P.unpack_reply("<IBB", self.request(P.CMD_HEARTBEAT), P.CMD_HEARTBEAT)
         return {"now_ms": now_ms, "armed": bool(armed), "failsafe_tripped": bool(tripped)}
 
     def infer(self, observation, env: int | None = None) -> tuple[np.ndarray, int, int]:
@@ -252,6 +287,10 @@ class BridgeClient:
         obs = np.ascontiguousarray(observation, dtype="<f4").reshape(-1)
         payload = obs.tobytes() if env is None else P.infer_request(obs.tobytes(), env)
         reply = self.request(P.CMD_INFER, payload)
+        if len(reply) < 12 or len(reply) % 4:
+            raise P.ProtocolError(f"INFER reply of {len(reply)} bytes, expected 4 per action value "
+                                  f"+ 8: the board's firmware does not match this client; build "
+                                  f"and flash the firmware of this nanofly (`nanofly firmware build`)")
         n_act = (len(reply) - 8) // 4
         action = np.frombuffer(reply, dtype="<f4", count=n_act).astype(np.float32)
         ticks, crc = struct.unpack_from("<II", reply, 4 * n_act)
@@ -309,6 +348,7 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
     reconnects and BEGIN with the same size/CRC/format/id resumes at the byte count the board
     reports. The model only becomes active after COMMIT verified it and ACTIVATE named its CRC;
     the final STATUS must show that CRC active."""
+    check_link_options(chunk_bytes=chunk_bytes)
     fmt_code = P.FORMAT_BY_NAME[fmt] if isinstance(fmt, str) else int(fmt)
     blob = bytes(blob)
     size, crc = len(blob), P.model_crc(blob)
@@ -336,19 +376,31 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
             received, _ = client.begin(size, crc, fmt_code, model_id)
             resume_offsets.append(received)
             offset = received
+            # ERR_OFFSET refusals in a row (no chunk accepted between them): a board that keeps
+            # refusing is broken, not behind, and must not keep the client in a loop
+            offset_refusals = 0
             while offset < size:
                 data = blob[offset:offset + step]
                 try:
                     received = client.chunk(offset, data)
                 except P.DeviceError as err:
                     if err.code == P.ERR_OFFSET:   # the board has fewer bytes than we thought
-                        offset = err.detail1 & 0xFFFFFFFF
+                        board_has = err.detail1 & 0xFFFFFFFF
+                        offset_refusals += 1
+                        if offset_refusals > MAX_OFFSET_REFUSALS or board_has > size:
+                            raise P.ProtocolError(
+                                f"upload to {client.url}: the board refused the chunk at offset "
+                                f"{offset} {offset_refusals} times in a row (it reports {board_has} "
+                                f"of {size} bytes received); reset the board and flash again"
+                            ) from err
+                        offset = board_has
                         continue
                     if err.code == P.ERR_STATE and restarts_left > 0:  # staging was reset
                         restarts_left -= 1
                         raise _Restart() from err
                     raise
                 offset = received
+                offset_refusals = 0
                 state.sent_bytes = offset
                 state.retries = client.stats.retries - stats0[1]
                 state.reconnects = client.stats.reconnects - stats0[2]
@@ -386,23 +438,52 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
                         extra={"resume_offsets": resume_offsets})
 
 
+MAX_OFFSET_REFUSALS = 8  # ERR_OFFSET replies in a row before an upload gives up
+
+
 class _Restart(Exception):
     pass
 
 
 def read_export_blob(export_dir: str | os.PathLike, fmt: str = "int8") -> tuple[bytes, int]:
-    """The model blob of an export directory and a model id derived from its manifest."""
+    """The model blob of an export directory and a model id derived from its manifest.
+
+    Checked before anything goes to a board: the blob must match the SHA-256 its manifest
+    records and be a well-formed model blob (``nanofly.export.blob.read_blob``). Raises
+    ``FileNotFoundError`` / ``ValueError`` with a message that says what to do."""
+    import hashlib
+    import json
     from pathlib import Path
+
+    from nanofly.export.blob import BlobError, read_blob
 
     export_dir = Path(export_dir)
     if fmt not in P.FORMAT_BY_NAME:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(P.FORMAT_BY_NAME)}")
+    if export_dir.is_file():
+        raise ValueError(f"{export_dir} is a file, not an export directory; export it first: "
+                         f"nanofly export {export_dir} --out DIR, then flash DIR")
     path = export_dir / f"policy_{fmt}.bin"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {fmt} model blob; is {export_dir} an export directory "
                                 "(`nanofly export POLICY --out DIR`)?")
     blob = path.read_bytes()
-    manifest = export_dir / "manifest.json"
+    manifest_path = export_dir / "manifest.json"
+    manifest_bytes = manifest_path.read_bytes() if manifest_path.is_file() else None
+    if manifest_bytes is not None:
+        try:
+            recorded = json.loads(manifest_bytes)["blobs"][fmt]["sha256"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{manifest_path}: not a nanofly export manifest ({type(exc).__name__}: "
+                             f"{exc}); export the policy again") from None
+        if hashlib.sha256(blob).hexdigest() != recorded:
+            raise ValueError(f"{path} does not match the SHA-256 in {manifest_path} (changed after "
+                             f"the export?); export the policy again")
+    try:
+        read_blob(blob)
+    except BlobError as exc:
+        raise ValueError(f"{path} is not a valid model blob ({exc}); export the policy "
+                         f"again") from None
     # The id says which export is on the board; CRC-32 of the manifest is stable per export.
-    model_id = zlib.crc32(manifest.read_bytes()) if manifest.is_file() else P.model_crc(blob)
+    model_id = zlib.crc32(manifest_bytes) if manifest_bytes is not None else P.model_crc(blob)
     return blob, model_id

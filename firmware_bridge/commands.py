@@ -84,13 +84,20 @@ class _ProgressBar:
             self.stream.write("\n")
 
 
+# check_link_options' names for this CLI's flags
+_FLAG_NAMES = {"timeout_s": "--timeout", "retries": "--retries", "chunk_bytes": "--chunk-bytes",
+               "baudrate": "--baud"}
+
+
 def cmd_flash(args) -> int:
     from . import protocol as P
-    from .client import BridgeClient, LinkError, read_export_blob, upload_model
+    from .client import BridgeClient, LinkError, check_link_options, read_export_blob, upload_model
 
     try:
+        check_link_options(timeout_s=args.timeout, retries=args.retries,
+                           chunk_bytes=args.chunk_bytes, baudrate=args.baud, names=_FLAG_NAMES)
         blob, model_id = read_export_blob(args.export_dir, args.format)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bar = None if args.json else _ProgressBar()
@@ -142,9 +149,19 @@ def cmd_build(args) -> int:
 def cmd_emulate(args) -> int:
     import time
 
+    import math
+
     from .emulator import EmulatedBoard, EmulatorError
     from .firmware import FirmwareBuildError
 
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        print(f"error: --seconds must be a positive number, got {args.seconds}; leave it out to "
+              f"run until Ctrl+C", file=sys.stderr)
+        return 2
+    if args.port is not None and not 1 <= args.port <= 65535:
+        print(f"error: --port must be a TCP port from 1 to 65535, got {args.port}; leave it out "
+              f"to pick a free one", file=sys.stderr)
+        return 2
     try:
         board = EmulatedBoard(args.elf, port=args.port, lifetime_s=args.seconds).start()
     except (EmulatorError, FirmwareBuildError) as exc:
@@ -166,8 +183,14 @@ def cmd_emulate(args) -> int:
 
 def cmd_status(args) -> int:
     from . import protocol as P
-    from .client import BridgeClient
+    from .client import BridgeClient, check_link_options
 
+    try:
+        check_link_options(timeout_s=args.timeout, retries=args.retries, baudrate=args.baud,
+                           names=_FLAG_NAMES)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         with BridgeClient(args.port, timeout_s=args.timeout, retries=args.retries,
                           baudrate=args.baud) as client:

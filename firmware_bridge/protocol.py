@@ -164,6 +164,19 @@ def describe_error(request: int, code: int, d0: int, d1: int) -> str:
     return f"{cmd} failed: {ERROR_NAMES.get(code, code)}: {text}"
 
 
+def unpack_reply(fmt: str, payload: bytes, command: int, offset: int = 0) -> tuple:
+    """``struct.unpack_from(fmt, payload, offset)`` for the reply to ``command``, with a
+    ``ProtocolError`` that says what to do when the reply is too short (a valid frame, CRC and
+    all, from firmware that does not speak this client's protocol)."""
+    need = offset + struct.calcsize(fmt)
+    if len(payload) < need:
+        name = COMMAND_NAMES.get(command, f"command 0x{command:02x}")
+        raise ProtocolError(f"{name} reply of {len(payload)} bytes, expected at least {need}: the "
+                            f"board's firmware does not match this client; build and flash the "
+                            f"firmware of this nanofly (`nanofly firmware build`)")
+    return struct.unpack_from(fmt, payload, offset)
+
+
 # ---- COBS ------------------------------------------------------------------------------
 
 def cobs_encode(data: bytes) -> bytes:
@@ -334,8 +347,8 @@ class Hello:
     @classmethod
     def decode(cls, payload: bytes) -> "Hello":
         (ver, major, minor, patch, counter, max_payload, max_model, formats, flags, obs, act,
-         hb, rate, active_fmt, model_id, crc, size, sysclk, fw_max, fw_min) = struct.unpack_from(
-            cls._FMT, payload)
+         hb, rate, active_fmt, model_id, crc, size, sysclk, fw_max, fw_min) = unpack_reply(
+            cls._FMT, payload, CMD_HELLO)
         return cls(
             protocol_version=ver, firmware_version=f"{major}.{minor}.{patch}",
             counter_kind=counter, max_payload=max_payload, max_model_bytes=max_model,
@@ -406,7 +419,7 @@ class Status:
 
     @classmethod
     def decode(cls, payload: bytes) -> "Status":
-        v = struct.unpack_from(cls._FMT, payload)
+        v = unpack_reply(cls._FMT, payload, CMD_STATUS)
         (uptime, armed, tripped, stage, fmt, since_hb, last_hb, trip_ms, m0, m1, m2, m3,
          model_id, crc, size, s_size, s_crc, s_recv, ok, bad, too_long, overflows, errors,
          inferences, ticks, control, trips, repeats) = v
@@ -448,8 +461,11 @@ def chunk_request(offset: int, data: bytes) -> bytes:
     return struct.pack("<I", offset) + bytes(data)
 
 
+ERROR_REPLY_BYTES = 12  # request type u8, code u8, 2 reserved, detail0 i32, detail1 i32
+
+
 def decode_error(payload: bytes) -> DeviceError:
-    if len(payload) < 12:
-        return DeviceError(0, 0, len(payload), 12)
+    if len(payload) < ERROR_REPLY_BYTES:
+        return DeviceError(0, 0, len(payload), ERROR_REPLY_BYTES)
     req, code, d0, d1 = struct.unpack_from("<BBxxii", payload)
     return DeviceError(req, code, d0, d1)
