@@ -126,6 +126,31 @@ float nf_cf_normalized_force(const nf_cf_vehicle *vehicle, float motor_max_thrus
     return clip(thrust / motor_max_thrust_n, 0.0f, 1.0f);
 }
 
+/* The action the motor actually gets: the one whose thrust is the normalized force after its
+ * clip to [0, 1] of the maximum thrust. The simulator's history holds the action applied to the
+ * rotors, so a set point beyond THRUST_MAX enters the history as the action of THRUST_MAX, not
+ * as the policy asked for it. */
+static float applied_action(const nf_cf_vehicle *vehicle, float motor_max_thrust_n, float action)
+{
+    const float a = clip(action, -1.0f, 1.0f);
+    const float force = nf_cf_normalized_force(vehicle, motor_max_thrust_n, a);
+    if (force > 0.0f && force < 1.0f) {
+        return a;
+    }
+    const float thrust = force * motor_max_thrust_n;
+    const float *k = vehicle->thrust_coefficients;
+    float speed;
+    if (k[2] != 0.0f) {
+        const float disc = k[1] * k[1] - 4.0f * k[2] * (k[0] - thrust);
+        speed = (-k[1] + sqrtf(disc > 0.0f ? disc : 0.0f)) / (2.0f * k[2]);
+    } else {
+        speed = (thrust - k[0]) / k[1];
+    }
+    const float lo = vehicle->rotor_speed_min;
+    const float hi = vehicle->rotor_speed_max;
+    return clip((clip(speed, lo, hi) - lo) / (hi - lo) * 2.0f - 1.0f, -1.0f, 1.0f);
+}
+
 void nf_cf_reset_history(nf_cf_controller *c)
 {
     float *h = c->obs + NF_CF_STATE_DIM;
@@ -225,7 +250,7 @@ nf_cf_status nf_cf_step(nf_cf_controller *c, bool enabled, control_t *control,
     for (uint32_t i = 0; i < NF_CF_ACTION_DIM; i++) {
         c->action[i] = action[i];
         if (hist > 0u) {
-            h[i] = action[i];
+            h[i] = applied_action(&c->vehicle, c->motor_max_thrust_n, action[i]);
         }
         c->normalized_forces[i] = nf_cf_normalized_force(&c->vehicle, c->motor_max_thrust_n, action[i]);
         control->normalizedForces[i] = c->normalized_forces[i];

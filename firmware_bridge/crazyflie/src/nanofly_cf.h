@@ -18,7 +18,9 @@
  * motors (M1 front-right, M2 back-right, M3 back-left, M4 front-left), the simulator's rotor
  * order. It becomes a thrust through the vehicle's thrust curve and a normalized force through
  * the firmware's maximum thrust per motor (THRUST_MAX), which battery compensation turns back
- * into that thrust.
+ * into that thrust. The action history holds the actions as the motors get them: a set point
+ * beyond THRUST_MAX enters it as the action of THRUST_MAX (the simulator's history holds the
+ * action applied to its rotors).
  */
 #ifndef NANOFLY_CF_H
 #define NANOFLY_CF_H
