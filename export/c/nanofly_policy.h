@@ -32,8 +32,20 @@ enum { NANOFLY_ACTIVATION_TANH = 1 };
 
 #define NANOFLY_BLOB_VERSION 1u
 #define NANOFLY_MAX_LAYERS 8u   /* linear layers */
+/* One inference's activations live on the caller's stack in arrays sized by these two widths
+   (1.4 KB at the defaults). A firmware whose task stack is small may compile the runtime with
+   lower limits, -DNANOFLY_MAX_INPUT=... -DNANOFLY_MAX_WIDTH=... (multiples of 8, the width no
+   larger than the input); the loader then refuses wider models with NANOFLY_ERR_DIMS. */
+#ifndef NANOFLY_MAX_INPUT
 #define NANOFLY_MAX_INPUT 256u  /* observation width */
+#endif
+#ifndef NANOFLY_MAX_WIDTH
 #define NANOFLY_MAX_WIDTH 128u  /* every hidden and the output width */
+#endif
+#if (NANOFLY_MAX_INPUT % 8u) != 0u || (NANOFLY_MAX_WIDTH % 8u) != 0u || \
+    NANOFLY_MAX_WIDTH > NANOFLY_MAX_INPUT || NANOFLY_MAX_WIDTH < 8u
+#error "NANOFLY_MAX_INPUT and NANOFLY_MAX_WIDTH must be multiples of 8 (>= 8), the width <= the input"
+#endif
 
 /* A validated view into a blob (no copy). Fill it with nanofly_model_init only. */
 typedef struct nanofly_model {
