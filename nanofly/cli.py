@@ -20,6 +20,7 @@ _STAGES = (
     "nanofly.train.commands",          # train, eval
     "nanofly.export.commands",         # export
     "nanofly.firmware_bridge.commands",  # flash, firmware build|emulate|status
+    "nanofly.firmware_bridge.crazyflie_commands",  # crazyflie build
 )
 
 
