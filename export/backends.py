@@ -141,6 +141,13 @@ class CBackend(_Backend):
         super().close()
 
 
+def export_dir_for(policy, *, seed: int = 0, **export_options) -> Path:
+    """The export directory for ``policy``: an export directory as is, or a policy.pt exported
+    on the fly (once per policy file, seed and options in this process, shared with the
+    backends made here)."""
+    return _export_dir_for(Path(policy), seed, export_options)
+
+
 def make_backend(spec: str, policy, *, seed: int = 0, **export_options) -> _Backend:
     """A backend ``spec`` ('onnx', 'c-f32', 'c-int8') for ``policy`` (a policy.pt, exported on
     the fly with calibration seed ``seed`` and ``export_options`` for ``export_policy``, e.g.

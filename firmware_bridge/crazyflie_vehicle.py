@@ -18,7 +18,7 @@ import dataclasses
 from typing import Any
 
 from nanofly.sim.env import MDPConfig
-from nanofly.sim.presets import VehicleParams, get_preset
+from nanofly.sim.presets import VehicleParams
 
 STABILIZER_HZ = 1000  # the firmware's stabilizer loop (RATE_MAIN_LOOP)
 
@@ -28,13 +28,11 @@ class VehicleConfigError(ValueError):
 
 
 def vehicle_params(source: dict[str, Any]) -> VehicleParams:
-    """The vehicle a policy was trained on (its full parameters when recorded, else the
-    preset's)."""
-    vehicle = source.get("vehicle") or {}
-    params = vehicle.get("params")
-    if params:
-        return VehicleParams.from_dict(params)
-    return get_preset(vehicle.get("preset", "crazyflie_paper"))
+    """The vehicle a policy was trained on (``evaluate.policy_vehicle``: its stored parameters,
+    else the built-in preset it names; ``PolicyFileError`` otherwise)."""
+    from nanofly.train.evaluate import policy_vehicle
+
+    return policy_vehicle(source)
 
 
 def training_mdp(source: dict[str, Any]) -> MDPConfig:

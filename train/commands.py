@@ -52,7 +52,9 @@ def register(sub, bench_sub) -> None:
     e.add_argument("--suite", action="append", choices=("hover", "figure8"),
                    help="suite to run (repeatable; default: hover)")
     e.add_argument("--backend", default="torch",
-                   help="torch | onnx | c-f32 | c-int8 | pil:URL (pil:emulate starts QEMU)")
+                   help="torch | onnx | c-f32 | c-int8 | pil:URL (pil:emulate starts QEMU) | "
+                        "cf-sitl (the Crazyflie app's controller and the firmware's power "
+                        "distribution built for this host against $CRAZYFLIE_BASE)")
     e.add_argument("--episodes", type=int, default=None,
                    help="episodes per suite (default: hover 1000, figure8 16)")
     e.add_argument("--seed", type=int, default=None, help="evaluation seed")

@@ -5,7 +5,11 @@ code).
 
 A policy is anything callable as ``policy(obs (N, obs_dim) float32) -> actions (N, 4)``; the
 ``--backend`` choice makes one from a policy file (``make_policy``): ``torch`` here, ``onnx``,
-``c-f32`` and ``c-int8`` through the export stage, ``pil:URL`` through the firmware bridge.
+``c-f32`` and ``c-int8`` through the export stage, ``pil:URL`` through the firmware bridge,
+``cf-sitl`` through the Crazyflie app's controller compiled for the host
+(``nanofly.firmware_bridge.crazyflie_sitl``). A policy that needs the simulator itself (the
+targets, episode starts) has a ``bind_env(env)`` method, which the suites call with their
+``VecEnv`` before the first step.
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ class TorchPolicy:
 
 
 def make_policy(backend: str, policy_path) -> Any:
-    """A policy callable for ``backend`` in torch | onnx | c-f32 | c-int8 | pil:URL."""
+    """A policy callable for ``backend`` in torch | onnx | c-f32 | c-int8 | pil:URL | cf-sitl."""
     if backend == "torch":
         return TorchPolicy(policy_path)
     if backend in ("onnx", "c-f32", "c-int8"):
@@ -74,7 +78,19 @@ def make_policy(backend: str, policy_path) -> Any:
         from nanofly.firmware_bridge.pil import make_backend as make_pil
 
         return make_pil(backend[4:], policy_path)
-    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, c-f32, c-int8 or pil:URL")
+    if backend == "cf-sitl":
+        from nanofly.firmware_bridge.crazyflie_sitl import make_backend as make_sitl
+
+        return make_sitl(policy_path)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, c-f32, c-int8, pil:URL "
+                     f"or cf-sitl")
+
+
+def _bind_env(policy, env: VecEnv) -> None:
+    """Hand ``env`` to a policy that flies the simulator's environments itself (cf-sitl)."""
+    bind = getattr(policy, "bind_env", None)
+    if bind is not None:
+        bind(env)
 
 
 def evaluation_mdp(history_length: int) -> MDPConfig:
@@ -241,6 +257,7 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
     # rewards under the curriculum's target weights: the reference's evaluation metric
     env = VecEnv(episodes, preset, seed=seed, config=mdp, reward_weights=TARGET_REWARD_WEIGHTS)
     obs, info = env.reset()
+    _bind_env(policy, env)
     n = episodes
     alive = np.ones(n, dtype=bool)
     survived_steps = np.zeros(n, dtype=np.int64)
@@ -328,6 +345,7 @@ def figure8_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig 
     env.target_position[:] = p0
     env.target_velocity[:] = v0
     obs, info = env.set_states(states, action_history=env.hover_action)
+    _bind_env(policy, env)
     errors = np.zeros((steps, episodes))
     alive = np.ones(episodes, dtype=bool)
     track = np.zeros((steps + 1, min(record, episodes), 3), np.float32)
