@@ -43,7 +43,8 @@ def _cli(*args, **kw):
 def _one_line_error(proc, *needles, status=2):
     """The command failed with ``status`` and one stderr line naming the problem."""
     assert proc.returncode == status, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [line for line in proc.stderr.splitlines()
+             if line.strip() and not line.startswith("note: ")]  # notes are not errors
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     for needle in needles:
@@ -311,3 +312,164 @@ def test_crafted_layer_sizes_are_refused_before_anything_is_allocated(tmp_path):
     # the command line: one line, exit status 2
     _one_line_error(_cli("eval", str(tmp_path / "huge_hidden_layer.pt")), "layer_sizes")
     assert load_policy(base)[0].layer_sizes == [146, 64, 64, 4]  # the genuine file still loads
+
+
+# ------------------------------------------------------------- finding 2: divergence
+DIVERGING = ("[train]\ncritic_warmup_steps = 500\nactor_warmup_steps = 1000\nlog_interval = 250\n"
+             "batch_size = 64\nnum_envs = 8\nlearning_rate = 1e20\n")  # NaN at the first updates
+
+
+def _strict_json_lines(path):
+    def refuse(constant):
+        raise ValueError(f"{path}: bare {constant} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_diverging_run_stops_cleanly_and_says_no_policy_was_kept(tmp_path):
+    """A huge learning rate: the run stops at the first non-finite loss with one line, keeps
+    no policy (none was selected) and says so, saves a checkpoint that resumes (and diverges
+    again, the same way); metrics.jsonl is strict JSON with null for the losses before the
+    first update."""
+    config = tmp_path / "diverge.toml"
+    config.write_text(DIVERGING)
+    run = tmp_path / "run"
+    common = ("--eval-episodes", "0", "--no-plots", "--json")
+    line = _one_line_error(_cli("train", "--config", str(config), "--out", str(run),
+                                "--steps", "3000", *common),
+                           "training diverged at", "no policy saved", "checkpoint.npz",
+                           status=1)
+    assert "learning_rate" in line
+    assert not (run / "policy.pt").exists()
+    ck = load_checkpoint(run / "checkpoint.npz")
+    stopped_at = ck["state"]["env_steps"]
+    assert 500 <= stopped_at < 3000
+    rows = _strict_json_lines(run / "metrics.jsonl")
+    assert rows[0]["critic_loss"] is None and rows[0]["actor_loss"] is None  # no update yet
+    assert all(r["critic_loss"] is None or np.isfinite(r["critic_loss"]) for r in rows)
+    again = _one_line_error(_cli("train", "--resume", str(run), *common), "training diverged at",
+                            status=1)
+    assert load_checkpoint(run / "checkpoint.npz")["state"]["env_steps"] > stopped_at
+    assert "Traceback" not in again
+
+
+def test_diverging_run_keeps_the_best_finite_snapshot_as_the_policy(tmp_path):
+    """With selection checks before the divergence, the best finite snapshot is saved as the
+    policy (it loads: finite weights) and the policy file records the divergence."""
+    from nanofly.train.policy import load_policy
+
+    config = tmp_path / "diverge.toml"
+    config.write_text(DIVERGING + "selection_start = 256\nselection_interval = 256\n"
+                      "selection_episodes = 16\n")
+    run = tmp_path / "run"
+    line = _one_line_error(_cli("train", "--config", str(config), "--out", str(run), "--steps",
+                                "3000", "--eval-episodes", "0", "--no-plots", "--json"),
+                           "training diverged at", "kept the best finite snapshot", status=1)
+    assert str(run / "policy.pt") in line
+    actor, payload = load_policy(run / "policy.pt")  # refuses NaN weights
+    diverged = payload["metrics"]["diverged"]
+    assert diverged["env_steps"] == load_checkpoint(run / "checkpoint.npz")["state"]["env_steps"]
+    assert "loss" in diverged["reason"] or "actions" in diverged["reason"]
+    assert payload["metrics"]["selected_snapshot"]["env_steps"] < diverged["env_steps"]
+
+
+def test_non_finite_actor_is_caught_before_the_step_and_before_selection():
+    """An actor whose weights went NaN (a finite loss can precede it): Diverged at the next
+    environment step, with the buffer's rows taken back; and at a selection check, before it
+    is scored or kept. A run that does not diverge reports null losses only before its first
+    update."""
+    from nanofly.train.td3 import Diverged
+
+    cfg = TrainConfig(**{**SMALL, "total_env_steps": 1200, "selection_start": 1000,
+                         "selection_interval": 1000, "selection_episodes": 8})
+    trainer = Trainer(cfg)
+    assert trainer.metrics()["critic_loss"] is None  # before the first update: null, not NaN
+    run_loop(trainer)
+    assert trainer.best_actor_params is not None and trainer.metrics()["critic_loss"] is not None
+    na = trainer.core.n_actor_params
+    trainer.core.params[na // 2] = np.nan
+    ptr, size, steps = trainer.buffer.ptr, trainer.buffer.size, trainer.state.env_steps
+    with pytest.raises(Diverged, match="actions are not finite"):
+        trainer.step()
+    assert (trainer.buffer.ptr, trainer.buffer.size, trainer.state.env_steps) == (ptr, size, steps)
+    # the target actor (what selection scores) gone NaN: refused, nothing recorded or kept
+    best = trainer.best_actor_params.copy()
+    history = list(trainer.state.selection_history)
+    trainer.core.targets[0] = np.inf
+    with pytest.raises(Diverged, match="weights hold NaN or Inf"):
+        trainer._select()
+    assert trainer.state.selection_history == history
+    assert np.array_equal(trainer.best_actor_params, best) and np.isfinite(best).all()
+
+
+# ---------------------------------------------- finding 3: late failures keep the run
+def _small_run_dir(tmp_path, steps=1000):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint.npz", _small_checkpoint(steps))
+    return run
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_late_write_failures_keep_a_checkpoint_and_the_run_finishes_later(tmp_path):
+    """The metrics log on a full disk (/dev/full), the policy file and summary.json not
+    writable: each ends with one line, exit status 1 and a checkpoint; the last --resume, with
+    the disk fixed, finishes the run from where it stopped."""
+    run = _small_run_dir(tmp_path)
+    common = ("--eval-episodes", "0", "--no-plots", "--json")
+
+    def resume():
+        return _cli("train", "--resume", str(run), *common)
+
+    (run / "metrics.jsonl").symlink_to("/dev/full")
+    _one_line_error(resume(), "training stopped at", "No space left on device",
+                    "checkpoint.npz", status=1)
+    assert 1500 <= load_checkpoint(run / "checkpoint.npz")["state"]["env_steps"] < 2000  # 1st log
+    (run / "metrics.jsonl").unlink()
+    (run / "policy.pt").mkdir()  # the policy file cannot be replaced
+    _one_line_error(resume(), "saving its results failed", "checkpoint.npz", status=1)
+    assert load_checkpoint(run / "checkpoint.npz")["state"]["env_steps"] == 2000
+    (run / "policy.pt").rmdir()
+    (run / "summary.json").mkdir()
+    _one_line_error(resume(), "saving its results failed", "summary.json", status=1)
+    assert (run / "checkpoint.npz").is_file() and (run / "policy.pt").is_file()
+    (run / "summary.json").rmdir()
+    done = resume()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["env_steps"] == 2000
+    assert not (run / "checkpoint.npz").exists()
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == 2000
+
+
+def test_write_probe_writes_bytes_and_a_failed_start_leaves_nothing(tmp_path):
+    """A file-size limit (as a full disk or quota) lets an empty file be created but no bytes
+    written: the probe writes real bytes, so the run is refused at once in one line (exit 2)
+    and the directory it would have created is gone again."""
+    out = tmp_path / "new" / "run"
+    limited = ("import resource, runpy, sys; "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+               "sys.argv = ['nanofly'] + sys.argv[1:]; "
+               "runpy.run_module('nanofly', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", limited, "train", "--out", str(out), "--steps",
+                           "1000", "--json"], capture_output=True, text=True, timeout=300)
+    _one_line_error(proc, "cannot write the run directory", str(out))
+    assert not out.exists() and not out.parent.exists()
+
+
+# ----------------------------------------------------- finding 8: run-directory reuse
+def test_a_new_run_refuses_a_used_out_directory(tmp_path):
+    """--out that holds files (an earlier run) is refused in one line naming --resume, and
+    nothing in it changes; --out that is a file likewise."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "policy.pt").write_bytes(b"an earlier run's policy")
+    line = _one_line_error(_cli("train", "--out", str(used), "--steps", "1000", "--json"),
+                           "not empty", "policy.pt", f"--resume {used}")
+    assert "give a new directory" in line
+    assert sorted(p.name for p in used.iterdir()) == ["policy.pt"]
+    assert (used / "policy.pt").read_bytes() == b"an earlier run's policy"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    _one_line_error(_cli("train", "--out", str(a_file), "--steps", "1000", "--json"),
+                    "is a file")
+    assert a_file.read_text() == "x"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import sys
 import time
 import tomllib
@@ -102,8 +104,74 @@ def read_resume_checkpoint(run_dir: Path, *, trust_pickle: bool = False) -> dict
     return checkpoint
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None: JSON has no NaN (``json.dumps`` would write a
+    bare ``NaN``, which JSON readers other than Python's refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# A run directory must take at least this much (a policy file is ~60 KB): the probe writes and
+# syncs it, which fails on a full disk or quota where creating an empty file succeeds.
+WRITE_PROBE_BYTES = 65_536
+
+
+def probe_writable(directory: Path) -> None:
+    """Raise OSError unless ``directory`` takes WRITE_PROBE_BYTES bytes (written, synced,
+    removed again)."""
+    probe = directory / ".nanofly-write-test"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(WRITE_PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _new_run_dir(out: str | None) -> Path:
+    """The directory of a new run: ``--out``, or runs/<timestamp> (-2, -3, ... if taken)."""
+    if out:
+        return Path(out)
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _refuse_used_run_dir(run_dir: Path) -> str | None:
+    """Why a new run cannot go into ``run_dir`` (it holds files), or None."""
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        return f"--out {run_dir} is a file, not a directory"
+    names = sorted(p.name for p in run_dir.iterdir())
+    if not names:
+        return None
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return (f"--out {run_dir} is not empty ({shown}); give a new directory, or continue an "
+            f"interrupted run there with: nanofly train --resume {run_dir}")
+
+
 def run_train(args) -> int:
-    from nanofly.sim.presets import PresetError, dumps_toml
+    """``nanofly train``. Exit status: 0 done; 1 the run failed (diverged, or a write failed:
+    a checkpoint is kept where possible); 2 bad input (nothing is left behind); 128 + N
+    stopped by signal N (a checkpoint is kept)."""
+    from nanofly.sim.presets import PresetError, dumps_toml, get_preset
 
     try:
         cfg = load_train_config(args)
@@ -124,21 +192,49 @@ def run_train(args) -> int:
             return 2
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
-                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+                  f"({_one_line(exc)})", file=sys.stderr)
             return 2
-    else:
-        run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    elif args.trust_checkpoint:
+        print("error: --trust-checkpoint applies to --resume RUN_DIR only", file=sys.stderr)
+        return 2
+    # the vehicle, before anything is written: a bad preset file leaves nothing behind
+    try:
+        get_preset(cfg.preset)
+    except (PresetError, ValueError, OSError) as exc:
+        print(f"error: preset: {_one_line(exc) if isinstance(exc, OSError) else exc}",
+              file=sys.stderr)
+        return 2
+    if resume is None:
+        run_dir = _new_run_dir(args.out)
+        try:
+            refused = _refuse_used_run_dir(run_dir)
+        except OSError as exc:
+            refused = f"cannot read --out {run_dir}: {exc}"
+        if refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
+    # what this run creates, removed again if it cannot start
+    new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+    written: list[Path] = []
+
+    def abandon(message: str, status: int) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        for path in written:
+            path.unlink(missing_ok=True)
+        for directory in new_dirs:  # deepest first; only ones this run made (and left empty)
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        return status
+
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        probe_writable(run_dir)
     except OSError as exc:
-        print(f"error: cannot write the run directory {run_dir}: {exc}", file=sys.stderr)
-        return 2
+        return abandon(f"cannot write the run directory {run_dir}: {_one_line(exc)}", 2)
     from .checkpoint_file import save_checkpoint
-    from .policy_file import save_policy  # no torch import (~1.3 s)
-    from .td3 import Interrupted, Trainer, run_loop
+    from .td3 import Diverged, Interrupted, Trainer, run_loop
     from .td3_core import usable_cpus
 
     cpus = usable_cpus()
@@ -146,12 +242,48 @@ def run_train(args) -> int:
         print(f"note: this process may use only {cpus} CPU: training with 1 update thread "
               f"instead of {cfg.update_threads} (the same results, sooner)", file=sys.stderr)
         cfg = dataclasses.replace(cfg, update_threads=1)
-    (run_dir / "config.toml").write_text(dumps_toml({"train": cfg.to_dict()}))
+    from .compile_cache import kernels_cached
+
+    if not args.json and not kernels_cached():
+        print("first run with this numba cache: compiling the simulator and update kernels "
+              "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
+    try:
+        trainer = Trainer(cfg)
+    except MemoryError as exc:
+        return abandon(f"not enough memory for this configuration ({_one_line(exc)}); lower "
+                       f"total_env_steps (the replay buffer) or num_envs", 2)
+    except (ValueError, PresetError) as exc:
+        return abandon(f"cannot start training: {_one_line(exc)}", 2)
+    if resume is not None:
+        try:
+            trainer.restore(resume)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            return abandon(f"{run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                           f"({_one_line(exc)})", 2)
     metrics_path = run_dir / "metrics.jsonl"
-    if resume is None and metrics_path.exists():
-        metrics_path.unlink()
+    try:
+        config_path = run_dir / "config.toml"
+        if not config_path.exists():
+            written.append(config_path)
+        config_path.write_text(dumps_toml({"train": cfg.to_dict()}))
+        if not metrics_path.exists():
+            written.append(metrics_path)
+        log_file = open(metrics_path, "a")
+    except OSError as exc:
+        return abandon(f"cannot write the run directory {run_dir}: {_one_line(exc)}", 1)
+
+    def keep_checkpoint(message: str, resume_note: str | None = None) -> int:
+        """A failed run: save a checkpoint if possible, then say what happened in one line."""
+        try:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+            kept = f"; saved {run_dir / CHECKPOINT_NAME}" + (
+                resume_note or f": continue with: nanofly train --resume {run_dir}")
+        except Exception as exc:  # noqa: BLE001 - reported, the original failure stands
+            kept = f"; no checkpoint either ({_one_line(exc)})"
+        print(f"error: {message}{kept}", file=sys.stderr)
+        return 1
+
     bar = ProgressBar(cfg.total_env_steps + cfg.int8_aware_steps, enabled=not args.json)
-    log_file = open(metrics_path, "a")
 
     def on_progress(trainer) -> None:
         m = trainer.metrics()
@@ -162,41 +294,88 @@ def run_train(args) -> int:
                                                f"(best {100 * m['selection']['best_success_rate']:.0f}%)")
         bar.update(m["env_steps"], m["wall_time_s"], fields)
 
+    def close_log() -> None:  # after a failed write its buffer fails again: already reported
+        try:
+            log_file.close()
+        except OSError:
+            pass
+
     def on_log(metrics: dict) -> None:
-        log_file.write(json.dumps(metrics) + "\n")
+        log_file.write(json.dumps(_json_safe(metrics), allow_nan=False) + "\n")
         log_file.flush()
 
-    from .compile_cache import kernels_cached
-
-    if not args.json and not kernels_cached():
-        print("first run with this numba cache: compiling the simulator and update kernels "
-              "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
-    trainer = Trainer(cfg)
-    if resume is not None:
-        try:
-            trainer.restore(resume)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
-                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
-            return 2
+    policy_path = run_dir / "policy.pt"
     try:
         run_loop(trainer, on_progress=on_progress, progress_every=max(cfg.num_envs, 5000),
                  on_log=on_log)
     except Interrupted as stopped:
         bar.close()
-        save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+        close_log()
+        try:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+        except Exception as exc:  # noqa: BLE001
+            print(f"\nerror: {stopped} at {trainer.state.env_steps} steps, and the checkpoint "
+                  f"could not be saved ({_one_line(exc)})", file=sys.stderr)
+            return 128 + stopped.signal_number
         print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
               f"{run_dir / CHECKPOINT_NAME}; continue with: nanofly train --resume {run_dir}",
               file=sys.stderr)
-        log_file.close()
         return 128 + stopped.signal_number  # the shell's convention: 130 for Ctrl-C
+    except Diverged as diverged:
+        bar.close()
+        close_log()
+        return _report_divergence(diverged, trainer, run_dir, policy_path, keep_checkpoint)
+    except Exception as exc:  # noqa: BLE001 - a checkpoint first, then one line
+        bar.close()
+        close_log()
+        return keep_checkpoint(f"training stopped at {trainer.state.env_steps} steps: "
+                               f"{_one_line(exc)}")
     finally:
         bar.close()
-    log_file.close()
-    train_wall = trainer.state.wall_time_s
-    actor = trainer.policy_weights()
-    policy_path = run_dir / "policy.pt"
+    close_log()
+    try:
+        return _finish_run(args, trainer, run_dir, policy_path, metrics_path)
+    except Exception as exc:  # noqa: BLE001 - the trained state is kept: --resume saves again
+        return keep_checkpoint(f"training finished but saving its results failed: "
+                               f"{_one_line(exc)}")
+
+
+def _report_divergence(diverged, trainer, run_dir: Path, policy_path: Path,
+                       keep_checkpoint) -> int:
+    """The run diverged: keep the best finite snapshot (if selection kept one) as the policy,
+    and a checkpoint; one line says which."""
+    from .policy_file import save_policy
+
     st = trainer.state
+    if trainer.best_actor_params is not None:
+        try:
+            save_policy(policy_path, trainer.policy_weights(), **trainer.policy_payload(),
+                        metrics={"train_wall_time_s": st.wall_time_s, "env_steps": st.env_steps,
+                                 "selected_snapshot": {"env_steps": st.best_selection_step,
+                                                       "success_rate": st.best_selection_score},
+                                 "diverged": {"env_steps": st.env_steps,
+                                              "reason": diverged.reason}})
+            kept = (f"kept the best finite snapshot (hover success "
+                    f"{100 * st.best_selection_score:.1f}% at {st.best_selection_step} steps) as "
+                    f"{policy_path}")
+        except Exception as exc:  # noqa: BLE001
+            kept = f"the best finite snapshot could not be saved ({_one_line(exc)})"
+    else:
+        kept = (f"no policy saved: no finite snapshot was kept (checkpoint selection starts at "
+                f"{trainer.cfg.selection_start} steps)" if trainer.cfg.selection_interval else
+                "no policy saved: checkpoint selection is off, so no finite snapshot was kept")
+    return keep_checkpoint(f"{diverged}; {kept}",
+                           " (the state at the divergence: resumed, it diverges again; a new "
+                           "run with a lower learning_rate may not)")
+
+
+def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: Path) -> int:
+    """Save the policy, evaluate it, plot, write summary.json and report."""
+    from .policy_file import save_policy
+
+    cfg, st = trainer.cfg, trainer.state
+    train_wall = st.wall_time_s
+    actor = trainer.policy_weights()
     selection = ({"env_steps": st.best_selection_step, "success_rate": st.best_selection_score,
                   "episodes": cfg.selection_episodes, "seed": cfg.selection_seed,
                   "history": st.selection_history}
@@ -243,9 +422,10 @@ def run_train(args) -> int:
         from .plots import plot_learning_curve
 
         plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = _json_safe(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
     else:
         print(f"saved {policy_path} after {train_wall:.1f} s of training "
               f"({time_to_policy:.1f} s since start)")

@@ -35,6 +35,10 @@ from .replay import ReplayBuffer
 # the grid stopped at +-32 rad/s and one evaluation rollout saturated it at 35-38 rad/s.
 INT8_GRID_ROWS = 65_536
 INT8_MIN_ANGULAR_VELOCITY_SPAN = 2 * 34.9
+# Widest hidden layer a configuration may ask for: the update kernels hold each network four
+# times (weights, targets, two Adam moments), ~200 MB for 2048-wide critics; the trained
+# actor is 64 wide, and the MCU runtime takes at most 128 (export.blob.MAX_WIDTH).
+MAX_HIDDEN_WIDTH = 2048
 
 
 @dataclass
@@ -192,6 +196,23 @@ class TrainConfig:
             raise ValueError("TrainConfig.update_threads must be 1 or 2")
         if not 0 <= self.polyak <= 1 or not 0 <= self.gamma <= 1:
             raise ValueError("TrainConfig.polyak and gamma must be in [0, 1]")
+        for name in ("actor_hidden", "critic_hidden"):  # TD3Core: two hidden layers
+            hidden = getattr(self, name)
+            if (not isinstance(hidden, (tuple, list)) or len(hidden) != 2
+                    or not all(isinstance(h, int) and not isinstance(h, bool)
+                               and 1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):
+                raise ValueError(f"TrainConfig.{name} must be two integers from 1 to "
+                                 f"{MAX_HIDDEN_WIDTH} (the widths of the two hidden layers), "
+                                 f"got {hidden!r}")
+        betas = self.adam_betas
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                           and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {betas!r}")
+        if not isinstance(self.preset, str) or not self.preset:
+            raise ValueError(f"TrainConfig.preset must be a preset name or a .toml path, got "
+                             f"{self.preset!r}")
+        self.mdp_config().validate()
 
     def mdp_config(self) -> MDPConfig:
         return MDPConfig(history_length=self.history_length if self.action_history else 0,
@@ -220,7 +241,12 @@ class TrainConfig:
                 continue
             default = names[k].default
             if isinstance(default, tuple):
+                if not isinstance(v, (list, tuple)):
+                    raise ValueError(f"training option {k} must be a list, got {v!r}")
                 v = tuple(v)
+            elif isinstance(default, str):
+                if not isinstance(v, str):
+                    raise ValueError(f"training option {k} must be a string, got {v!r}")
             elif isinstance(default, bool):
                 if not isinstance(v, bool):
                     raise ValueError(f"training option {k} must be true or false, got {v!r}")
@@ -244,6 +270,10 @@ def config_of_checkpoint(ck: dict[str, Any]) -> TrainConfig:
     data.setdefault("critic_layer_norm", False)
     data.setdefault("selection_prescreen_episodes", 0)
     return TrainConfig.from_dict(data)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def initial_reward_weights(cfg: TrainConfig) -> RewardWeights:
@@ -324,19 +354,22 @@ class Trainer:
                                 next_curriculum_check=cfg.curriculum_interval,
                                 next_selection=cfg.selection_start)
         self.best_actor_params: np.ndarray | None = None  # the kept snapshot (selection)
+        self.divergence: str | None = None  # why the run diverged (a non-finite loss), if it did
         self.obs, info = self.env.reset()
         self.priv = info["privileged_obs"]
         self._episode_return = np.zeros(cfg.num_envs)
         self._episode_length = np.zeros(cfg.num_envs, dtype=np.int64)
         self._action = np.empty((cfg.num_envs, 4), np.float32)
         self._obs_now = np.empty((cfg.num_envs, self.obs_dim), np.float32)
-        self.last_critic_loss = float("nan")
-        self.last_actor_loss = float("nan")
+        # the losses of the latest updates (None before the first: NaN is a divergence)
+        self.last_critic_loss: float | None = None
+        self.last_actor_loss: float | None = None
 
     # -- one environment step and its updates -----------------------------------------------
     def step(self) -> None:
         cfg, env, buf, st = self.cfg, self.env, self.buffer, self.state
         n = cfg.num_envs
+        ptr, size = buf.ptr, buf.size  # to take the rows back if the actions are not finite
         rows = buf.rows(n)
         asymmetric = cfg.asymmetric_critic
         # store the observations now (the env reuses its arrays) and act on a contiguous copy
@@ -345,7 +378,16 @@ class Trainer:
         a = self.core.actor_forward(self._obs_now, out=self._action)
         a += (cfg.exploration_noise_std * self.rng.standard_normal((n, 4))).astype(np.float32)
         np.clip(a, -1.0, 1.0, out=a)
-        obs, reward, terminated, truncated, info = env.step(a)
+        try:
+            obs, reward, terminated, truncated, info = env.step(a)
+        except ValueError:
+            if np.isfinite(a).all():
+                raise
+            # nothing was stepped: the buffer's rows are taken back (the exploration noise
+            # was drawn), and the state is one a checkpoint can hold
+            buf.ptr, buf.size = ptr, size
+            raise Diverged(self, "the actor's actions are not finite (its weights hold NaN "
+                                 "or Inf)") from None
         done = info["_final_obs"]
         priv = info["privileged_obs"]
         final_obs, final_priv = info["final_obs"], info["final_privileged_obs"]
@@ -367,14 +409,16 @@ class Trainer:
         while st.env_steps >= st.next_critic_update and st.env_steps >= cfg.critic_warmup_steps:
             self._update(st.next_critic_update)
             st.next_critic_update += cfg.critic_update_interval
+            if self.divergence is not None:  # the rest of the step runs on resume
+                raise Diverged(self, self.divergence)
         if cfg.curriculum and st.env_steps >= st.next_curriculum_check:
             st.next_curriculum_check += cfg.curriculum_interval
             survival = np.mean(st.recent_survived) if st.recent_survived else 0.0
             if survival >= cfg.curriculum_min_survival:
                 self._advance_curriculum()
         if cfg.selection_interval and st.env_steps >= st.next_selection:
+            self._select()  # (raises Diverged before changing anything)
             st.next_selection += cfg.selection_interval
-            self._select()
 
     def _deployed_params(self) -> np.ndarray:
         """The actor part of the parameters that the saved policy would have now."""
@@ -388,6 +432,8 @@ class Trainer:
 
         cfg, st, core = self.cfg, self.state, self.core
         candidate = self._deployed_params()
+        if not np.isfinite(candidate).all():  # only finite snapshots are ever kept
+            raise Diverged(self, "the actor's weights hold NaN or Inf")
         if st.int8_aware_until >= 0:
             candidate = self._snap_actor(candidate)
 
@@ -447,8 +493,12 @@ class Trainer:
         self.last_critic_loss, actor_loss = core.update_sampled(
             self.buffer, idx, noise, reward_scale=cfg.reward_scale,
             critic_targets=critic_targets, actor_targets=fused_actor)
+        if not math.isfinite(self.last_critic_loss):
+            self.divergence = f"the critic loss is {self.last_critic_loss}"
         if actor_loss is not None:
             self.last_actor_loss = actor_loss
+            if not math.isfinite(actor_loss):
+                self.divergence = f"the actor loss is {actor_loss}"
         self.state.critic_updates += 1
         if actor and int8_aware:  # straight-through: the step is computed on the grid
             na = core.n_actor_params
@@ -457,6 +507,8 @@ class Trainer:
             core.params[:na] = snapped
             # the target actor follows the weights after the fix-up below
             self.last_actor_loss = core.actor_update_sampled("none" if separate else "all")
+            if not math.isfinite(self.last_actor_loss):
+                self.divergence = f"the actor loss is {self.last_actor_loss}"
             core.params[:na] = latent + (core.params[:na] - snapped)  # ... on the float weights
             if separate:
                 core.update_actor_target()
@@ -561,7 +613,9 @@ class Trainer:
             # crashing. Shown live instead of a success estimate: it is an upper bound only
             # (policies that survive can still miss the 0.1 m success radius).
             "survival_rate": float(np.mean(st.recent_survived)) if st.recent_survived else None,
-            "critic_loss": self.last_critic_loss, "actor_loss": self.last_actor_loss,
+            # None (JSON null) before the first update, and if not finite
+            "critic_loss": _finite_or_none(self.last_critic_loss),
+            "actor_loss": _finite_or_none(self.last_actor_loss),
             # updates run on one thread although two were allowed (a busy machine): speed only
             "one_thread_updates": self.core.updates_without_helper,
             "reward_weights": dataclasses.asdict(self.weights),
@@ -645,6 +699,18 @@ class Interrupted(Exception):
         super().__init__(f"training interrupted ({signal.Signals(signal_number).name})")
         self.trainer = trainer
         self.signal_number = int(signal_number)
+
+
+class Diverged(Exception):
+    """Training stopped because it diverged: a loss or the actor's output is not finite
+    (``reason``). ``trainer`` is consistent (a checkpoint of it resumes, and diverges again
+    unless something changes); ``trainer.best_actor_params`` is the best finite snapshot that
+    checkpoint selection kept, or None."""
+
+    def __init__(self, trainer: Trainer, reason: str):
+        super().__init__(f"training diverged at {trainer.state.env_steps} env steps: {reason}")
+        self.trainer = trainer
+        self.reason = reason
 
 
 def run_loop(trainer: Trainer, *, on_progress: Callable[[Trainer], None] | None = None,
