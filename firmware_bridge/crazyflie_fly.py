@@ -42,6 +42,9 @@ ESTIMATOR_KALMAN = 2  # param stabilizer.estimator
 # CONFIG_CONTROLLER_OOT: AutoSelect, PID, Mellinger, INDI, Brescianini, Lee, Oot.
 CONTROLLER_OOT = 6
 POSITION_DECKS = {"flow": "deck.bcFlow2", "lighthouse": "deck.bcLighthouse4"}
+STOCK_PARAMS_USED = ("stabilizer.estimator", "stabilizer.controller", "kalman.resetEstimation")
+STOCK_LOGS_USED = ("kalman.varPX", "kalman.varPY", "kalman.varPZ",
+                   "stateEstimate.x", "stateEstimate.y", "stateEstimate.z")
 CONNECT_TIMEOUT_S = 30.0  # link up, TOCs and all param values (seconds over a radio, no cache)
 PARAM_CONFIRM_S = 2.0  # the firmware echoes a param write within a few radio round trips
 # No log data (100 Hz) for this long means the link is gone. cflib's radio driver reports a lost
@@ -183,7 +186,7 @@ def _link_error(message: str | None) -> str:
         return "cflib closed the link"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     cause = next((line[len("Exception:"):].strip() for line in lines[1:] if line.startswith("Exception:")), "")
-    return f"{lines[0]} ({cause})" if cause else lines[0]
+    return f"{lines[0]} ({cause})" if cause and cause not in lines[0] else lines[0]
 
 
 def _set_param(cf, name: str, value, wait_s: float | None = PARAM_CONFIRM_S) -> threading.Event:
@@ -372,7 +375,7 @@ def fly(uri: str, *, height: float = 0.5, duration: float = 10.0, takeoff: str =
     except Exception as exc:
         link.failure = str(exc)
     if not link.settled.wait(CONNECT_TIMEOUT_S) or not link.fully_connected:
-        reason = _first_line(link.failure) if link.failure else \
+        reason = _link_error(link.failure) if link.failure else \
             f"no complete answer within {CONNECT_TIMEOUT_S:.0f} s"
         cf.close_link()
         raise FlightError(f"cannot connect to {uri}: {reason} (check the Crazyradio or USB cable, "
@@ -382,6 +385,11 @@ def fly(uri: str, *, height: float = 0.5, duration: float = 10.0, takeoff: str =
     try:
         summary["app"] = preflight(cf, position_source)
         progress(f"nanofly app found: {summary['app']}")
+        missing = sorted(set(STOCK_PARAMS_USED) - _param_names(cf)) + sorted(
+            name for name in STOCK_LOGS_USED if name not in _log_names(cf, name.split(".")[0]))
+        if missing:
+            raise FlightError(f"this firmware lacks {', '.join(missing)}: build it with the Kalman "
+                              f"estimator (the stock default for the Crazyflie 2.1)")
         # Confirmed before arming: the arming request must not overtake them.
         _set_param(cf, "stabilizer.estimator", ESTIMATOR_KALMAN)
         _set_param(cf, "nanofly.enable", 0)
@@ -390,13 +398,19 @@ def fly(uri: str, *, height: float = 0.5, duration: float = 10.0, takeoff: str =
         _wait_for_estimator(cf, link)
         log = FlightLog(cf)
         log.start()
-        time.sleep(0.3)
-        link.check(log.last_data_s)
-        start = log.position() or (0.0, 0.0, 0.0)
+        deadline = time.monotonic() + 1.0
+        while log.position() is None and time.monotonic() < deadline:
+            link.check(log.last_data_s)
+            time.sleep(0.02)
+        start = log.position()
+        if start is None:  # never guess the start: off the origin it would be a jump
+            raise FlightError("no state estimate (stateEstimate.x/y/z) in the log within 1 s")
         plan = flight_plan(start, height=height, duration=duration, takeoff=takeoff)
         _arm(cf, True)
         time.sleep(0.2)
-        policy_on = False
+        policy_on = plan[0].policy
+        if policy_on:  # --takeoff policy: on before the first setpoint (no stream to keep up yet)
+            _set_param(cf, "nanofly.enable", 1)
         phase = None
         t0 = time.monotonic()
         for sp in plan:

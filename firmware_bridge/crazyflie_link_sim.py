@@ -112,7 +112,7 @@ POSITION_LAG_S = 0.15        # first-order lag of the estimate behind the positi
 COMMANDER_TIMEOUT_S = 0.5    # the firmware commander's stabilize watchdog
 VARIANCE_SETTLED_M2 = 1e-4   # Kalman position variance once settled
 VARIANCE_RESET_M2 = 1.0      # ... right after kalman.resetEstimation
-VARIANCE_DECAY_S = 0.1
+VARIANCE_DECAY_S = 0.05
 
 
 # ----------------------------------------------------------------------------- C source parsing
