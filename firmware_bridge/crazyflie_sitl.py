@@ -186,6 +186,8 @@ class SitlLibrary:
         lib.nf_sitl_run.restype = None
         lib.nf_sitl_last_observation.argtypes = [vp, u32, vp, u32]
         lib.nf_sitl_last_observation.restype = u32
+        lib.nf_sitl_last_action.argtypes = [vp, u32, vp, vp]
+        lib.nf_sitl_last_action.restype = None
         lib.nf_sitl_counters.argtypes = [vp, u32, vp]
         lib.nf_sitl_counters.restype = None
         lib.nanofly_strerror.argtypes = [i32]
@@ -302,6 +304,15 @@ class ControllerBank:
         length = self.lib.lib.nf_sitl_last_observation(self.ptr, int(i), buf.ctypes.data, len(buf))
         return buf[:length].copy()
 
+    def last_actions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every controller's last policy output and normalized forces, (n, 4) each."""
+        actions = np.zeros((self.n, 4), np.float32)
+        forces = np.zeros((self.n, 4), np.float32)
+        for i in range(self.n):
+            self.lib.lib.nf_sitl_last_action(self.ptr, i, actions[i].ctypes.data,
+                                             forces[i].ctypes.data)
+        return actions, forces
+
     def counters(self, i: int) -> dict[str, int]:
         out = np.zeros(7, np.int64)
         self.lib.lib.nf_sitl_counters(self.ptr, int(i), out.ctypes.data)
@@ -376,12 +387,11 @@ class CrazyflieSitl(CBackend):
         from .crazyflie_vehicle import vehicle_params
 
         self.params = vehicle_params(self.manifest)
+        self.base = firmware_tree(base)
         try:
-            self.sitl = SitlLibrary.get(base)
-        except (tree.TreeNotFound, tree.TreeError) as exc:
-            raise BackendError(f"--backend {SPEC} needs the Crazyflie firmware's headers: {exc}") \
-                from None
-        self.base = base if base is not None else tree.locate_tree()
+            self.sitl = SitlLibrary.get(self.base)
+        except tree.TreeError as exc:
+            raise BackendError(f"--backend {SPEC}: {exc}") from None
         # THRUST_MAX of the firmware build flown: the tree's platform_defaults value, or another
         # (a firmware built with a different one) for both the controller and the motor model
         self.thrust_max_n = self.sitl.thrust_max_n if thrust_max_n is None else float(thrust_max_n)
@@ -460,6 +470,17 @@ def make_backend(policy, *, fmt: str = "int8", seed: int = 0, base=None,
     backend does, or an export directory); ``base``: the firmware tree (default
     ``crazyflie_tree.locate_tree()``); ``thrust_max_n``: fly a firmware built with this
     THRUST_MAX per motor (N) instead of the tree's."""
+    base = firmware_tree(base)  # before the export: a missing tree is the quicker error
     source = Path(policy)
     export_dir = backends.export_dir_for(source, seed=seed, **export_options)
     return CrazyflieSitl(export_dir, source, fmt, base, thrust_max_n)
+
+
+def firmware_tree(base=None) -> Path:
+    """The firmware tree (``base`` checked, or ``crazyflie_tree.locate_tree()``), or a
+    ``BackendError`` saying how to give one."""
+    try:
+        return tree.check_tree(base) if base is not None else tree.locate_tree()
+    except (tree.TreeNotFound, tree.TreeError) as exc:
+        raise BackendError(f"--backend {SPEC} needs the Crazyflie firmware's headers: {exc}") \
+            from None

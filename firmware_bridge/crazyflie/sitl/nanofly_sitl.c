@@ -225,6 +225,14 @@ uint32_t nf_sitl_last_observation(const void *ctrls, uint32_t i, float *out, uin
     return len;
 }
 
+/* Controller i's last policy output (before the force mapping) and forces. */
+void nf_sitl_last_action(const void *ctrls, uint32_t i, float action[4], float forces[4])
+{
+    const nf_cf_controller *c = ctrl((void *)ctrls, i);
+    memcpy(action, c->action, sizeof(c->action));
+    memcpy(forces, c->normalized_forces, sizeof(c->normalized_forces));
+}
+
 void nf_sitl_counters(const void *ctrls, uint32_t i, int64_t out[7])
 {
     const nf_cf_controller *c = ctrl((void *)ctrls, i);
