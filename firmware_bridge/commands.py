@@ -169,7 +169,7 @@ def cmd_emulate(args) -> int:
         return 1
     try:
         print(board.url, flush=True)
-        print(f"QEMU netduinoplus2 running {board.elf} (pid {board.proc.pid}); Ctrl+C stops it",
+        print(f"QEMU netduinoplus2 running {board.elf} (pid {board.pid}); Ctrl+C stops it",
               file=sys.stderr, flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         while board.alive() and (deadline is None or time.monotonic() < deadline):

@@ -3,19 +3,22 @@
 ``with EmulatedBoard() as board: client = BridgeClient(board.url)`` builds the firmware if
 needed, starts QEMU on a free TCP port with the command line from MCU.md, waits until the
 firmware answers HELLO, and always shuts QEMU down: on exit, on garbage collection, at
-interpreter exit, after ``lifetime_s``, and (Linux) when the parent process dies.
+interpreter exit, after ``lifetime_s``, and when the process that started it ends in any way
+(SIGKILL included). QEMU runs under ``lifeline.py``, which watches a pipe that only this
+process holds open and stops QEMU when it reads end-of-file (why not PR_SET_PDEATHSIG: see
+there). The lifeline and QEMU form their own process group, killed together as a last resort.
 """
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -47,12 +50,9 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+LIFELINE = Path(__file__).resolve().with_name("lifeline.py")
+LIFELINE_START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # the lifeline gives QEMU 3 s after SIGTERM, then SIGKILL
 
 
 _LIVE: "weakref.WeakSet[EmulatedBoard]" = weakref.WeakSet()
@@ -69,20 +69,22 @@ class EmulatedBoard:
 
     ``elf``: firmware to run (default: build it); ``lifetime_s``: kill QEMU after this many
     seconds whatever happens (None: no limit); ``boot_timeout_s``: how long to wait for the
-    firmware's first HELLO reply."""
+    firmware's first HELLO reply; ``qemu_args``: more QEMU options (tests: ``-gdb``, ``-d``).
+    :attr:`proc` is the lifeline process, :attr:`pid` QEMU's process id."""
 
     def __init__(self, elf: str | os.PathLike | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, lifetime_s: float | None = None,
-                 boot_timeout_s: float = 15.0):
+                 boot_timeout_s: float = 15.0, qemu_args: tuple[str, ...] | list[str] = ()):
         self.elf = Path(elf) if elf else None
         self.host = host
         self.port = port
         self.lifetime_s = lifetime_s
         self.boot_timeout_s = boot_timeout_s
+        self.qemu_args = list(qemu_args)
         self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
         self.hello = None
         self._log = None
-        self._timer: threading.Timer | None = None
 
     @property
     def url(self) -> str:
@@ -115,21 +117,32 @@ class EmulatedBoard:
         for _ in range(3 if fixed_port is None else 1):  # a picked port can be taken meanwhile
             self.port = fixed_port or free_tcp_port(self.host)
             self._log = tempfile.TemporaryFile(prefix="nanofly-qemu-")
-            self.proc = subprocess.Popen(qemu_command(self.elf, self.port, self.host),
-                                         stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-            _LIVE.add(self)
+            lifeline = [sys.executable, "-I", str(LIFELINE)]
             if self.lifetime_s:
-                self._timer = threading.Timer(self.lifetime_s, self._kill)
-                self._timer.daemon = True
-                self._timer.start()
+                lifeline += ["--lifetime-s", str(float(self.lifetime_s))]
+            command = lifeline + ["--", *qemu_command(self.elf, self.port, self.host),
+                                  *self.qemu_args]
+            # stdin: the pipe the lifeline watches (only this process holds its write end);
+            # stdout: QEMU's pid; its own session, so no terminal's Ctrl+C reaches QEMU
+            # directly and the group can be killed as one
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._log, start_new_session=True)
+            _LIVE.add(self)
             try:
+                self.pid = self._read_qemu_pid()
                 self._wait_for_firmware()
                 return self
             except EmulatorError as exc:
                 last_error = exc
                 self.stop()
         raise last_error
+
+    def _read_qemu_pid(self) -> int:
+        ready, _, _ = select.select([self.proc.stdout], [], [], LIFELINE_START_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            raise EmulatorError(f"QEMU did not start: {self.log_tail() or 'no output'}")
+        return int(line)
 
     def _wait_for_firmware(self) -> None:
         """Connect (this starts the guest: wait=on) and wait for a HELLO reply."""
@@ -161,24 +174,25 @@ class EmulatedBoard:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-
     def stop(self) -> None:
-        """Stop QEMU (SIGTERM, then SIGKILL after 3 s). Safe to call twice."""
-        timer, self._timer = getattr(self, "_timer", None), None
-        if timer is not None:
-            timer.cancel()
+        """Stop QEMU: close the lifeline's pipe (it sends SIGTERM, then SIGKILL after 3 s);
+        if it has not ended after that, kill the lifeline and QEMU as a process group. Safe to
+        call twice."""
         proc, self.proc = getattr(self, "proc", None), None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        if proc is not None:
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except OSError:  # a broken pipe when the lifeline is gone already
+                    pass
             try:
-                proc.wait(timeout=3)
+                proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=3)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=STOP_TIMEOUT_S)
         log, self._log = getattr(self, "_log", None), None
         if log is not None:
             log.close()

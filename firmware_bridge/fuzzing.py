@@ -46,6 +46,16 @@ def session_records(blob: bytes, fmt: int, *, chunk: int = 512, seed: int = 0,
     return [(t, i, p) for i, (t, p) in enumerate(recs)]
 
 
+def arm_after_failsafe_input(records: list[tuple[int, int, bytes]]) -> bytes:
+    """A harness input (structured mode): ``records`` (a session that activates a model), then
+    ARM, 240 ms without a heartbeat (the dead man's switch trips), the very same ARM frame
+    again (a host retry whose first reply was lost) and STATUS. The harness aborts when that
+    repeated ARM is answered OK while the board stays disarmed."""
+    arm = _record(P.CMD_ARM, 0xA5)
+    return (b"\x00" + b"".join(_record(t, s, p) for t, s, p in records) + arm
+            + bytes([TICK, 60]) + arm + _record(P.CMD_STATUS, 0xA6))
+
+
 def write_seed_corpus(corpus_dir: str | os.PathLike, blobs: dict[int, bytes]) -> int:
     """Write seed inputs for each (format -> blob); returns the number of files."""
     corpus_dir = Path(corpus_dir)
@@ -65,6 +75,7 @@ def write_seed_corpus(corpus_dir: str | os.PathLike, blobs: dict[int, bytes]) ->
             + bytes([TICK, 60]) + _record(P.CMD_STATUS, 91))
         put(f"wire_{fmt}", b"\x01" + b"".join(P.encode_frame(t, s, p) for t, s, p in recs))
         put(f"repeat_{fmt}", b"\x00" + b"".join(_record(t, s, p) * 2 for t, s, p in recs[:4]))
+        put(f"arm_after_failsafe_{fmt}", arm_after_failsafe_input(recs))
     put("unknown", b"\x00" + _record(0x42, 1) + _record(P.CMD_STATUS, 2))
     put("garbage", b"\x01" + bytes(range(256)) * 4)
     return n

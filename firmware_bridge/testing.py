@@ -130,3 +130,83 @@ def closed_loop_rollout(policy, n_envs: int, steps: int, *, state_dim: int = 18,
         clipped = np.minimum(np.maximum(actions, np.float32(-1)), np.float32(1))
         history = np.concatenate([clipped, history[:, :-4]], axis=1)
     return all_obs, all_actions
+
+
+class GdbStub:
+    """A minimal client of QEMU's gdbstub (``-gdb tcp:HOST:PORT``, GDB remote serial protocol):
+    enough to stop the emulated CPU, read and write its core registers, read memory and let it
+    run on. Connecting stops the guest. Registers by number: r0-r12, sp 13, lr 14, pc 15,
+    xpsr 16 (QEMU's M-profile layout once the target description was read)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout_s: float = 5.0):
+        import socket
+
+        self._sock = socket.create_connection((host, port), timeout=timeout_s)
+        self._buf = b""
+        # register writes (P) need the target description read first (QEMU's rule)
+        self.command("qXfer:features:read:target.xml:0,ffff")
+
+    def _byte(self) -> bytes:
+        if not self._buf:
+            self._buf = self._sock.recv(8192)
+            if not self._buf:
+                raise ConnectionError("gdbstub closed the connection")
+        byte, self._buf = self._buf[:1], self._buf[1:]
+        return byte
+
+    def _packet(self) -> str:
+        while self._byte() != b"$":
+            pass
+        body = bytearray()
+        while (byte := self._byte()) != b"#":
+            body += byte
+        self._byte(), self._byte()  # checksum (TCP already checks the bytes)
+        self._sock.sendall(b"+")
+        return body.decode()
+
+    def command(self, data: str, *, reply: bool = True) -> str | None:
+        """Send one packet; return the reply packet after the stub's acknowledgement (stop
+        notifications that arrive before it are skipped)."""
+        self._sock.sendall(f"${data}#{sum(data.encode()) & 0xFF:02x}".encode())
+        while (byte := self._byte()) != b"+":
+            if byte == b"$":
+                self._buf = b"$" + self._buf
+                self._packet()
+        return self._packet() if reply else None
+
+    def registers(self) -> list[int]:
+        raw = bytes.fromhex(self.command("g"))
+        return list(struct.unpack(f"<{len(raw) // 4}I", raw[:len(raw) // 4 * 4]))
+
+    def set_register(self, number: int, value: int) -> None:
+        answer = self.command(f"P{number:x}={struct.pack('<I', value & 0xFFFFFFFF).hex()}")
+        if answer != "OK":
+            raise RuntimeError(f"gdbstub refused to set register {number}: {answer!r}")
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        return bytes.fromhex(self.command(f"m{address:x},{length:x}"))
+
+    def cont(self) -> None:
+        self.command("c", reply=False)
+
+    def interrupt(self) -> str:
+        """Stop the running guest; returns the stop reply."""
+        self._sock.sendall(b"\x03")
+        return self._packet()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def elf_symbols(elf: str | os.PathLike) -> dict[str, int]:
+    """Addresses of an ELF's symbols (``arm-none-eabi-nm``), static ones included."""
+    import subprocess
+
+    out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True,
+                         check=True).stdout
+    symbols = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            symbols[parts[2]] = int(parts[0], 16)
+    return symbols

@@ -327,7 +327,7 @@ def test_firmware_sleeps_when_idle(board):
     ticks = os.sysconf("SC_CLK_TCK")
 
     def cpu_s() -> float:
-        fields = open(f"/proc/{board.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = open(f"/proc/{board.pid}/stat").read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / ticks
 
     before = cpu_s()
@@ -367,7 +367,7 @@ def test_pil_emulate_starts_and_stops_its_own_board(exports, obs):
 
     backend = make_backend("pil:emulate", exports["dir"])
     try:
-        pid = backend._board.proc.pid
+        pid = backend._board.pid
         np.testing.assert_allclose(backend(obs[:4]), T.host_reference(exports["dir"], "int8", obs[:4]),
                                    rtol=0, atol=1e-6)
         assert backend.info()["emulated"] and backend.upload is not None

@@ -3,18 +3,37 @@ for the host with AddressSanitizer and UndefinedBehaviorSanitizer. The long run 
 is bench/fuzz/fuzz_bridge.py; its figures are in docs/bridge-notes.md."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
 from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.firmware import build_fuzzer, fuzzer_missing
-from nanofly.firmware_bridge.fuzzing import run_fuzzer, write_seed_corpus
+from nanofly.firmware_bridge.fuzzing import (arm_after_failsafe_input, run_fuzzer,
+                                             session_records, write_seed_corpus)
 
 pytestmark = pytest.mark.skipif(bool(fuzzer_missing()), reason=str(fuzzer_missing()))
 
 
-def test_fuzz_parser_and_command_handler_20s(tmp_path):
-    binary = build_fuzzer(tmp_path / "build")
+@pytest.fixture(scope="module")
+def fuzzer(tmp_path_factory):
+    return build_fuzzer(tmp_path_factory.mktemp("fuzz") / "build")
+
+
+def test_repeated_arm_after_the_failsafe_tripped_is_not_answered_armed(fuzzer, tmp_path):
+    """Upload and activate a model, ARM, 240 ms without a heartbeat (the dead man's switch
+    trips), the very same ARM frame again: the reply cache used to answer it OK ("armed")
+    while the board stayed disarmed, which the harness turns into an abort."""
+    case = tmp_path / "arm_after_failsafe"
+    blob = T.f32_blob((146, 8, 4), seed=1)
+    case.write_bytes(arm_after_failsafe_input(session_records(blob, P.FORMAT_F32)))
+    run = subprocess.run([str(fuzzer), str(case)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_fuzz_parser_and_command_handler_20s(fuzzer, tmp_path):
+    binary = fuzzer
     export_dir = T.export(T.random_policy(tmp_path / "small.pt", layer_sizes=(146, 16, 4), seed=7),
                           tmp_path / "export", n_calibration=512)
     blobs = {P.FORMAT_INT8: (export_dir / "policy_int8.bin").read_bytes(),

@@ -10,6 +10,8 @@
  * Checks beyond the sanitizers (abort on failure):
  *   - an encoded frame decodes to exactly what was encoded;
  *   - every handled request gets exactly one reply and that reply is a valid frame;
+ *   - an ARM answered OK leaves the board armed (a cached "armed" reply from before the dead
+ *     man's switch tripped, repeated after it, would not);
  *   - after the input: the active model's bytes still have the active CRC, and the motors
  *     are zero when disarmed (bridge_self_check). */
 #include <stdint.h>
@@ -19,14 +21,19 @@
 #include "bridge.h"
 #include "frame.h"
 #include "hal_host.h"
+#include "protocol.h"
 
 static nf_parser parser, reply_parser;
 static uint32_t replies;
+static uint8_t last_reply_type;
 
 static void sink(const uint8_t *data, size_t len) {
     for (size_t i = 0; i < len; i++) {
         nf_frame reply;
-        if (nf_parser_push(&reply_parser, data[i], &reply)) replies++;
+        if (nf_parser_push(&reply_parser, data[i], &reply)) {
+            replies++;
+            last_reply_type = reply.type;
+        }
     }
     if (reply_parser.frames_bad || reply_parser.frames_too_long) abort();
 }
@@ -47,6 +54,9 @@ static void feed(const uint8_t *bytes, size_t n, const uint8_t *expect_payload, 
         uint32_t before = replies;
         bridge_handle_frame(&frame);
         if (replies != before + 1) abort(); /* every request gets exactly one reply */
+        if (frame.type == NF_CMD_ARM && last_reply_type == (NF_CMD_ARM | NF_REPLY_FLAG) &&
+            !bridge_is_armed())
+            abort(); /* "armed" answered while disarmed */
     }
 }
 

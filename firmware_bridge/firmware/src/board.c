@@ -1,5 +1,6 @@
 /* STM32F405 board support: clocks, USART1 (interrupt-driven receive into a ring buffer),
- * SysTick control-loop timer (1 kHz armed, 100 Hz idle), inference cost counter. Implements hal.h.
+ * SysTick control-loop timer (1 kHz armed, 100 Hz idle), inference cost counter, independent
+ * watchdog, motor outputs. Implements hal.h.
  *
  * The same code runs on the real chip and on QEMU netduinoplus2. QEMU's RCC is a stub that
  * reads as zero, so every wait on a ready bit is bounded and the clock set-up notices the
@@ -20,6 +21,13 @@
 #define SYSCLK_PLL_HZ 168000000u
 #define HSI_HZ 16000000u
 #define READY_WAIT_LOOPS 200000u
+
+/* Independent watchdog period, in LSI / 32 ticks (1 ms each at the nominal 32 kHz; 0.68 to
+ * 1.9 ms over the LSI's range). Longer than the slowest main-loop pass: COMMIT checks a full
+ * model slot twice, ~180 ms when the PLL failed and the core runs from the 16 MHz HSI. */
+#ifndef NF_WATCHDOG_TICKS
+#define NF_WATCHDOG_TICKS 500u
+#endif
 
 #define CLOCK_FLAG_PLL 1u    /* PLL locked, 168 MHz */
 #define CLOCK_FLAG_RCC_STUB 2u /* RCC reads as zero: an emulator */
@@ -123,11 +131,13 @@ void hal_uart_write(const uint8_t *data, size_t len) {
 
 /* ---- time and cost counter --------------------------------------------------------------- */
 static volatile uint32_t tick_ms = 1;
+static volatile uint32_t systick_count; /* SysTick interrupts so far (watchdog reloads) */
 
 void SysTick_Handler(void) {
     uint32_t now = millis + tick_ms;
     millis = now;
     board_control_tick(now);
+    systick_count++;
 }
 
 void hal_set_tick_ms(uint32_t ms) {
@@ -178,10 +188,36 @@ uint32_t hal_millis(void) { return millis; }
 uint32_t hal_sysclk_hz(void) { return sysclk_hz; }
 uint8_t hal_clock_flags(void) { return clock_flags; }
 
+/* ---- motor outputs and watchdog ---------------------------------------------------------- */
+/* The duty ratios on the motor outputs. This board drives no PWM pins: a Crazyflie build sets
+ * the TIM2/TIM4 compare registers where this array is written (hal_motors_write,
+ * board_motors_off). The tests read it through QEMU's gdbstub. */
+static volatile float motor_output[4];
+
 void hal_motors_write(const float ratio[4]) {
-    /* The bridge reports motor commands in STATUS; a Crazyflie build would set the PWM
-     * compare registers here (TIM2/TIM4 channels). */
-    (void)ratio;
+    for (int i = 0; i < 4; i++) motor_output[i] = ratio[i];
+}
+
+void board_motors_off(void) {
+    for (int i = 0; i < 4; i++) motor_output[i] = 0.0f;
+}
+
+static void watchdog_init(void) {
+    IWDG_KR = IWDG_KEY_UNLOCK; /* PR and RLR writable */
+    IWDG_PR = 3u;              /* LSI / 32 */
+    IWDG_RLR = NF_WATCHDOG_TICKS;
+    wait_bits(&IWDG_SR, 3u, 0u); /* both values taken over (bounded: QEMU has no IWDG) */
+    IWDG_KR = IWDG_KEY_RELOAD;
+    IWDG_KR = IWDG_KEY_START;  /* from here on only a reset stops it */
+}
+
+void board_watchdog_feed(void) {
+    static uint32_t fed_at_tick;
+    uint32_t ticks = systick_count;
+    if (ticks != fed_at_tick) {
+        fed_at_tick = ticks;
+        IWDG_KR = IWDG_KEY_RELOAD;
+    }
 }
 
 uint32_t hal_irq_save(void) {
@@ -204,4 +240,5 @@ void board_init(void) {
     clock_init();
     uart_init();
     timers_init();
+    watchdog_init();
 }

@@ -65,9 +65,12 @@ static const nf_parser *parser_ref;
 static uint32_t rx_overflows;
 
 /* The last state-changing request and its reply, to answer a repeated frame (a host retry
- * whose reply was lost, or a duplicated frame) without doing it twice. */
+ * whose reply was lost, or a duplicated frame) without doing it twice. The dead man's switch
+ * (timer interrupt) forgets a cached ARM reply when it trips: that reply says "armed", which
+ * is no longer true, so a repeated ARM is done again and answered as it now stands. */
 static struct {
-    uint8_t valid, type, seq, reply_type;
+    volatile uint8_t valid;    /* written last in reply(); cleared by the timer interrupt */
+    uint8_t type, seq, reply_type;
     uint8_t in_reply_buf;      /* the reply is still in reply_buf (too big to copy) */
     uint32_t request_crc;
     uint16_t length;
@@ -92,7 +95,6 @@ static void reply(const nf_frame *req, uint8_t type, const uint8_t *payload, uin
     /* reply_buf stays untouched until the next frame, and any frame other than the repeat
      * forgets the cache, so a reply in reply_buf is kept by reference. */
     if (cacheable(req->type) && (length <= CACHE_MAX || payload == reply_buf)) {
-        cache.valid = 1;
         cache.type = req->type;
         cache.seq = req->seq;
         cache.request_crc = req->crc;
@@ -100,6 +102,8 @@ static void reply(const nf_frame *req, uint8_t type, const uint8_t *payload, uin
         cache.length = length;
         cache.in_reply_buf = payload == reply_buf;
         if (!cache.in_reply_buf) memcpy(cache.payload, payload, length);
+        __asm volatile("" ::: "memory"); /* the entry is whole before it is marked valid */
+        cache.valid = 1;
     }
     send_frame(type, req->seq, payload, length);
 }
@@ -158,6 +162,10 @@ void bridge_control_tick(uint32_t now_ms) {
         failsafe_latched = 1;
         failsafe_trip_ms = now_ms;
         failsafe_trips++;
+        /* An ARM cannot be cached and trip within the same 200 ms, so this never meets a
+         * half-written ARM entry. Other cached replies stay: none reports the armed state,
+         * and a repeated INFER_STATE must still not shift the histories twice. */
+        if (cache.type == NF_CMD_ARM) cache.valid = 0;
         for (int i = 0; i < 4; i++) motors[i] = 0.0f;
         hal_motors_write(motors);
         hal_set_tick_ms(NF_IDLE_TICK_MS);
@@ -615,6 +623,8 @@ void bridge_handle_frame(const nf_frame *req) {
     default: reply_error(req, NF_ERR_UNKNOWN_COMMAND, req->type, 0); break;
     }
 }
+
+int bridge_is_armed(void) { return armed; }
 
 int bridge_self_check(void) {
     if (active.slot >= 0 && nanofly_crc32(0, slot_mem[active.slot], active.size - 4) != active.crc) return 1;

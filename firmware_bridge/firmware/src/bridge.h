@@ -49,6 +49,8 @@ void bridge_control_tick(uint32_t now_ms);
 /* 0 when the active model's bytes still match its CRC and disarmed motors are zero
  * (used by the fuzzer after each input). */
 int bridge_self_check(void);
+/* 1 while armed (the fuzzer checks every ARM reply against it). */
+int bridge_is_armed(void);
 /* Parser counters for STATUS. */
 void bridge_set_parser(const nf_parser *parser);
 void bridge_count_rx_overflow(uint32_t total);

@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "board.h"
 #include "stm32f405.h"
 
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
@@ -10,9 +11,13 @@ int main(void);
 void Reset_Handler(void);
 void Default_Handler(void);
 
-/* Faults and unexpected interrupts: stop here (a debugger sees the state). A flight build
- * would also force the motor PWM to zero and let a watchdog reset the chip. */
+/* Faults and unexpected interrupts: motor outputs to zero at once (the dead man's switch runs
+ * in the SysTick interrupt, which cannot preempt a fault handler, so it never would), then
+ * wait here without reloading the independent watchdog, which resets the chip (a debugger
+ * attached in time still sees the state). */
 void Default_Handler(void) {
+    __asm volatile("cpsid i" ::: "memory");
+    board_motors_off();
     for (;;) {
     }
 }

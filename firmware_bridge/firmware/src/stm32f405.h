@@ -45,6 +45,17 @@
 #define USART_CR1_UE (1u << 13)
 #define USART1_IRQN 37
 
+/* IWDG: the independent watchdog, clocked by the LSI RC oscillator (32 kHz nominal,
+ * 17-47 kHz over parts and temperature); once started only a reset stops it */
+#define IWDG_BASE 0x40003000u
+#define IWDG_KR REG32(IWDG_BASE + 0x00)
+#define IWDG_PR REG32(IWDG_BASE + 0x04)
+#define IWDG_RLR REG32(IWDG_BASE + 0x08)
+#define IWDG_SR REG32(IWDG_BASE + 0x0C)
+#define IWDG_KEY_RELOAD 0xAAAAu
+#define IWDG_KEY_UNLOCK 0x5555u
+#define IWDG_KEY_START 0xCCCCu
+
 /* TIM5 (APB1, 32-bit) */
 #define TIM5_BASE 0x40000C00u
 #define TIM5_CR1 REG32(TIM5_BASE + 0x00)
