@@ -347,6 +347,23 @@ def quaternion_from_rotation(r: np.ndarray) -> np.ndarray:
     return q
 
 
+def firmware_inputs(obs: np.ndarray, target_position, target_velocity
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 13) state estimates and (n, 6) setpoints in the firmware's units (the shim's layout)
+    for observations ``obs`` made relative to the targets (m, m/s, world): position and velocity
+    = observed error + target, the quaternion (x, y, z, w) of the rotation nearest to the
+    observed matrix, the gyro in deg/s."""
+    tp = np.asarray(target_position, np.float32)
+    tv = np.asarray(target_velocity, np.float32)
+    state = np.empty((obs.shape[0], STATE_VALUES), np.float32)
+    state[:, 0:3] = obs[:, 0:3] + tp
+    state[:, 3:6] = obs[:, 12:15] + tv
+    state[:, 6:10] = quaternion_from_rotation(obs[:, 3:12])
+    state[:, 10:13] = obs[:, 15:18] * np.float32(180.0 / np.pi)
+    setpoint = np.concatenate([tp, tv], axis=1)
+    return state, setpoint
+
+
 def rotor_speed_for_thrust(params, thrust_n: np.ndarray) -> np.ndarray:
     """The preset's thrust curve ``c0 + c1 s + c2 s^2`` inverted (the larger root), clipped to
     the rotor speed range (preset unit)."""
@@ -418,18 +435,8 @@ class CrazyflieSitl(CBackend):
         self.env = env
 
     def firmware_inputs(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, 13) state estimates and (n, 6) setpoints in the firmware's units for the bound
-        environment's current targets and the observation ``obs``."""
-        env = self.env
-        tp = np.asarray(env.target_position, np.float32)
-        tv = np.asarray(env.target_velocity, np.float32)
-        state = np.empty((obs.shape[0], STATE_VALUES), np.float32)
-        state[:, 0:3] = obs[:, 0:3] + tp
-        state[:, 3:6] = obs[:, 12:15] + tv
-        state[:, 6:10] = quaternion_from_rotation(obs[:, 3:12])
-        state[:, 10:13] = obs[:, 15:18] * np.float32(180.0 / np.pi)
-        setpoint = np.concatenate([tp, tv], axis=1)
-        return state, setpoint
+        """``firmware_inputs`` for the bound environment's current targets."""
+        return firmware_inputs(obs, self.env.target_position, self.env.target_velocity)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         obs = self._check(obs)

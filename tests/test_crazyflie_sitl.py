@@ -390,3 +390,20 @@ def test_cli_bad_crazyflie_base_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "cf-sitl" in err and "stabilizer_types.h is missing" in err and "CRAZYFLIE_BASE" in err
+
+
+# -- timing on the chip -------------------------------------------------------------------------
+def test_controller_step_runs_on_the_emulated_chip(crazyflie_base, sitl):
+    """The benchmark firmware (nf_cf_step built with the firmware's flags against its headers)
+    runs on QEMU and counts the instructions of a policy step; the chip's forces are the host
+    SITL's for the same inputs."""
+    from nanofly.firmware_bridge.crazyflie_mcu import run_step_benchmark
+
+    got = run_step_benchmark(HOVER_INT8, base=crazyflie_base, num_states=3)
+    assert got["all_flying"]
+    counts = got["instructions_policy_step"]
+    assert counts["min"] > 0 and len(counts["all"]) == 3
+    assert 0 < got["instructions_held_step_max"] < counts["min"]
+    assert got["max_force_difference_vs_host_sitl"] <= 1e-6
+    assert got["thrust_max_n"] == sitl.thrust_max_n  # the same header, cross and host compiled
+    assert 0 < got["measured_stack_bytes_policy_step"] and got["stabilizer_task_stack_bytes"] > 0

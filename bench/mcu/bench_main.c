@@ -8,31 +8,12 @@
 #include <string.h>
 
 #include "bench_data.h"
+#include "bench_timer.h"
 #include "nanofly_policy.h"
 #include "policy_f32.h"
 #include "policy_int8.h"
 
 void baseline_act(const float *obs, float *action);
-
-#define REG(addr) (*(volatile uint32_t *)(addr))
-#define TIM2_BASE 0x40000000u
-
-static void timer_start(void)
-{
-    REG(TIM2_BASE + 0x28u) = 0;           /* PSC: count every tick */
-    REG(TIM2_BASE + 0x2Cu) = 0xFFFFFFFFu; /* ARR */
-    REG(TIM2_BASE + 0x14u) = 1;           /* EGR.UG: load PSC */
-    REG(TIM2_BASE + 0x00u) = 1;           /* CR1.CEN */
-}
-
-static inline uint32_t ticks(void) { return REG(TIM2_BASE + 0x24u); }
-
-static inline uint32_t sp_now(void)
-{
-    uint32_t sp;
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
-    return sp;
-}
 
 static uint32_t bits(float f)
 {
@@ -49,21 +30,15 @@ static void print_action(const char *what, int k, uint32_t count, const float *a
     printf("\n");
 }
 
-#define PAINT_WORDS 2048u /* 8 KB below the caller's stack pointer */
-#define PATTERN 0xA5C3A5C3u
-
 /* Paints the free stack below this function's frame, runs one inference and returns how many
    bytes below the call's stack pointer it touched (its measured stack use). */
 __attribute__((noinline)) static uint32_t stack_depth(const nanofly_model *m, const float *obs,
                                                       float *action)
 {
     uint32_t sp = sp_now();
-    volatile uint32_t *lo = (volatile uint32_t *)(uintptr_t)(sp - 4u * PAINT_WORDS), *p;
-    for (p = lo; p < (volatile uint32_t *)(uintptr_t)sp; ++p) *p = PATTERN;
+    stack_paint(sp);
     nanofly_policy_act(m, obs, action);
-    for (p = lo; p < (volatile uint32_t *)(uintptr_t)sp && *p == PATTERN; ++p) {
-    }
-    return sp - (uint32_t)(uintptr_t)p;
+    return stack_touched(sp);
 }
 
 int main(void)
