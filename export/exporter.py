@@ -7,11 +7,13 @@ and an existing export is replaced only by a complete new one.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -327,13 +329,23 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
 
 
 def write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into a temp dir next to ``out_dir`` and rename it into place."""
+    """Write ``files`` into a new directory next to ``out_dir`` and put it in place whole.
+
+    Each file and the directory are synced before the swap, the parent directory after it.
+    An existing ``out_dir`` is exchanged with the new one in one step (Linux
+    ``renameat2(RENAME_EXCHANGE)``), so a reader always finds either the old export or the new
+    one, never no directory; then the old one is removed. Where the system or file system
+    cannot exchange, the old export is renamed aside and the new one renamed in (a moment
+    without ``out_dir``; the old export is put back if the second rename fails). The directory
+    and files get the permissions the umask gives, as ``mkdir`` and ``open`` would."""
+    from nanofly.train.policy_file import fsync_directory
+
     out_dir = Path(out_dir)
     _check_target(out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+        tmp = _new_directory_beside(out_dir, "tmp")
     except OSError as exc:
         raise ExportError(f"cannot write the export directory {out_dir}: {exc.strerror or exc}; "
                           f"choose a writable --out") from exc
@@ -344,16 +356,65 @@ def write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.replace(out_dir, old / "export")
-        os.replace(tmp, out_dir)
+        fsync_directory(tmp)
+        if out_dir.exists() or out_dir.is_symlink():
+            if _exchange(tmp, out_dir):
+                old = tmp  # tmp now holds the previous export
+            else:
+                old = _new_directory_beside(out_dir, "old")
+                os.replace(out_dir, old / "export")
+                os.replace(tmp, out_dir)
+        else:
+            os.replace(tmp, out_dir)
+        fsync_directory(parent)
     except OSError as exc:
-        if old is not None and not out_dir.exists():
+        if old is not None and old != tmp and not out_dir.exists():
             os.replace(old / "export", out_dir)  # put the previous export back
         raise ExportError(f"cannot write the export directory {out_dir}: {exc}") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is None or not os.path.lexists(leftover):
+                continue
+            if leftover.is_symlink():  # an --out that was a symlink, exchanged into tmp
+                leftover.unlink()
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _new_directory_beside(out_dir: Path, tag: str) -> Path:
+    """A new, uniquely named hidden directory next to ``out_dir`` (mode 0777 less the umask)."""
+    for _ in range(100):
+        path = out_dir.with_name(f".{out_dir.name}.{tag}-{secrets.token_hex(6)}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{out_dir.parent}: no free temporary name next to {out_dir.name}")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (Linux 3.15+ ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system, the C library or the file system cannot,
+    OSError on a real failure."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -17,13 +17,14 @@ running the actor still use torch (``nanofly.train.policy``).
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import io
 import math
 import os
 import pickle
+import secrets
 import subprocess
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,18 +180,51 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Create ``path`` whole or not at all: ``write(f)`` fills a temporary file beside it, which
-    is flushed to disk, then renamed over it (a crash leaves the old file or none, never a
-    partial one)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    is flushed to disk, then renamed over it, and the directory is synced so that the rename
+    survives a crash too (a crash leaves the old file or none, never a partial one). The file
+    gets the permissions a plain ``open`` gives (0666 less the umask), not a temporary file's
+    0600."""
+    path = Path(path)
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named hidden file next to ``path``, opened for writing; created
+    with mode 0666 so that the umask (and a default ACL) decide, as for any new file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk. File systems that
+    cannot sync a directory (EINVAL: some network and FUSE ones) are left as they are."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # no directory handles here (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------- torch's file layout
