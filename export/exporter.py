@@ -202,6 +202,13 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
 
     policy_path = Path(policy_path)
     out_dir = Path(out_dir)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ExportError(f"the calibration seed must be a whole number >= 0, got {seed!r} (--seed)")
+    for what, n in (("calibration", num_calibration), ("evaluation", num_eval)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ExportError(f"the number of {what} observations must be a whole number >= 1, "
+                              f"got {n!r} (--calibration / --eval; defaults "
+                              f"{DEFAULT_CALIBRATION} / {DEFAULT_EVALUATION})")
     actor, payload, weights, biases = load_actor(policy_path)
     sizes = list(actor.layer_sizes)
     _check_target(out_dir)

@@ -73,6 +73,19 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    import math
+    import sys
+
+    problem = None
+    if args.episodes is not None and args.episodes < 1:
+        problem = f"--episodes must be >= 1, got {args.episodes} (leave it out for the default)"
+    elif args.min_success is not None and not 0.0 <= args.min_success <= 1.0:
+        problem = f"--min-success is a fraction from 0 to 1, got {args.min_success} (0.95: 95 %)"
+    elif args.max_rmse is not None and not (math.isfinite(args.max_rmse) and args.max_rmse > 0):
+        problem = f"--max-rmse must be a positive number of metres, got {args.max_rmse}"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from .cli_train import run_eval
 
     return run_eval(args)
