@@ -50,7 +50,8 @@ def load_actor(policy_path) -> tuple[Any, dict, list[np.ndarray], list[np.ndarra
     try:
         actor, payload = load_policy(policy_path)
     except PolicyFileError as exc:
-        raise ExportError(f"cannot export {policy_path}: {exc}") from exc
+        detail = str(exc).removeprefix(f"{policy_path}: ")  # the path once, in front
+        raise ExportError(f"cannot export {policy_path}: {detail}") from exc
     except (KeyError, TypeError, RuntimeError) as exc:  # malformed actor spec
         raise ExportError(f"cannot export {policy_path}: malformed actor description "
                           f"({type(exc).__name__}: {exc})") from exc
