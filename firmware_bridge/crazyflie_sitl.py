@@ -61,8 +61,11 @@ rate (100 Hz) and call ``policy(obs)``; they hand the environment to the backend
 What it catches: units (deg/s, m, m/s), frames and quaternion order, the rotor order, the
 policy rate and history handling, the thrust mapping including the firmware's ``THRUST_MAX``
 (0.12 N per motor on a 2.1+ Crazyflie, less than the ``crazyflie_paper`` preset's 0.149 N at
-full speed: set points above it are clipped) and ``THRUST_MIN``. What it does not model: the
-estimator, sensor noise beyond the MDP's, timing jitter, the battery, real motors.
+full speed: set points above it are clipped, and enter the action history as THRUST_MAX's, see
+nanofly_cf.h) and ``THRUST_MIN``. ``make_backend(..., thrust_max_n=...)`` flies a firmware built
+with another THRUST_MAX (the controller's normalized force and the motor model both use it),
+e.g. the vehicle's own maximum thrust, to separate the controller from that limit. What it does
+not model: the estimator, sensor noise beyond the MDP's, timing jitter, the battery, real motors.
 """
 from __future__ import annotations
 
