@@ -125,7 +125,9 @@ def check_firmware_tree(base: str | os.PathLike | None) -> FirmwareTree:
                                   f"declare {name.rstrip('(')}: this firmware has no out-of-tree "
                                   f"controller API (releases 2023 and later have it)")
     types_h = _read(root / "src/modules/interface/stabilizer_types.h")
-    for name in ("controlModeForce", "normalizedForces", "stabilizerStep_t"):
+    # (the controller's step parameter is a uint32_t under either of its names, stabilizerStep_t
+    # or the older tick, so the app takes both)
+    for name in ("controlModeForce", "normalizedForces"):
         if not re.search(rf"\b{name}\b", types_h):
             raise BuildInputError(f"{root}: src/modules/interface/stabilizer_types.h has no "
                                   f"{name}: this firmware cannot take per-motor normalized forces "
