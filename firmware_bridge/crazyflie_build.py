@@ -153,8 +153,10 @@ def check_firmware_tree(base: str | os.PathLike | None) -> FirmwareTree:
     top = subprocess.run([git, "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
                          text=True)
     if rev.returncode != 0 or top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+        said = (rev.stderr or top.stderr).strip().splitlines()
+        said = f" (git: {said[0]})" if said else ""
         raise BuildInputError(f"{root} is not the top of a git checkout (the firmware's version "
-                              f"script runs git there): use a `git clone --recursive` of "
+                              f"script runs git there){said}: use a `git clone --recursive` of "
                               f"bitcraze/crazyflie-firmware")
     for tool, hint in (("arm-none-eabi-gcc", "Debian: apt-get install gcc-arm-none-eabi "
                         "libnewlib-arm-none-eabi"), ("make", "Debian: apt-get install make")):
