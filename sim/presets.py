@@ -258,6 +258,10 @@ def load_toml(path: str | Path) -> VehicleParams:
         raise PresetError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise PresetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if "vehicle" not in data or not isinstance(data["vehicle"], dict):
         raise PresetError(f"{path}: expected a [vehicle] table")
     return VehicleParams.from_dict(data["vehicle"], source=str(path))

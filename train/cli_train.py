@@ -58,7 +58,15 @@ def load_train_config(args):
             raise ValueError(f"--config {path}: no such file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"--config {path}: malformed TOML: {exc}") from None
-        data.update(raw.get("train", raw))
+        except UnicodeDecodeError:
+            raise ValueError(f"--config {path}: not a TOML file (not UTF-8 text)") from None
+        except OSError as exc:  # a directory, no permission, ...
+            raise ValueError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+        table = raw.get("train", raw)
+        if not isinstance(table, dict):
+            raise ValueError(f"--config {path}: 'train' must be a [train] table of training "
+                             f"options, got {table!r}")
+        data.update(table)
     for key, attr in (("seed", "seed"), ("total_env_steps", "steps"), ("num_envs", "num_envs"),
                       ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps"),
                       ("update_threads", "update_threads")):

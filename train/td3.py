@@ -176,8 +176,10 @@ class TrainConfig:
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"TrainConfig.{f.name} must be finite, got {v}")
-        if self.selection_prescreen_episodes < 0:
-            raise ValueError("TrainConfig.selection_prescreen_episodes must be >= 0")
+        for name in ("selection_prescreen_episodes", "critic_warmup_steps", "actor_warmup_steps",
+                     "int8_aware_steps", "replay_capacity", "history_length"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("total_env_steps", "num_envs", "critic_update_interval",
                      "actor_update_interval", "batch_size", "curriculum_interval", "log_interval",
                      "selection_episodes"):
@@ -233,6 +235,10 @@ class TrainConfig:
             if k == "initial_reward_weights":
                 if not isinstance(v, dict):
                     raise ValueError("training option initial_reward_weights must be a table")
+                for n, x in v.items():
+                    if not isinstance(x, (bool, int, float)):
+                        raise ValueError(f"training option initial_reward_weights.{n} must be "
+                                         f"a number, got {x!r}")
                 try:
                     kwargs[k] = RewardWeights(**{n: x if isinstance(x, bool) else float(x)
                                                  for n, x in v.items()})
