@@ -160,18 +160,26 @@ def test_action_history_equals_the_simulators(sitl):
     assert restarts > n  # episodes ended and restarted in between
 
 
-def test_history_holds_the_action_the_motors_get(sitl):
-    """A set point beyond THRUST_MAX enters the history as the action of THRUST_MAX."""
+def test_thrust_limit_keeps_the_torques_and_the_history_holds_what_the_motors_get(sitl):
+    """A set point beyond THRUST_MAX lowers all four motors by the same thrust (the torques
+    survive the limit), and the history records the actions of the thrusts the motors get."""
     wanted = np.array([1.0, 0.9, 0.2, -0.95], np.float32)
     bank = S.ControllerBank(sitl, 1, VEHICLE, constant_blob(np.clip(wanted, -0.999999, 0.999999)))
     st = np.zeros((1, 13), np.float32)
     st[0, 9] = 1
-    bank.run(st, np.zeros((1, 6)), 1, 1, 1)
+    out = bank.run(st, np.zeros((1, 6)), 1, 1, 1)
     bank.run(st, np.zeros((1, 6)), 1, 11, 1)
     h = bank.last_observation(0)[18:26]
-    a_max = math.sqrt(sitl.thrust_max_n / 3.16e-10) / 21702 * 2 - 1
-    assert h[0] == pytest.approx(a_max, abs=1e-5) and h[1] == pytest.approx(a_max, abs=1e-5)
-    assert h[2:4].tolist() == pytest.approx(wanted[2:4].tolist(), abs=1e-6)
+    c2, speed_max, thrust_max = 3.16e-10, 21702.0, sitl.thrust_max_n
+    thrust = c2 * ((wanted.astype(np.float64) + 1) / 2 * speed_max) ** 2
+    assert thrust.max() > thrust_max  # the case under test
+    got = np.maximum(thrust - (thrust.max() - thrust_max), 0.0)
+    forces = np.asarray(out["forces"], np.float64).reshape(-1)[:4]
+    assert forces.tolist() == pytest.approx((got / thrust_max).tolist(), abs=1e-5)
+    # the differences between the motors, which make the torques, are kept where none hit zero
+    assert np.diff(forces[:3] * thrust_max).tolist() == pytest.approx(np.diff(thrust[:3]).tolist(), abs=1e-6)
+    applied = np.sqrt(got / c2) / speed_max * 2 - 1
+    assert h[0:4].tolist() == pytest.approx(applied.tolist(), abs=1e-4)
     assert h[4:8].tolist() == h[0:4].tolist()
 
 

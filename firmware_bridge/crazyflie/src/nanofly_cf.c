@@ -114,41 +114,62 @@ void nf_cf_state_observation(const setpoint_t *setpoint, const sensorData_t *sen
     out[17] = sensors->gyro.z * NF_CF_DEG_TO_RAD;
 }
 
-float nf_cf_normalized_force(const nf_cf_vehicle *vehicle, float motor_max_thrust_n, float action)
+/* Thrust per rotor (N) at the simulator's steady state for a rotor-speed action in [-1, 1]. */
+static float thrust_of_action(const nf_cf_vehicle *vehicle, float action)
 {
     const float a = clip(action, -1.0f, 1.0f);
-    /* the simulator's rotor-speed set point for this action ... */
     const float speed = vehicle->rotor_speed_min +
                         (a + 1.0f) * 0.5f * (vehicle->rotor_speed_max - vehicle->rotor_speed_min);
-    /* ... its steady-state thrust, and that thrust as a fraction of the firmware's maximum */
     const float *k = vehicle->thrust_coefficients;
-    const float thrust = k[0] + speed * (k[1] + speed * k[2]);
-    return clip(thrust / motor_max_thrust_n, 0.0f, 1.0f);
+    return k[0] + speed * (k[1] + speed * k[2]);
 }
 
-/* The action the motor actually gets: the one whose thrust is the normalized force after its
- * clip to [0, 1] of the maximum thrust. The simulator's history holds the action applied to the
- * rotors, so a set point beyond THRUST_MAX enters the history as the action of THRUST_MAX, not
- * as the policy asked for it. */
-static float applied_action(const nf_cf_vehicle *vehicle, float motor_max_thrust_n, float action)
+/* The action whose steady-state thrust is thrust_n (the thrust curve inverted, clipped to the
+ * rotor-speed range). */
+static float action_of_thrust(const nf_cf_vehicle *vehicle, float thrust_n)
 {
-    const float a = clip(action, -1.0f, 1.0f);
-    const float force = nf_cf_normalized_force(vehicle, motor_max_thrust_n, a);
-    if (force > 0.0f && force < 1.0f) {
-        return a;
-    }
-    const float thrust = force * motor_max_thrust_n;
     const float *k = vehicle->thrust_coefficients;
     float speed;
     if (k[2] != 0.0f) {
-        const float disc = k[1] * k[1] - 4.0f * k[2] * (k[0] - thrust);
+        const float disc = k[1] * k[1] - 4.0f * k[2] * (k[0] - thrust_n);
         speed = (-k[1] + sqrtf(disc > 0.0f ? disc : 0.0f)) / (2.0f * k[2]);
     } else {
-        speed = (thrust - k[0]) / k[1];
+        speed = (thrust_n - k[0]) / k[1];
     }
     const float lo = vehicle->rotor_speed_min;
     const float hi = vehicle->rotor_speed_max;
     return clip((clip(speed, lo, hi) - lo) / (hi - lo) * 2.0f - 1.0f, -1.0f, 1.0f);
+}
+
+float nf_cf_normalized_force(const nf_cf_vehicle *vehicle, float motor_max_thrust_n, float action)
+{
+    return clip(thrust_of_action(vehicle, action) / motor_max_thrust_n, 0.0f, 1.0f);
+}
+
+void nf_cf_motor_forces(const nf_cf_vehicle *vehicle, float motor_max_thrust_n,
+                        const float action[NF_CF_ACTION_DIM], float forces[NF_CF_ACTION_DIM],
+                        float applied[NF_CF_ACTION_DIM])
+{
+    float thrust[NF_CF_ACTION_DIM];
+    float highest = 0.0f;
+    for (uint32_t i = 0; i < NF_CF_ACTION_DIM; i++) {
+        thrust[i] = thrust_of_action(vehicle, action[i]);
+        highest = thrust[i] > highest ? thrust[i] : highest;
+    }
+    /* Above the firmware's maximum, all four motors give up the same thrust: the differences
+       between them (the torques that right the vehicle) survive and only the collective thrust
+       is cut, as the firmware's own powerDistributionCap does for its legacy mixer. Clipping
+       each motor on its own would cut the torque first. */
+    const float excess = highest > motor_max_thrust_n ? highest - motor_max_thrust_n : 0.0f;
+    for (uint32_t i = 0; i < NF_CF_ACTION_DIM; i++) {
+        const float t = thrust[i] - excess;
+        forces[i] = clip(t / motor_max_thrust_n, 0.0f, 1.0f);
+        /* The simulator's history holds the action applied to the rotors: a command that was
+           changed here enters it as the action of the thrust the motor gets. */
+        const bool changed = excess > 0.0f || forces[i] <= 0.0f;
+        applied[i] = changed ? action_of_thrust(vehicle, forces[i] * motor_max_thrust_n)
+                             : clip(action[i], -1.0f, 1.0f);
+    }
 }
 
 void nf_cf_reset_history(nf_cf_controller *c)
@@ -246,13 +267,14 @@ nf_cf_status nf_cf_step(nf_cf_controller *c, bool enabled, control_t *control,
     if (hist > 0u) {
         memmove(h + NF_CF_ACTION_DIM, h, sizeof(float) * (hist - NF_CF_ACTION_DIM));
     }
+    float applied[NF_CF_ACTION_DIM];
+    nf_cf_motor_forces(&c->vehicle, c->motor_max_thrust_n, action, c->normalized_forces, applied);
     control->controlMode = controlModeForce;
     for (uint32_t i = 0; i < NF_CF_ACTION_DIM; i++) {
         c->action[i] = action[i];
         if (hist > 0u) {
-            h[i] = applied_action(&c->vehicle, c->motor_max_thrust_n, action[i]);
+            h[i] = applied[i];
         }
-        c->normalized_forces[i] = nf_cf_normalized_force(&c->vehicle, c->motor_max_thrust_n, action[i]);
         control->normalizedForces[i] = c->normalized_forces[i];
     }
     c->flying = true;

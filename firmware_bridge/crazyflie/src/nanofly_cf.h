@@ -104,8 +104,16 @@ void nf_cf_state_observation(const setpoint_t *setpoint, const sensorData_t *sen
                              const state_t *state, float position_error_limit_m,
                              float out[NF_CF_STATE_DIM]);
 
-/* One policy action in [-1, 1] -> the normalized force 0..1 of the motor's maximum thrust. */
+/* One policy action in [-1, 1] -> the normalized force 0..1 of the motor's maximum thrust, for
+ * a motor on its own (no limit shared with the others). */
 float nf_cf_normalized_force(const nf_cf_vehicle *vehicle, float motor_max_thrust_n, float action);
+
+/* The four actions -> the normalized forces the motors get, and the actions those forces
+ * correspond to (what the history records). A command above motor_max_thrust_n lowers all
+ * four motors by the same thrust, so the torques survive the limit. */
+void nf_cf_motor_forces(const nf_cf_vehicle *vehicle, float motor_max_thrust_n,
+                        const float action[NF_CF_ACTION_DIM], float forces[NF_CF_ACTION_DIM],
+                        float applied[NF_CF_ACTION_DIM]);
 
 /* The history filled with the reset action, as at an episode start in training. */
 void nf_cf_reset_history(nf_cf_controller *c);
