@@ -11,8 +11,13 @@ def register(sub, bench_sub) -> None:
         description="Train a policy (defaults: the paper's TD3 setup with the changes measured "
                     "in docs/benchmarks.md) and save it to a run directory (policy.pt, "
                     "metrics.jsonl, config.toml, plots). Ctrl-C (or SIGTERM, SIGHUP) saves a "
-                    "checkpoint that --resume continues from.")
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+                    "checkpoint (checkpoint.npz: data only) that --resume continues from. Exit "
+                    "status: 0 done; 1 the run diverged or could not write its results (a "
+                    "checkpoint is kept, and after a divergence the best finite snapshot as "
+                    "policy.pt if checkpoint selection kept one); 2 bad input (nothing is "
+                    "written); 128+N stopped by signal N.")
+    p.add_argument("--out", default=None,
+                   help="run directory, new or empty (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--steps", type=int, default=None,
                    help="total environment steps (default 700000; training may stop earlier, "
