@@ -203,12 +203,15 @@ void board_motors_off(void) {
 }
 
 static void watchdog_init(void) {
+    /* Start first: that also starts the LSI, which the prescaler and reload updates below
+     * need to complete (RM0090 27.3; ST's HAL does the same). Until they do, the reset values
+     * apply (LSI / 4, 4095 ticks: 0.5 s at 32 kHz). */
+    IWDG_KR = IWDG_KEY_START;  /* from here on only a reset stops it */
     IWDG_KR = IWDG_KEY_UNLOCK; /* PR and RLR writable */
     IWDG_PR = 3u;              /* LSI / 32 */
     IWDG_RLR = NF_WATCHDOG_TICKS;
     wait_bits(&IWDG_SR, 3u, 0u); /* both values taken over (bounded: QEMU has no IWDG) */
     IWDG_KR = IWDG_KEY_RELOAD;
-    IWDG_KR = IWDG_KEY_START;  /* from here on only a reset stops it */
 }
 
 void board_watchdog_feed(void) {
