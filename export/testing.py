@@ -50,10 +50,12 @@ def quick_export(policy, out, *, seed: int = 0, num_calibration: int = 2048,
                          eval_obs=(ev, "synthetic"), seed=seed)
 
 
-def observations_for(policy, n: int, seed: int, dim: int) -> tuple[np.ndarray, str]:
-    """Simulator observations of ``policy`` flying, or synthetic ones if the simulator is not
-    available; returns ``(obs, source)``."""
+def observations_for(policy, n: int, seed: int, dim: int,
+                     payload: dict[str, Any] | None = None) -> tuple[np.ndarray, str]:
+    """Simulator observations of ``policy`` (a policy.pt, or an Actor with its file's
+    ``payload``) flying, or synthetic ones if the simulator is not available; returns
+    ``(obs, source)``."""
     try:
-        return collect_calibration_observations(policy, n, seed), "simulator"
+        return collect_calibration_observations(policy, n, seed, payload=payload), "simulator"
     except CalibrationUnavailable:
         return synthetic_observations(n, dim, seed), "synthetic"
