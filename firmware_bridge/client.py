@@ -2,7 +2,9 @@
 the model upload (BEGIN, idempotent CHUNKs, COMMIT, ACTIVATE) that resumes after a lost link.
 
 Any pyserial URL works: ``/dev/ttyUSB0``, ``socket://127.0.0.1:PORT`` (QEMU),
-``rfc2217://host:port``, ``loop://``.
+``rfc2217://host:port``, ``loop://``; and any cflib URI (``radio://0/80/2M/E7E7E7E7E7``,
+``usb://0``, ``udp://127.0.0.1:PORT``), which carries the same byte stream over the Crazyflie's
+CRTP app channel (``crtp_link.AppChannelPort``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import crtp_link
 from . import protocol as P
 
 
@@ -98,8 +101,9 @@ class BridgeClient:
     ``timeout_s``: how long to wait for each reply before sending the request again, on top
     of the time the request itself takes on the wire (frame bytes / ``link_bytes_per_s``);
     ``retries``: how many times to send it again before giving up with :class:`LinkError`.
-    ``link_bytes_per_s``: the slowest rate expected: baud / 10 (8N1) for serial ports, and
-    8 000 B/s for ``socket://`` (QEMU takes in 20-50 KB/s).
+    ``link_bytes_per_s``: the slowest rate expected: baud / 10 (8N1) for serial ports,
+    8 000 B/s for ``socket://`` (QEMU takes in 20-50 KB/s), and for cflib URIs the packet rate
+    ``crtp_link.PACKETS_PER_S`` assumes times 30 bytes.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 1.0, retries: int = 3,
@@ -113,7 +117,10 @@ class BridgeClient:
         self.open_timeout_s = float(open_timeout_s)
         self.baudrate = baudrate
         if link_bytes_per_s is None:
-            link_bytes_per_s = 8000.0 if url.startswith("socket://") else baudrate / 10
+            if crtp_link.is_cflib_uri(url):
+                link_bytes_per_s = crtp_link.link_bytes_per_s(url)
+            else:
+                link_bytes_per_s = 8000.0 if url.startswith("socket://") else baudrate / 10
         self.link_bytes_per_s = float(link_bytes_per_s)
         self.stats = LinkStats()
         self.hello_info: P.Hello | None = None
@@ -126,6 +133,14 @@ class BridgeClient:
     def open(self) -> None:
         import serial  # pyserial
 
+        if crtp_link.is_cflib_uri(self.url):
+            try:
+                self._serial = crtp_link.AppChannelPort(
+                    self.url, connect_timeout_s=max(self.open_timeout_s, crtp_link.CONNECT_TIMEOUT_S))
+            except OSError as exc:
+                raise LinkError(str(exc)) from exc
+            self._decoder = P.FrameDecoder()
+            return
         deadline = time.monotonic() + self.open_timeout_s
         while True:
             try:

@@ -10,11 +10,11 @@ import sys
 def register(sub, bench_sub) -> None:
     p = sub.add_parser("flash", help="upload an exported policy to a board, verify and activate it",
                        description="Upload EXPORT_DIR/policy_<format>.bin over the serial bridge "
-                                   "(any pyserial URL), verify it on the board (CRC, header, "
+                                   "(--port: any pyserial URL) or a Crazyflie's radio/USB link "
+                                   "(--uri: any cflib URI), verify it on the board (CRC, header, "
                                    "dimensions, finite weights) and make it the active model.")
     p.add_argument("export_dir", metavar="EXPORT_DIR", help="directory written by `nanofly export`")
-    p.add_argument("--port", required=True, metavar="URL",
-                   help="pyserial URL: /dev/ttyUSB0, socket://127.0.0.1:PORT, rfc2217://host:port")
+    _add_link_arguments(p)
     p.add_argument("--format", choices=("int8", "f32"), default="int8", help="model format (default int8)")
     p.add_argument("--no-activate", action="store_true", help="stage and verify only")
     p.add_argument("--chunk-bytes", type=int, default=None, help="bytes per CHUNK (default: negotiated maximum)")
@@ -41,7 +41,7 @@ def register(sub, bench_sub) -> None:
     e.set_defaults(handler=cmd_emulate)
 
     s = fw_sub.add_parser("status", help="print a board's HELLO and STATUS")
-    s.add_argument("--port", required=True, metavar="URL", help="pyserial URL")
+    _add_link_arguments(s)
     s.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for a reply (default 1)")
     s.add_argument("--retries", type=int, default=2, help="resends before giving up (default 2)")
     s.add_argument("--baud", type=int, default=115200)
@@ -55,6 +55,31 @@ def register(sub, bench_sub) -> None:
     bb.add_argument("--policy", default=None, help="policy.pt (default: a seeded random actor)")
     bb.add_argument("--json", action="store_true")
     bb.set_defaults(handler=cmd_bench)
+
+
+def _add_link_arguments(parser) -> None:
+    """--port URL (pyserial) or --uri URI (cflib): exactly one."""
+    link = parser.add_mutually_exclusive_group(required=True)
+    link.add_argument("--port", metavar="URL",
+                      help="pyserial URL: /dev/ttyUSB0, socket://127.0.0.1:PORT, rfc2217://host:port")
+    link.add_argument("--uri", metavar="URI",
+                      help="cflib URI of a Crazyflie running the nanofly app (CRTP app channel): "
+                           "radio://0/80/2M/E7E7E7E7E7, usb://0, udp://127.0.0.1:PORT "
+                           "(`nanofly crazyflie sitl`)")
+
+
+def _link_url(args) -> str:
+    """The link to open, or ValueError for a --port that is a cflib URI (or the reverse)."""
+    from .crtp_link import CFLIB_SCHEMES, is_cflib_uri
+
+    if args.uri is not None:
+        if not is_cflib_uri(args.uri):
+            raise ValueError(f"--uri {args.uri!r} is not a cflib URI (it starts with one of "
+                             f"{', '.join(CFLIB_SCHEMES)}); for a serial port use --port")
+        return args.uri
+    if is_cflib_uri(args.port):
+        raise ValueError(f"--port {args.port!r} is a cflib URI; pass it as --uri {args.port}")
+    return args.port
 
 
 class _ProgressBar:
@@ -96,13 +121,14 @@ def cmd_flash(args) -> int:
     try:
         check_link_options(timeout_s=args.timeout, retries=args.retries,
                            chunk_bytes=args.chunk_bytes, baudrate=args.baud, names=_FLAG_NAMES)
+        url = _link_url(args)
         blob, model_id = read_export_blob(args.export_dir, args.format)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bar = None if args.json else _ProgressBar()
     try:
-        with BridgeClient(args.port, timeout_s=args.timeout, retries=args.retries, baudrate=args.baud) as client:
+        with BridgeClient(url, timeout_s=args.timeout, retries=args.retries, baudrate=args.baud) as client:
             result = upload_model(client, blob, args.format, model_id=model_id,
                                   chunk_bytes=args.chunk_bytes, activate=not args.no_activate,
                                   progress=bar)
@@ -112,8 +138,12 @@ def cmd_flash(args) -> int:
             bar.finish()
         print(f"error: {exc}", file=sys.stderr)
         if isinstance(exc, LinkError):
-            print("hint: check the port URL and that the board runs the bridge firmware "
-                  "(`nanofly firmware status --port URL`)", file=sys.stderr)
+            if args.uri is not None:
+                print("hint: check the URI and that the Crazyflie runs the nanofly app "
+                      "(`nanofly firmware status --uri URI`)", file=sys.stderr)
+            else:
+                print("hint: check the port URL and that the board runs the bridge firmware "
+                      "(`nanofly firmware status --port URL`)", file=sys.stderr)
         return 1
     if bar:
         bar.finish()
@@ -188,11 +218,12 @@ def cmd_status(args) -> int:
     try:
         check_link_options(timeout_s=args.timeout, retries=args.retries, baudrate=args.baud,
                            names=_FLAG_NAMES)
+        url = _link_url(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with BridgeClient(args.port, timeout_s=args.timeout, retries=args.retries,
+        with BridgeClient(url, timeout_s=args.timeout, retries=args.retries,
                           baudrate=args.baud) as client:
             hello, status = client.hello(), client.status()
     except (P.ProtocolError, OSError) as exc:

@@ -19,6 +19,9 @@ TOC/param/log formats and the supervisor port for arming):
 - link (15): source channel -> "Bitcraze Crazyflie", echo, sink; a bare null packet (0xFF) is
   answered with one, so cflib's UDP scan finds the peer;
 - platform (13): protocol/firmware version and device type; the deprecated arming command;
+  the app channel (channel 2, as platformservice.c routes it to app_channel.c): packets go to
+  ``app_channel_handler`` (the host stand-in's byte stream, ``nanofly crazyflie sitl``) and
+  :meth:`CrazyflieLinkPeer.send_app` sends the app's replies in packets of at most 30 bytes;
 - supervisor (9): arming and the state bitfield;
 - mem (4): no memories;
 - param (2): TOC v2 (with the firmware's chained CRC-32 of the table, the key of cflib's TOC
@@ -57,6 +60,7 @@ DEVICE_TYPE = "CF21"
 # CRTP ports (the firmware's crtp.h, cflib's crtpstack.CRTPPort)
 PORT_CONSOLE, PORT_PARAM, PORT_COMMANDER, PORT_MEM, PORT_LOG = 0, 2, 3, 4, 5
 PORT_LOCALIZATION, PORT_COMMANDER_GENERIC, PORT_SUPERVISOR, PORT_PLATFORM, PORT_LINK = 6, 7, 9, 13, 15
+PLATFORM_CHANNEL_APP = 2  # platformservice.c: APP_CHANNEL (cflib's platformservice.APP_CHANNEL)
 
 # param.h: type byte = size (bits 0-1) | float (bit 2) | unsigned (bit 3); flags above
 PARAM_CONSTANTS = {
@@ -285,14 +289,18 @@ class CrazyflieLinkPeer:
     ``fail_after_arming_s`` with ``failure`` "silent" (no more answers or log data, while what
     the client sends is still received and recorded: a link that just goes quiet) or "close"
     (socket closed: the client's sends are refused): the link dies that long after the first
-    arming request.
+    arming request. ``app_channel_handler(payload)``: called on the peer's thread with each
+    app-channel packet (none: they are dropped, as by a firmware without an app using it).
+    ``app_packets`` / ``app_bytes`` count app-channel packets and their CRTP bytes (header
+    included) in each direction: {"in": ..., "out": ...}.
     """
 
     def __init__(self, app_source: Path = APP_SOURCE, *, host: str = "127.0.0.1", port: int = 0,
                  param_values: dict[str, float] | None = None,
                  log_values: dict[str, float | Callable[[KinematicState], float]] | None = None,
                  start_position: tuple[float, float, float] = (0.0, 0.0, 0.0),
-                 fail_after_arming_s: float | None = None, failure: str = "silent"):
+                 fail_after_arming_s: float | None = None, failure: str = "silent",
+                 app_channel_handler: Callable[[bytes], None] | None = None):
         if failure not in ("silent", "close"):
             raise ValueError(f"failure must be silent or close, got {failure!r}")
         app_params, app_logs = app_declarations(app_source)
@@ -323,6 +331,9 @@ class CrazyflieLinkPeer:
         self._socket.bind((host, port))
         self.address = self._socket.getsockname()
         self._thread = threading.Thread(target=self._run, name="CrazyflieLinkPeer", daemon=True)
+        self.app_channel_handler = app_channel_handler
+        self.app_packets = {"in": 0, "out": 0}
+        self.app_bytes = {"in": 0, "out": 0}
 
     # -- lifetime
 
@@ -431,8 +442,22 @@ class CrazyflieLinkPeer:
         elif channel == 1:  # source: the magic string cflib checks before asking the version
             self._send(PORT_LINK, 1, b"Bitcraze Crazyflie".ljust(CRTP_MAX_DATA_SIZE, b"\0"))
 
+    def send_app(self, data: bytes) -> None:
+        """Send bytes on the app channel, cut into packets of at most 30 bytes (the app's
+        appchannelSendDataPacketBlock calls)."""
+        for start in range(0, len(data), CRTP_MAX_DATA_SIZE):
+            packet = bytes(data[start:start + CRTP_MAX_DATA_SIZE])
+            self.app_packets["out"] += 1
+            self.app_bytes["out"] += len(packet) + 1
+            self._send(PORT_PLATFORM, PLATFORM_CHANNEL_APP, packet)
+
     def _platform(self, channel: int, data: bytes, t: float) -> None:
-        if channel == 1:  # version commands
+        if channel == PLATFORM_CHANNEL_APP:
+            self.app_packets["in"] += 1
+            self.app_bytes["in"] += len(data) + 1
+            if self.app_channel_handler is not None:
+                self.app_channel_handler(bytes(data))
+        elif channel == 1:  # version commands
             if data[0] == 0:
                 self._send(PORT_PLATFORM, 1, struct.pack("<Bi", 0, CRTP_PROTOCOL_VERSION))
             elif data[0] == 1:
