@@ -624,6 +624,56 @@ def elf_symbol_sizes(elf: Path, names: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+def store_define(name: str) -> int:
+    """An address or size #define of nanofly_cf_flash.h (where the model store's slots are)."""
+    text = (APP_SRC / "nanofly_cf_flash.h").read_text()
+    m = re.search(rf"#define\s+{name}\s+(0x[0-9A-Fa-f]+|\d+)u?\b", text)
+    if m:
+        return int(m.group(1), 0)
+    m = re.search(rf"#define\s+{name}\s+\((\d+)u\s*\*\s*(\d+)u\)", text)  # (128u * 1024u)
+    if not m:
+        raise RuntimeError(f"nanofly_cf_flash.h has no {name}")
+    return int(m.group(1)) * int(m.group(2))
+
+
+def image_flash_end(elf: Path) -> int:
+    """One past the image's last byte in flash: the highest load address + size of the ELF's
+    LOAD segments (program headers, so initialised data copied to RAM counts where it is
+    stored)."""
+    readelf = shutil.which("arm-none-eabi-readelf") or shutil.which("readelf")
+    if readelf is None:
+        raise BuildFailed("neither arm-none-eabi-readelf nor readelf is installed: cannot check "
+                          "the image against the model store's flash sectors")
+    res = subprocess.run([readelf, "-lW", str(elf)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BuildFailed(f"readelf -l {elf} failed: {res.stderr.strip()}")
+    end = 0
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[0] == "LOAD":
+            phys, filesz = int(parts[3], 16), int(parts[4], 16)
+            if filesz and 0x08000000 <= phys < 0x08100000:
+                end = max(end, phys + filesz)
+    if end == 0:
+        raise BuildFailed(f"{elf} has no LOAD segment in flash (0x08000000..0x08100000)")
+    return end
+
+
+def check_store_sectors(elf: Path) -> dict[str, Any]:
+    """The model store's two slots (nanofly_cf_flash.h) against the image; BuildFailed if the
+    image reaches into them (a stored model would overwrite code, and cfloader would erase the
+    store)."""
+    base = store_define("NF_CF_STORE_BASE")
+    slot = store_define("NF_CF_STORE_SLOT_BYTES")
+    end = image_flash_end(elf)
+    if end > base:
+        raise BuildFailed(f"the image ends at 0x{end:08x}, inside the model store's flash sectors "
+                          f"(0x{base:08x}..0x{base + 2 * slot:08x}, nanofly_cf_flash.h): make the "
+                          f"image smaller (fewer Kconfig features) or move the store")
+    return {"image_end": f"0x{end:08x}", "slots": [f"0x{base:08x}", f"0x{base + slot:08x}"],
+            "slot_bytes": slot, "margin_bytes": base - end}
+
+
 def stack_report(app_dir: Path, elf: Path, tree: FirmwareTree) -> dict[str, Any]:
     """The controller path's stack from the build's call graphs, next to the stabilizer task's
     stack (its size from the ELF: the task's static stack buffer)."""
@@ -689,6 +739,7 @@ def build(crazyflie_base, policy, fmt: str, out, *, jobs: int | None = None, qui
         "sizes": parse_sizes(output),
         "app_objects": object_sizes(app_dir),
         "stack": stack_report(app_dir, elf, tree),
+        "model_store": check_store_sectors(elf),
         "build_wall_s": round(wall, 1),
         "log": str(app_dir / LOG_FILE),
     }
