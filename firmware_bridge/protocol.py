@@ -4,7 +4,7 @@ Wire format (docs/protocol.md): a frame is ``type u8 | seq u8 | length u16 | pay
 u32`` (little-endian, CRC-32 as zlib over everything before it), COBS-encoded and sent as
 ``0x00 COBS(frame) 0x00``. A zero byte never occurs inside an encoded frame, so a receiver
 resynchronizes at the next zero after any garbage. The constants mirror
-``firmware/src/protocol.h`` (a test checks that they agree).
+``core/protocol.h`` (a test checks that they agree).
 """
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ ERR_NONFINITE = 14
 ERR_PROTOCOL = 15
 ERR_MISMATCH = 16
 ERR_HISTORY = 17
+ERR_BUSY = 18             # flash may not be written now (motors armed/running); detail0 BUSY_*
+ERR_FLASH = 19            # flash erase/program/read-back failed (offset in slot, driver code)
+
+# Why the board may not write flash now (ERR_BUSY detail0).
+BUSY_ARMED = 1
+BUSY_FLYING = 2
+BUSY_OTHER = 3
+BUSY_REASONS = {BUSY_ARMED: "the motors are armed", BUSY_FLYING: "the motors are running (flying)",
+                BUSY_OTHER: "the board is busy"}
 
 # Why INFER_STATE found no on-board history (ERR_HISTORY detail1).
 HIST_RANGE = 1            # env index >= max histories (HELLO)
@@ -79,7 +88,7 @@ ERROR_NAMES = {
     ERR_INCOMPLETE: "INCOMPLETE", ERR_CRC: "CRC", ERR_MODEL: "MODEL", ERR_DIMS: "DIMS",
     ERR_NO_MODEL: "NO_MODEL", ERR_NOT_VERIFIED: "NOT_VERIFIED", ERR_ARMED: "ARMED",
     ERR_NONFINITE: "NONFINITE", ERR_PROTOCOL: "PROTOCOL", ERR_MISMATCH: "MISMATCH",
-    ERR_HISTORY: "HISTORY",
+    ERR_HISTORY: "HISTORY", ERR_BUSY: "BUSY", ERR_FLASH: "FLASH",
 }
 
 STAGE_EMPTY = 0
@@ -160,6 +169,11 @@ def describe_error(request: int, code: int, d0: int, d1: int) -> str:
         ERR_MISMATCH: f"staged model has CRC 0x{u0:08x}, ACTIVATE asked for 0x{u1:08x}",
         ERR_HISTORY: f"environment {d0} has no on-board action history: "
                      f"{HIST_REASONS.get(d1, d1)}",
+        ERR_BUSY: f"the board does not write its model flash now: {BUSY_REASONS.get(d0, d0)}; "
+                  "land, stop the motors and DISARM, then upload again",
+        ERR_FLASH: f"writing the model flash failed at slot offset {u0} (driver code {d1}); "
+                   "the running model is unchanged; upload again, and if it keeps failing the "
+                   "flash sector may be worn",
     }.get(code, f"error code {code} ({d0}, {d1})")
     return f"{cmd} failed: {ERROR_NAMES.get(code, code)}: {text}"
 

@@ -60,7 +60,7 @@ def test_decoder_resynchronizes_after_garbage_split_and_corrupt_frames():
 
 
 def _c_defines() -> dict[str, int]:
-    text = (FIRMWARE_DIR / "src" / "protocol.h").read_text()
+    text = (FIRMWARE_DIR.parent / "core" / "protocol.h").read_text()
     return {name: int(value, 0) for name, value in
             re.findall(r"#define\s+NF_(\w+)\s+(0x[0-9A-Fa-f]+|\d+)\b", text)}
 

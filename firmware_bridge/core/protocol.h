@@ -1,5 +1,5 @@
-/* nanofly serial bridge protocol: constants shared by the firmware and (by a parity test) the
- * Python client in nanofly/firmware_bridge/protocol.py. The wire format is in docs/protocol.md.
+/* nanofly bridge protocol: constants shared by the protocol core (firmware_bridge/core), every
+ * target and (by a parity test) the Python client in nanofly/firmware_bridge/protocol.py. The wire format is in docs/protocol.md.
  *
  * A frame before COBS encoding:  type u8 | seq u8 | length u16 | payload[length] | crc32 u32
  * (little-endian; CRC-32 as zlib over type..payload). On the wire: 0x00, COBS(frame), 0x00.
@@ -9,7 +9,7 @@
 
 #define NF_PROTOCOL_VERSION 1
 #define NF_FW_VERSION_MAJOR 0
-#define NF_FW_VERSION_MINOR 2
+#define NF_FW_VERSION_MINOR 3
 #define NF_FW_VERSION_PATCH 0
 
 #define NF_FRAME_HEADER_BYTES 4   /* type, seq, length */
@@ -56,6 +56,13 @@
 #define NF_ERR_PROTOCOL 15        /* detail0 = host protocol version, detail1 = ours */
 #define NF_ERR_MISMATCH 16        /* ACTIVATE CRC differs from the verified model; detail0 = staged CRC */
 #define NF_ERR_HISTORY 17         /* INFER_STATE: no on-board history; detail0 = env index, detail1 = NF_HIST_* */
+#define NF_ERR_BUSY 18            /* flash may not be written now (motors armed/running); detail0 = NF_BUSY_* */
+#define NF_ERR_FLASH 19           /* flash erase/program/read-back failed; detail0 = offset in slot, detail1 = driver code */
+
+/* Why flash may not be written now (NF_ERR_BUSY detail0; the target's may_write_flash hook). */
+#define NF_BUSY_ARMED 1           /* motors armed (the bridge firmware's ARM, the Crazyflie's arming) */
+#define NF_BUSY_FLYING 2          /* motors running / in flight */
+#define NF_BUSY_OTHER 3           /* another target-specific reason */
 
 /* Why INFER_STATE found no on-board history (NF_ERR_HISTORY detail1). */
 #define NF_HIST_RANGE 1           /* env index >= max histories (HELLO) */
