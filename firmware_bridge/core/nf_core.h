@@ -33,7 +33,10 @@
 
 /* The model the target should run (the activate hook's argument). */
 typedef struct {
-    const nanofly_model *model; /* points into flash (slot memory); valid until the next activate */
+    /* The validated model, whose weights are in flash (slot memory). The pointer stays valid
+     * until a later activate call has switched away from this slot and a BEGIN erased it;
+     * the other fields are valid during the hook call only (copy what you need). */
+    const nanofly_model *model;
     uint32_t model_id, model_crc, size;
     uint8_t format;             /* NANOFLY_FORMAT_* */
     uint8_t slot;               /* 0 or 1 */
@@ -53,6 +56,10 @@ typedef struct {
     uint32_t last_heartbeat_ms, failsafe_trip_ms;
     float motors[4];            /* PWM ratios in [0, 1] */
     uint32_t inferences, last_infer_ticks, control_ticks, failsafe_trips;
+    /* The model the target runs when the store has none active (a compiled-in default);
+     * reported by HELLO / STATUS in that case. format 0: none. */
+    uint8_t default_format;
+    uint32_t default_model_id, default_model_crc, default_size;
 } nf_target_state;
 
 typedef struct nf_core nf_core;
@@ -102,8 +109,11 @@ struct nf_core {
     struct {
         int8_t slot;            /* -1: no model from the store (default / none) */
         nf_active_model info;
-        nanofly_model model;
     } active;
+    /* The validated view of each slot's model. The running slot's entry is never rewritten
+     * (only the staging slot's, at ACTIVATE), so a control loop on another task can keep
+     * using the pointer it got until the target's activate hook gives it a new one. */
+    nanofly_model slot_model[NF_STORE_SLOTS];
     uint32_t errors_sent, repeats_answered, rx_overflows, flash_errors;
     struct {                    /* last state-changing request and its reply */
         volatile uint8_t valid;
