@@ -28,6 +28,11 @@ def _add_build(actions) -> None:
     b.add_argument("--out", required=True, metavar="DIR",
                    help="app folder to write (new, empty, or an earlier one of this command, "
                         "whose objects are reused); the image is DIR/build/cf2.bin")
+    b.add_argument("--uart", choices=("off", "uart1", "uart2"), default="off",
+                   help="also serve `nanofly flash --port` on a deck UART at 115200 baud: uart1 "
+                        "(USART3, PC10/PC11) or uart2 (USART2, PA2/PA3); off by default because "
+                        "the Lighthouse, GPS and AI decks use them. The radio (app channel) "
+                        "always serves it")
     b.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="parallel compile jobs (default: the usable CPUs)")
     b.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -60,7 +65,29 @@ def _add_fly(actions) -> None:
     f.set_defaults(handler=cmd_fly)
 
 
-ACTIONS = (_add_build, _add_fly)
+def _add_sitl(actions) -> None:
+    s = actions.add_parser(
+        "sitl", help="a host stand-in for a Crazyflie with the nanofly app: model uploads over cflib",
+        description="Run the nanofly app's link and model store (the same C as in cf2.bin: the "
+                    "shared protocol core, nanofly_cf_link.c) on this host, with the model slots "
+                    "in an emulated STM32F405 NOR flash kept in --flash-image, behind a CRTP peer "
+                    "that cflib reaches over UDP. Prints its URI alone on one line (for `nanofly "
+                    "flash EXPORT --uri URI` and `nanofly firmware status --uri URI`) and runs "
+                    "until Ctrl-C or SIGTERM. Arming it through cflib makes uploads refused, as "
+                    "on the Crazyflie.")
+    s.add_argument("--flash-image", default=None, metavar="FILE",
+                   help="the emulated flash (1 MiB; created when missing, kept across restarts; "
+                        "default: a temporary file removed at exit)")
+    s.add_argument("--default", default=None, metavar="EXPORT_DIR",
+                   help="an export directory whose int8 model plays the compiled-in model (runs "
+                        "when no flash slot holds a valid one; default: none) and sets the "
+                        "observation/action sizes uploads must have (default 146 -> 4, the "
+                        "shipped model's)")
+    s.add_argument("--port", type=int, default=0, help="UDP port (default: a free one)")
+    s.set_defaults(handler=cmd_sitl)
+
+
+ACTIONS = (_add_build, _add_fly, _add_sitl)
 
 
 def register(sub, bench_sub) -> None:
@@ -118,7 +145,7 @@ def cmd_build(args) -> int:
 
     try:
         summary = build(args.crazyflie_base, args.policy, args.format, args.out, jobs=args.jobs,
-                        progress=say)
+                        progress=say, uart=args.uart)
     except BuildInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -148,4 +175,70 @@ def cmd_fly(args) -> int:
     else:
         print(f"flight {'completed' if summary['completed'] else 'ended early'}: "
               f"{summary.get('log_rows', 0)} log rows in {summary.get('log')}, plot {summary.get('plot')}")
+    return 0
+
+
+def cmd_sitl(args) -> int:
+    import os
+    import signal
+    import tempfile
+    import threading
+
+    from nanofly.export.runtime import RuntimeBuildError
+
+    from .client import read_export_blob
+    from .crazyflie_standin import DEFAULT_ACT_DIM, DEFAULT_OBS_DIM, CrazyflieStandIn, StandInError
+
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port must be a UDP port from 1 to 65535, got {args.port}; leave it out "
+              f"to pick a free one", file=sys.stderr)
+        return 2
+    blob, obs_dim, act_dim = None, DEFAULT_OBS_DIM, DEFAULT_ACT_DIM
+    if args.default is not None:
+        try:
+            from nanofly.export.blob import read_blob
+
+            blob, _ = read_export_blob(args.default, "int8")
+            info = read_blob(blob)
+            obs_dim, act_dim = info.widths[0], info.widths[-1]
+        except (OSError, ValueError) as exc:
+            print(f"error: --default: {exc}", file=sys.stderr)
+            return 2
+    temp = None
+    image = args.flash_image
+    if image is None:
+        temp = tempfile.TemporaryDirectory(prefix="nanofly-cf-sitl-")
+        image = os.path.join(temp.name, "flash.bin")
+    elif os.path.isdir(image):
+        print(f"error: --flash-image {image} is a directory; name a file (created when missing)",
+              file=sys.stderr)
+        return 2
+    try:
+        standin = CrazyflieStandIn(image, default_blob=blob, obs_dim=obs_dim, act_dim=act_dim,
+                                   port=args.port)
+    except StandInError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeBuildError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        standin.start()
+        m = standin.model()
+        print(standin.uri, flush=True)
+        where = "a temporary file" if temp else image
+        print(f"Crazyflie stand-in (nanofly app link and model store, flash in {where}); running "
+              f"model: {m.source}" + (f" slot {m.slot}" if m.slot is not None else "")
+              + (f", CRC 0x{m.crc:08x}" if m.crc else ", none") + "; Ctrl-C stops it",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.close()
+        if temp is not None:
+            temp.cleanup()
     return 0

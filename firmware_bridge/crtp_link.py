@@ -119,6 +119,12 @@ class AppChannelPort:
             self.crtp_bytes_received += len(data) + CRTP_HEADER_BYTES
             self._cond.notify_all()
 
+    @property
+    def crazyflie(self):
+        """cflib's ``Crazyflie`` of this link (params, logs, arming on the same connection);
+        None once closed."""
+        return self._cf
+
     # the pyserial subset BridgeClient uses
     def _check(self) -> None:
         if self._cf is None:

@@ -9,6 +9,13 @@
  * setpoint is not an absolute position. Params and logs: group `nanofly` (see the tables at the
  * end). Console messages (cfclient's console tab) say when the model is refused and why.
  *
+ * Models without reflashing: the app task serves the nanofly bridge protocol (the shared core
+ * in firmware_bridge/core, through nanofly_cf_link.c) on the CRTP app channel, and with
+ * NANOFLY_DECK_UART 1 or 2 (`nanofly crazyflie build --uart uart1|uart2`) also on that deck
+ * UART. Uploads stream into the flash slot that is not running (nanofly_cf_flash.c), only while
+ * disarmed with the motors stopped; ACTIVATE publishes the new model and the controller takes it
+ * between two stabilizer steps. At boot the newest valid slot runs, else the compiled-in model.
+ *
  * Force mapping: the policy's rotor-speed actions become normalized motor forces
  * (controlModeForce), which the firmware's battery compensation turns into motor voltages as
  * fractions of THRUST_MAX per motor. That needs battery compensation switched on.
@@ -20,13 +27,16 @@
 #include "task.h"
 
 #include "app.h"
+#include "app_channel.h"
 #include "attitude_controller.h"
 #include "controller.h"
 #include "controller_pid.h"
 #include "log.h"
+#include "motors.h"
 #include "param.h"
 #include "platform_defaults.h"
 #include "position_controller.h"
+#include "supervisor.h"
 #include "usec_time.h"
 
 #define DEBUG_MODULE "NANOFLY"
@@ -34,13 +44,36 @@
 
 #include "nanofly_app_model.h"
 #include "nanofly_cf.h"
+#include "nanofly_cf_flash.h"
+#include "nanofly_cf_link.h"
 #include "nanofly_policy.h"
+
+/* The deck UART that also serves the bridge protocol: 0 none (default: the Lighthouse, GPS and
+   AI decks use them), 1 uart1 = USART3 on PC10/PC11, 2 uart2 = USART2 on PA2/PA3. */
+#ifndef NANOFLY_DECK_UART
+#define NANOFLY_DECK_UART 0
+#endif
+#if NANOFLY_DECK_UART == 1
+#include "uart1.h"
+#elif NANOFLY_DECK_UART == 2
+#include "uart2.h"
+#elif NANOFLY_DECK_UART != 0
+#error "NANOFLY_DECK_UART must be 0 (none), 1 (uart1) or 2 (uart2)"
+#endif
+#define NANOFLY_DECK_UART_BAUD 115200u
 
 #ifndef CONFIG_ENABLE_THRUST_BAT_COMPENSATED
 #error "nanofly: the force mapping needs CONFIG_ENABLE_THRUST_BAT_COMPENSATED=y (normalized forces are then fractions of THRUST_MAX, not raw PWM)"
 #endif
 
 #define NANOFLY_APP_POLL_MS 100u
+/* How long the app task waits for an app-channel packet before it looks at the UART and the
+   console messages: the firmware's app-channel queue holds 10 packets, uart1's 64 bytes. */
+#if NANOFLY_DECK_UART
+#define NANOFLY_APP_RX_WAIT_MS 1
+#else
+#define NANOFLY_APP_RX_WAIT_MS 10
+#endif
 
 static nf_cf_controller nf;
 
@@ -52,6 +85,7 @@ static uint8_t nf_history;        /* nanofly.history: actions in the observation
 static int8_t nf_model_status;    /* nanofly.modelStatus: 0 accepted, else the refusal code */
 static uint8_t nf_model_format;   /* nanofly.modelFormat: 1 float32, 2 int8, 0 none */
 static uint32_t nf_model_bytes;   /* nanofly.modelBytes: size of the blob */
+static uint8_t nf_model_source;   /* nanofly.modelSource: 0 compiled-in, 1 flash slot */
 
 /* logs (besides fields of nf) */
 static uint16_t nf_infer_us;      /* last policy step: observation, inference, force mapping */
@@ -84,15 +118,128 @@ static void print_model_status(void)
     }
 }
 
-/* The app task: idle apart from console messages about the controller. */
+/* Link transport: replies go back on the transport the request came on; the app channel
+   takes at most APPCHANNEL_MTU (30) bytes per packet. */
+static void link_write(void *ctx, int transport, const uint8_t *data, size_t len)
+{
+    (void)ctx;
+    if (transport == NF_CF_LINK_APP_CHANNEL) {
+        while (len > 0u) {
+            const size_t n = len < APPCHANNEL_MTU ? len : APPCHANNEL_MTU;
+            appchannelSendDataPacketBlock((void *)data, n);
+            data += n;
+            len -= n;
+        }
+    }
+#if NANOFLY_DECK_UART == 1
+    else if (transport == NF_CF_LINK_UART) {
+        uart1SendData((uint32_t)len, (uint8_t *)data);
+    }
+#elif NANOFLY_DECK_UART == 2
+    else if (transport == NF_CF_LINK_UART) {
+        uart2SendData((uint32_t)len, (uint8_t *)data);
+    }
+#endif
+}
+
+/* Flash writes stall the CPU (nanofly_cf_flash.c): only while disarmed and the motors stopped. */
+static int link_busy(void *ctx)
+{
+    (void)ctx;
+    if (supervisorIsArmed()) {
+        return NF_BUSY_ARMED;
+    }
+    return nf_cf_flash_may_write() ? 0 : NF_BUSY_FLYING;
+}
+
+/* HELLO / STATUS: the STM32F405 at 168 MHz (the firmware sets its PLL up), arming, motors. */
+static void link_describe(void *ctx, nf_target_state *out)
+{
+    (void)ctx;
+    out->clock_flags = 1u;
+    out->sysclk_hz = 168000000u;
+    out->armed = supervisorIsArmed() ? 1u : 0u;
+    out->control_rate_hz = (uint16_t)NF_CF_STABILIZER_HZ;
+    out->uptime_ms = T2M(xTaskGetTickCount());
+    out->inferences = nf.inferences;
+    for (uint32_t m = 0; m < 4u; m++) {
+        out->motors[m] = (float)motorsGetRatio(m) / 65535.0f;
+    }
+}
+
+static nf_cf_link_platform link_platform;
+
+static void link_start(void)
+{
+    nanofly_model compiled_in;
+    const int ok = nanofly_model_init(&compiled_in, nanofly_app_blob_words, nanofly_app_blob_bytes) ==
+                   NANOFLY_OK;
+    link_platform.flash = &nf_cf_flash_ops;
+    link_platform.write = link_write;
+    link_platform.busy = link_busy;
+    link_platform.describe = link_describe;
+    /* Uploads must have the compiled-in model's interface (the vehicle and the policy rate are
+       compiled in with it). */
+    link_platform.obs_dim = ok ? (uint16_t)nanofly_model_input_dim(&compiled_in) : 0u;
+    link_platform.act_dim = ok ? (uint16_t)nanofly_model_output_dim(&compiled_in) : 0u;
+    const uint8_t *bytes = (const uint8_t *)nanofly_app_blob_words;
+    const uint32_t n = nanofly_app_blob_bytes;
+    const uint32_t crc = n >= 4u ? (uint32_t)bytes[n - 4u] | ((uint32_t)bytes[n - 3u] << 8) |
+                                       ((uint32_t)bytes[n - 2u] << 16) | ((uint32_t)bytes[n - 1u] << 24)
+                                 : 0u;
+    const int slot = nf_cf_link_init(&link_platform, nanofly_app_blob_words, nanofly_app_blob_bytes, crc);
+    if (slot >= 0) {
+        DEBUG_PRINT("model store: flash slot %d is the newest valid model\n", slot);
+    } else {
+        DEBUG_PRINT("model store: no valid model in flash, the compiled-in model runs\n");
+    }
+#if NANOFLY_DECK_UART == 1
+    uart1Init(NANOFLY_DECK_UART_BAUD);
+#elif NANOFLY_DECK_UART == 2
+    uart2Init(NANOFLY_DECK_UART_BAUD);
+#endif
+}
+
+static void link_poll(void)
+{
+    static uint8_t packet[APPCHANNEL_MTU];
+    const size_t n = appchannelReceiveDataPacket(packet, sizeof(packet), NANOFLY_APP_RX_WAIT_MS);
+    if (n > 0u) {
+        nf_cf_link_feed(NF_CF_LINK_APP_CHANNEL, packet, n);
+    }
+#if NANOFLY_DECK_UART == 1
+    uint8_t c;
+    while (uart1GetDataWithTimeout(&c, 0)) {
+        nf_cf_link_feed(NF_CF_LINK_UART, &c, 1u);
+    }
+#elif NANOFLY_DECK_UART == 2
+    uint8_t c;
+    while (uart2GetDataWithTimeout(1u, &c, 0) > 0) {
+        nf_cf_link_feed(NF_CF_LINK_UART, &c, 1u);
+    }
+#endif
+}
+
+/* The app task: the link to the host, and console messages about the controller. */
 void appMain(void)
 {
     print_model_status();
+    link_start();
     uint8_t was_enabled = 0;
     uint32_t nonfinite_seen = 0;
     uint8_t status_seen = NF_CF_DISABLED;
+    uint32_t model_crc_seen = nf_model_crc;
+    TickType_t next_check = xTaskGetTickCount();
     while (1) {
-        vTaskDelay(M2T(NANOFLY_APP_POLL_MS));
+        link_poll();
+        if ((int32_t)(xTaskGetTickCount() - next_check) < 0) {
+            continue;
+        }
+        next_check += M2T(NANOFLY_APP_POLL_MS);
+        if (nf_model_crc != model_crc_seen) {
+            print_model_status();
+            model_crc_seen = nf_model_crc;
+        }
         const uint8_t enabled = nf_enable;
         if (enabled && !was_enabled) {
             if (nf_model_status == NANOFLY_OK) {
@@ -117,18 +264,28 @@ void appMain(void)
     }
 }
 
+/* Load a model into the controller and the params that describe it. */
+static void use_model(const void *blob, uint32_t bytes, uint8_t source)
+{
+    const int rc = nf_cf_load_model(&nf, blob, bytes);
+    nf_model_status = (int8_t)rc;
+    nf_model_crc = nf.model_crc;
+    nf_history = (uint8_t)nf.history_length;
+    nf_model_format = rc == NANOFLY_OK ? (uint8_t)nanofly_model_format(&nf.model) : 0u;
+    nf_model_bytes = rc == NANOFLY_OK ? bytes : 0u;
+    nf_model_source = source;
+}
+
 void controllerOutOfTreeInit(void)
 {
     controllerPidInit();
     int rc = nf_cf_init(&nf, &nanofly_app_vehicle, THRUST_MAX);
     if (rc == NANOFLY_OK) {
-        rc = nf_cf_load_model(&nf, nanofly_app_blob_words, nanofly_app_blob_bytes);
+        use_model(nanofly_app_blob_words, nanofly_app_blob_bytes, NF_CF_MODEL_COMPILED_IN);
+        rc = nf_model_status;
+    } else {
+        nf_model_status = (int8_t)rc;
     }
-    nf_model_status = (int8_t)rc;
-    nf_model_crc = nf.model_crc;
-    nf_history = (uint8_t)nf.history_length;
-    nf_model_format = rc == NANOFLY_OK ? (uint8_t)nanofly_model_format(&nf.model) : 0u;
-    nf_model_bytes = rc == NANOFLY_OK ? nanofly_app_blob_bytes : 0u;
     nf_rate_hz = (uint16_t)nanofly_app_vehicle.policy_rate_hz;
     nf_status = NF_CF_DISABLED;
     nf_pid_in_charge = true;
@@ -149,6 +306,12 @@ bool controllerOutOfTreeTest(void)
 void controllerOutOfTree(control_t *control, const setpoint_t *setpoint, const sensorData_t *sensors,
                          const state_t *state, const uint32_t stabilizerStep)
 {
+    /* A model the link activated (or chose at boot) replaces the running one between two steps;
+       it arrives only while disarmed (flash is written only then). */
+    nf_cf_link_model pending;
+    if (nf_cf_link_take_pending(&pending)) {
+        use_model(pending.blob, pending.size, pending.source);
+    }
     const uint32_t inferences = nf.inferences;
     const uint64_t start_us = usecTimestamp();
     const nf_cf_status status = nf_cf_step(&nf, nf_enable != 0u, control, setpoint, sensors, state,
@@ -182,7 +345,7 @@ PARAM_GROUP_START(nanofly)
 PARAM_ADD(PARAM_UINT8, enable, &nf_enable)
 /** @brief Policy rate (Hz) the model was trained at */
 PARAM_ADD(PARAM_UINT16 | PARAM_RONLY, rate, &nf_rate_hz)
-/** @brief CRC-32 of the compiled-in model blob (0: no model) */
+/** @brief CRC-32 of the running model blob (0: no model) */
 PARAM_ADD(PARAM_UINT32 | PARAM_RONLY, modelCrc, &nf_model_crc)
 /** @brief Actions in the observation's history */
 PARAM_ADD(PARAM_UINT8 | PARAM_RONLY, history, &nf_history)
@@ -192,6 +355,8 @@ PARAM_ADD(PARAM_INT8 | PARAM_RONLY, modelStatus, &nf_model_status)
 PARAM_ADD(PARAM_UINT8 | PARAM_RONLY, modelFormat, &nf_model_format)
 /** @brief Size of the model blob in bytes (0: none) */
 PARAM_ADD(PARAM_UINT32 | PARAM_RONLY, modelBytes, &nf_model_bytes)
+/** @brief Where the running model came from: 0 compiled in, 1 a flash slot (uploaded with nanofly flash --uri) */
+PARAM_ADD(PARAM_UINT8 | PARAM_RONLY, modelSource, &nf_model_source)
 PARAM_GROUP_STOP(nanofly)
 
 /**

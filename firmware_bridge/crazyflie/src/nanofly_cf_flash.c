@@ -93,29 +93,63 @@ int nf_cf_flash_erase_slot(uint32_t slot)
 
 int nf_cf_flash_program(uint32_t slot, uint32_t offset, const uint8_t *data, uint32_t length)
 {
-    if (slot >= NF_CF_STORE_SLOTS || (offset & 3u) || offset > NF_CF_STORE_SLOT_BYTES ||
+    if (slot >= NF_CF_STORE_SLOTS || offset > NF_CF_STORE_SLOT_BYTES ||
         length > NF_CF_STORE_SLOT_BYTES - offset) {
         return NF_CF_FLASH_RANGE;
     }
-    uint32_t address = NF_CF_STORE_BASE + slot * NF_CF_STORE_SLOT_BYTES + offset;
+    const uint32_t base = NF_CF_STORE_BASE + slot * NF_CF_STORE_SLOT_BYTES + offset;
     int rc = NF_CF_FLASH_OK;
-    __disable_irq();
     if (!nf_cf_flash_may_write()) {
-        __enable_irq();
         return NF_CF_FLASH_BUSY;
     }
-    __enable_irq();
     FLASH_Unlock();
     FLASH_ClearFlag(FLASH_FLAG_EOP | NF_FLASH_ERROR_FLAGS);
-    for (uint32_t done = 0; done < length; done += 4u, address += 4u) {
-        uint32_t word = 0xFFFFFFFFu;
-        memcpy(&word, data + done, length - done < 4u ? length - done : 4u);
-        if (FLASH_ProgramWord(address, word) != FLASH_COMPLETE) {
+    /* Words where aligned, bytes at an unaligned start or end. Programming a location that
+       is not erased only clears bits on the F4 (no ECC), which is the NOR rule the store
+       relies on. */
+    for (uint32_t done = 0; done < length && rc == NF_CF_FLASH_OK;) {
+        const uint32_t address = base + done;
+        FLASH_Status status;
+        if ((address & 3u) == 0u && length - done >= 4u) {
+            uint32_t word;
+            memcpy(&word, data + done, 4u);
+            status = FLASH_ProgramWord(address, word);
+            done += 4u;
+        } else {
+            status = FLASH_ProgramByte(address, data[done]);
+            done += 1u;
+        }
+        if (status != FLASH_COMPLETE) {
             rc = NF_CF_FLASH_ERROR;
-            break;
         }
     }
     FLASH_Lock();
     flush_data_cache();
     return rc;
 }
+
+static int ops_erase(void *ctx, unsigned slot)
+{
+    (void)ctx;
+    return nf_cf_flash_erase_slot(slot);
+}
+
+static int ops_program(void *ctx, unsigned slot, uint32_t offset, const uint8_t *data, uint32_t len)
+{
+    (void)ctx;
+    return nf_cf_flash_program(slot, offset, data, len);
+}
+
+static const uint8_t *ops_read_base(void *ctx, unsigned slot)
+{
+    (void)ctx;
+    return nf_cf_flash_slot(slot);
+}
+
+const nf_flash_ops nf_cf_flash_ops = {
+    .ctx = 0,
+    .slot_bytes = NF_CF_STORE_SLOT_BYTES,
+    .erase_slot = ops_erase,
+    .program = ops_program,
+    .read_base = ops_read_base,
+};

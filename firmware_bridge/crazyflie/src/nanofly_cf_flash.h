@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "nf_store.h"
+
 #define NF_CF_STORE_SLOTS 2u
 #define NF_CF_STORE_FIRST_SECTOR 10u
 #define NF_CF_STORE_SLOT_BYTES (128u * 1024u)
@@ -19,7 +21,7 @@
 #define NF_CF_FLASH_OK 0
 #define NF_CF_FLASH_BUSY (-1)   /* armed or motors running: nothing was written */
 #define NF_CF_FLASH_ERROR (-2)  /* the flash controller reported an error (WRP, alignment, ...) */
-#define NF_CF_FLASH_RANGE (-3)  /* outside the store's sectors, or not word-aligned */
+#define NF_CF_FLASH_RANGE (-3)  /* outside the store's sectors */
 
 /* True while the store may stall the CPU: disarmed and all four motor ratios zero. */
 bool nf_cf_flash_may_write(void);
@@ -27,9 +29,10 @@ bool nf_cf_flash_may_write(void);
  * the sector erase time (128 KiB: 1 s typical, 2 s at most at 32-bit parallelism), kicking the
  * independent watchdog from RAM meanwhile. */
 int nf_cf_flash_erase_slot(uint32_t slot);
-/* Program bytes at a word-aligned offset of a slot (32-bit words; a partial last word is padded
- * with 0xFF, which leaves those bits erased). */
+/* Program bytes at any offset of a slot: each byte becomes old & data (NOR). */
 int nf_cf_flash_program(uint32_t slot, uint32_t offset, const uint8_t *data, uint32_t length);
 /* The slot's bytes, memory-mapped. */
 const uint8_t *nf_cf_flash_slot(uint32_t slot);
+/* The store's flash operations (nf_store.h) on the two slots. */
+extern const nf_flash_ops nf_cf_flash_ops;
 #endif
