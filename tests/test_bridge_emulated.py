@@ -314,7 +314,8 @@ def test_activate_refused_while_armed(board):
         try:
             with pytest.raises(P.DeviceError) as err:
                 c.activate(P.model_crc(blob))
-            assert err.value.code == P.ERR_ARMED
+            assert err.value.code == P.ERR_BUSY and err.value.detail0 == P.BUSY_ARMED
+            assert "DISARM" in str(err.value)
         finally:
             c.disarm()
         assert c.status().active_crc == before.active_crc

@@ -21,6 +21,9 @@
 
 /* Flash interface and power controller */
 #define FLASH_ACR REG32(0x40023C00u)
+#define FLASH_KEYR REG32(0x40023C04u)
+#define FLASH_SR REG32(0x40023C0Cu)
+#define FLASH_CR REG32(0x40023C10u)
 #define PWR_CR REG32(0x40007000u)
 
 /* GPIOA */
