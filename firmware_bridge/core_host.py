@@ -76,6 +76,8 @@ def _load(lib_path: Path) -> ctypes.CDLL:
     lib.nf_host_stats.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64)]
     lib.nf_host_active.argtypes = [vp, ctypes.POINTER(ctypes.c_uint32)]
     lib.nf_host_infer.argtypes = [vp, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
+    lib.nf_host_trace.restype = u32
+    lib.nf_host_trace.argtypes = [vp, u8p, ctypes.POINTER(ctypes.c_uint32), u32]
     lib.nf_host_self_check.argtypes = [vp]
     lib.nf_host_staging_state.argtypes = [vp]
     lib.nf_host_staging_state.restype = ctypes.c_uint8
@@ -100,6 +102,7 @@ class HostCore:
             _LIBS[path] = _load(path)
         self._lib = _LIBS[path]
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.slot_stride_bytes = sector_bytes * sectors_per_slot  # slot s starts at s * this
         err = ctypes.create_string_buffer(256)
         self._h = self._lib.nf_host_open(str(flash_path).encode(), sector_bytes, sectors_per_slot,
                                          max_model_bytes, obs_dim, act_dim, err, len(err))
@@ -193,6 +196,14 @@ class HostCore:
         keys = ("flash_ops", "erases", "programs", "bytes_programmed", "reply_bytes_dropped",
                 "activations", "slot_bytes")
         return dict(zip(keys, (int(x) for x in v)))
+
+    def flash_trace(self) -> list[tuple[str, int]]:
+        """The erase ('E') and program ('P') operations since the last ``cut_power_after``,
+        with their lengths in bytes (the first 4 096)."""
+        cap = 4096
+        kinds, lens = (ctypes.c_uint8 * cap)(), (ctypes.c_uint32 * cap)()
+        n = min(int(self._lib.nf_host_trace(self._h, kinds, lens, cap)), cap)
+        return [(chr(kinds[i]), int(lens[i])) for i in range(n)]
 
     def self_check(self) -> int:
         return int(self._lib.nf_host_self_check(self._h))

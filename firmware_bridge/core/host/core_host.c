@@ -128,5 +128,16 @@ int nf_host_infer(const nf_host *h, const float *obs, float *action) {
     return 0;
 }
 
+/* The flash operations since the last nf_host_set_cut: kinds ('E'/'P') and lengths into
+ * kinds[cap] / lens[cap]; returns how many there were (may exceed cap or NF_NOR_TRACE). */
+uint32_t nf_host_trace(const nf_host *h, uint8_t *kinds, uint32_t *lens, uint32_t cap) {
+    uint32_t n = h->nor.trace_n < NF_NOR_TRACE ? h->nor.trace_n : NF_NOR_TRACE;
+    for (uint32_t i = 0; i < n && i < cap; i++) {
+        kinds[i] = h->nor.trace_kind[i];
+        lens[i] = h->nor.trace_len[i];
+    }
+    return h->nor.trace_n;
+}
+
 int nf_host_self_check(const nf_host *h) { return nf_core_self_check(&h->core); }
 uint8_t nf_host_staging_state(const nf_host *h) { return nf_core_staging_state(&h->core); }

@@ -93,12 +93,18 @@ void nf_nor_set_cut(nf_nor *nor, int64_t ops, uint32_t tear_bytes) {
     nor->ops_left = ops;
     nor->tear_bytes = tear_bytes;
     nor->powered = 1;
+    nor->trace_n = 0;
 }
 
 /* How many bytes of an operation of len bytes happen: len, or fewer when the power goes. */
-static int64_t power_budget(nf_nor *nor, uint32_t len) {
+static int64_t power_budget(nf_nor *nor, uint8_t kind, uint32_t len) {
     if (!nor->powered) return -1;
     nor->ops++;
+    if (nor->trace_n < NF_NOR_TRACE) {
+        nor->trace_kind[nor->trace_n] = kind;
+        nor->trace_len[nor->trace_n] = len;
+    }
+    nor->trace_n++;
     if (nor->ops_left < 0) return len;
     if (nor->ops_left > 0) {
         nor->ops_left--;
@@ -111,7 +117,7 @@ static int64_t power_budget(nf_nor *nor, uint32_t len) {
 int nf_nor_erase_sector(nf_nor *nor, uint32_t sector) {
     if (sector >= nor->n_sectors) return NF_NOR_ERR_RANGE;
     uint32_t start = nor->sector_start[sector], len = nor->sector_start[sector + 1] - start;
-    int64_t n = power_budget(nor, len);
+    int64_t n = power_budget(nor, 'E', len);
     if (n < 0) return NF_NOR_ERR_POWER;
     memset(nor->mem + start, 0xFF, (size_t)n);
     nor->erases++;
@@ -120,7 +126,7 @@ int nf_nor_erase_sector(nf_nor *nor, uint32_t sector) {
 
 int nf_nor_program(nf_nor *nor, uint32_t address, const uint8_t *data, uint32_t len) {
     if (address > nor->size || len > nor->size - address) return NF_NOR_ERR_RANGE;
-    int64_t n = power_budget(nor, len);
+    int64_t n = power_budget(nor, 'P', len);
     if (n < 0) return NF_NOR_ERR_POWER;
     for (int64_t i = 0; i < n; i++) nor->mem[address + i] &= data[i]; /* only clears bits */
     nor->programs++;

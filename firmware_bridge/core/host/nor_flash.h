@@ -18,6 +18,7 @@
 #include "nf_store.h"
 
 #define NF_NOR_MAX_SECTORS 16
+#define NF_NOR_TRACE 4096       /* operations whose kind and length are recorded */
 #define NF_NOR_ERR_RANGE (-1)   /* address/sector outside the flash */
 #define NF_NOR_ERR_POWER (-2)   /* the emulated power is cut */
 
@@ -33,6 +34,11 @@ typedef struct nf_nor {
     uint64_t ops;               /* erase + program operations completed (or torn) */
     uint64_t erases, programs, bytes_programmed;
     uint32_t slot_first_sector[2], slot_sectors;
+    /* The first NF_NOR_TRACE operations since nf_nor_set_cut: 'E' erase / 'P' program, and
+     * its length in bytes (what a cut can tear). */
+    uint32_t trace_n;
+    uint8_t trace_kind[NF_NOR_TRACE];
+    uint32_t trace_len[NF_NOR_TRACE];
 } nf_nor;
 
 /* Open (create when missing: all 0xFF) a flash image of n_sectors sectors of the given sizes.
@@ -42,6 +48,7 @@ int nf_nor_open(nf_nor *nor, const char *path, uint32_t n_sectors, const uint32_
 void nf_nor_close(nf_nor *nor);
 int nf_nor_erase_sector(nf_nor *nor, uint32_t sector);
 int nf_nor_program(nf_nor *nor, uint32_t address, const uint8_t *data, uint32_t len);
+/* Also restores the power and restarts the operation trace. */
 void nf_nor_set_cut(nf_nor *nor, int64_t ops, uint32_t tear_bytes);
 
 /* Flash ops for the store: slot s is sectors [first_sector[s], first_sector[s] + sectors);
