@@ -333,6 +333,7 @@ class CrazyflieLinkPeer:
         self._thread = threading.Thread(target=self._run, name="CrazyflieLinkPeer", daemon=True)
         self.app_channel_handler = app_channel_handler
         self.app_packets = {"in": 0, "out": 0}
+        self.connections = 0  # cflib connection setups seen (each starts with a version request)
         self.app_bytes = {"in": 0, "out": 0}
 
     # -- lifetime
@@ -459,6 +460,7 @@ class CrazyflieLinkPeer:
                 self.app_channel_handler(bytes(data))
         elif channel == 1:  # version commands
             if data[0] == 0:
+                self.connections += 1
                 self._send(PORT_PLATFORM, 1, struct.pack("<Bi", 0, CRTP_PROTOCOL_VERSION))
             elif data[0] == 1:
                 self._send(PORT_PLATFORM, 1, b"\x01" + FIRMWARE_VERSION.encode())

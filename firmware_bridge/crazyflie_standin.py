@@ -108,8 +108,9 @@ class CrazyflieStandIn:
 
     ``faults_to_board`` / ``faults_to_host``: ``faultproxy.Fault`` callables applied to the
     app-channel byte stream in each direction (tests: the serial fault proxy's faults on the
-    radio path); a fault that asks for a disconnect makes the stand-in drop everything after
-    it until the lists are replaced (cflib's UDP link has no connection to close)."""
+    radio path); a fault that asks for a disconnect makes the stand-in drop everything in both
+    directions until cflib connects again (cflib's UDP link has no connection to close; a new
+    connection starts with a version request), as a Crazyflie out of range."""
 
     def __init__(self, flash_image: str | os.PathLike, *, default_blob: bytes | None = None,
                  obs_dim: int = DEFAULT_OBS_DIM, act_dim: int = DEFAULT_ACT_DIM,
@@ -130,6 +131,7 @@ class CrazyflieStandIn:
         self._lock = threading.Lock()
         self.faults_to_board: list = []
         self.faults_to_host: list = []
+        self._cut_at: int | None = None  # peer.connections when a fault cut the link
         self.peer = CrazyflieLinkPeer(host=host, port=port, app_channel_handler=self._on_app_packet)
         self._write_cb = _WRITE_FN(self._on_reply)  # kept: C holds the pointer
         self._default = ctypes.create_string_buffer(bytes(default_blob or b""), max(1, len(default_blob or b"")))
@@ -176,13 +178,19 @@ class CrazyflieStandIn:
     def set_faults(self, to_board=(), to_host=()) -> None:
         with self._lock:
             self.faults_to_board, self.faults_to_host = list(to_board), list(to_host)
+            self._cut_at = None
 
-    @staticmethod
-    def _damage(faults, data: bytes) -> bytes:
-        for fault in faults:
-            if getattr(fault, "disconnect", False):
+    def _damage(self, faults, data: bytes) -> bytes:
+        if self._cut_at is not None:
+            if self.peer.connections <= self._cut_at:
                 return b""
+            self._cut_at = None
+        for fault in faults:
             data = fault(data)
+        if any(getattr(f, "disconnect", False) for f in faults):
+            for f in faults:
+                f.disconnect = False
+            self._cut_at = self.peer.connections
         return data
 
     # the peer's thread

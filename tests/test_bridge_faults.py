@@ -1,10 +1,17 @@
-"""Link and model faults, injected by a TCP fault proxy between the client and the emulated
-board. In every case the client either recovers or reports a clear error, and afterwards the
+"""Link and model faults against the shared protocol core, on each transport that runs on the
+host: the bridge firmware on QEMU over its UART (a TCP socket; faults injected by a TCP fault
+proxy), and the Crazyflie app's link and store over the CRTP app channel through cflib (the
+host stand-in of `nanofly crazyflie sitl`; the same faults applied to the app-channel byte
+stream). In every case the client either recovers or reports a clear error, and afterwards the
 active model is the one expected (the old one unless a new one arrived whole and verified) and
-intact: STATUS shows its CRC and INFER reproduces the host C runtime's actions.
+intact: STATUS shows its CRC and, where the target runs models on request (the bridge
+firmware's INFER), INFER reproduces the host C runtime's actions.
 
-One emulated board for the module; model A (seed 0) is active before each test."""
+One target per transport for the module; model A (seed 0) is active before each test."""
 from __future__ import annotations
+
+import contextlib
+import shutil
 
 import numpy as np
 import pytest
@@ -17,8 +24,6 @@ from nanofly.firmware_bridge.faultproxy import (Blackhole, Corrupt, Disconnect, 
                                                 DuplicateFrames, FaultProxy)
 from nanofly.firmware_bridge.firmware import build_firmware, toolchain_missing
 
-pytestmark = pytest.mark.skipif(bool(toolchain_missing() or qemu_missing()),
-                                reason=f"{toolchain_missing() or qemu_missing()}")
 
 OBS = T.observations(6, seed=3)
 
@@ -42,10 +47,64 @@ def models(tmp_path_factory):
             "dims_f32": T.f32_blob((100, 16, 4), seed=3)}
 
 
-@pytest.fixture(scope="module")
-def board():
-    with EmulatedBoard(build_firmware(), lifetime_s=600) as b:
-        yield b
+class QemuTarget:
+    """The bridge firmware on QEMU: its UART is a TCP socket; faults go through a proxy."""
+    infers = True
+
+    def __init__(self, board: EmulatedBoard):
+        self.board, self.url = board, board.url
+
+    @contextlib.contextmanager
+    def faulty(self, to_board=(), to_host=()):
+        with FaultProxy(self.board.port, to_board=list(to_board), to_host=list(to_host)) as proxy:
+            yield proxy
+
+
+class AppChannelTarget:
+    """The Crazyflie app's link and store on the host stand-in, over cflib's UDP driver and the
+    CRTP app channel; faults act on the app channel's byte stream inside the stand-in."""
+    infers = False
+
+    def __init__(self, standin):
+        self.standin, self.url = standin, standin.uri
+
+    class _Faulty:
+        def __init__(self, standin):
+            self.standin, self.url = standin, standin.uri
+            self.first = standin.peer.connections
+
+        @property
+        def connections(self) -> int:
+            """cflib connections made since the faults were set (as the proxy counts them)."""
+            return self.standin.peer.connections - self.first
+
+    @contextlib.contextmanager
+    def faulty(self, to_board=(), to_host=()):
+        view = self._Faulty(self.standin)
+        self.standin.set_faults(to_board, to_host)
+        try:
+            yield view
+        finally:
+            self.standin.set_faults()
+
+
+@pytest.fixture(scope="module", params=["qemu-uart", "crazyflie-app-channel"])
+def board(request, tmp_path_factory):
+    if request.param == "qemu-uart":
+        missing = toolchain_missing() or qemu_missing()
+        if missing:
+            pytest.skip(missing)
+        with EmulatedBoard(build_firmware(), lifetime_s=600) as b:
+            yield QemuTarget(b)
+    else:
+        pytest.importorskip("cflib")
+        if shutil.which("gcc") is None:
+            pytest.skip("gcc not installed: the stand-in is compiled for this host")
+        from nanofly.firmware_bridge.crazyflie_standin import CrazyflieStandIn
+
+        image = tmp_path_factory.mktemp("standin") / "flash.bin"
+        with CrazyflieStandIn(image) as standin:
+            yield AppChannelTarget(standin)
 
 
 def connect(url, **kw) -> BridgeClient:
@@ -59,6 +118,8 @@ def assert_active(board, model: Model) -> None:
     with connect(board.url) as c:
         s = c.status()
         assert s.active_crc == model.crc and s.active_size == len(model.blob), s
+        if not board.infers:
+            return
         got = np.array([c.infer(row)[0] for row in OBS])
     np.testing.assert_allclose(got, model.actions, rtol=0, atol=1e-6)
 
@@ -77,7 +138,7 @@ def with_a(board, models):
 def test_corrupted_bytes_both_directions_recover(board, models, with_a):
     b = models["B"]
     to_board, to_host = Corrupt(1e-4, seed=11), Corrupt(every=250, seed=12)
-    with FaultProxy(board.port, to_board=[to_board], to_host=[to_host]) as proxy, connect(proxy.url) as c:
+    with board.faulty(to_board=[to_board], to_host=[to_host]) as proxy, connect(proxy.url) as c:
         result = upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=512)
     assert to_board.count > 0 and to_host.count > 0 and result.retries > 0
     assert_active(board, b)
@@ -86,7 +147,7 @@ def test_corrupted_bytes_both_directions_recover(board, models, with_a):
 def test_dropped_bytes_recover(board, models, with_a):
     b = models["B"]
     to_board, to_host = Drop(1e-4, seed=21), Drop(every=250, seed=22)
-    with FaultProxy(board.port, to_board=[to_board], to_host=[to_host]) as proxy, connect(proxy.url) as c:
+    with board.faulty(to_board=[to_board], to_host=[to_host]) as proxy, connect(proxy.url) as c:
         result = upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=512)
     assert to_board.count > 0 and to_host.count > 0 and result.retries > 0
     assert_active(board, b)
@@ -97,7 +158,7 @@ def test_duplicated_frames_are_answered_not_redone(board, models, with_a):
     dup_to_board, dup_to_host = DuplicateFrames(every=1), DuplicateFrames(every=2)
     with connect(board.url) as c:
         repeats_before = c.status().repeats_answered
-    with FaultProxy(board.port, to_board=[dup_to_board], to_host=[dup_to_host]) as proxy, \
+    with board.faulty(to_board=[dup_to_board], to_host=[dup_to_host]) as proxy, \
             connect(proxy.url) as c:
         upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=1024)  # ACTIVATE arrives twice: swaps once
         assert c.stats.stale_frames > 0
@@ -110,7 +171,7 @@ def test_duplicated_frames_are_answered_not_redone(board, models, with_a):
 def test_truncated_upload_reports_and_keeps_active_model(board, models, with_a):
     b = models["B"]
     cut = len(b.blob) // 2
-    with FaultProxy(board.port, to_board=[Blackhole(after_bytes=cut)]) as proxy, \
+    with board.faulty(to_board=[Blackhole(after_bytes=cut)]) as proxy, \
             connect(proxy.url, timeout_s=0.2, retries=1) as c:
         with pytest.raises(LinkError, match="no reply to CHUNK"):
             upload_model(c, b.blob, b.fmt, model_id=b.id, max_reconnects=0, chunk_bytes=512)
@@ -134,7 +195,7 @@ def test_truncated_upload_reports_and_keeps_active_model(board, models, with_a):
 def test_disconnect_mid_upload_resumes(board, models, with_a):
     b = models["B"]
     fault = Disconnect(after_bytes=len(b.blob) // 2)
-    with FaultProxy(board.port, to_board=[fault]) as proxy, connect(proxy.url, timeout_s=0.3) as c:
+    with board.faulty(to_board=[fault]) as proxy, connect(proxy.url, timeout_s=0.3) as c:
         result = upload_model(c, b.blob, b.fmt, model_id=b.id, chunk_bytes=1024)
         assert fault.fired and proxy.connections == 2
     assert result.reconnects == 1
@@ -229,9 +290,12 @@ def test_pil_compact_steps_survive_lost_and_duplicated_frames(board, models, wit
     still equals the host C runtime's on the very observation the rollout produced."""
     from nanofly.firmware_bridge.pil import make_backend
 
+    if not board.infers:
+        pytest.skip("INFER_STATE is a bridge firmware command; the Crazyflie app runs its model "
+                    "in the stabilizer loop")
     a = models["A"]
     dup, drop = DuplicateFrames(every=3), Drop(every=300, seed=31)
-    with FaultProxy(board.port, to_board=[dup], to_host=[drop]) as proxy, \
+    with board.faulty(to_board=[dup], to_host=[drop]) as proxy, \
             make_backend(proxy.url, a.dir, timeout_s=0.2, retries=10) as backend:
         obs, actions = T.closed_loop_rollout(backend, n_envs=4, steps=25, reset_every=9, seed=6)
         info = backend.info()
