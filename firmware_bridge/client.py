@@ -20,10 +20,16 @@ import numpy as np
 
 from . import crtp_link
 from . import protocol as P
+from .chunking import LOSSES_AT_FLOOR_LIMIT, MIN_CHUNK_BYTES, ChunkSizeController, ReplyTimer
 
 
 class LinkError(P.ProtocolError):
     """The serial link failed (disconnected, cannot open) or the board stopped answering."""
+
+
+class NoReplyError(LinkError):
+    """No intact reply to a request after every attempt: the frames were lost or damaged on
+    the way, or the board does not answer. (A closed connection is a plain :class:`LinkError`.)"""
 
 
 @dataclass
@@ -46,13 +52,15 @@ class UploadResult:
     format: str
     model_id: int
     wall_s: float
-    chunk_bytes: int
+    chunk_bytes: int          # the largest (and first) CHUNK data size
     bytes_on_wire: int        # both directions, every frame of the upload
     bytes_to_board: int       # host -> board only (the busy direction of a full-duplex UART)
     retries: int
     reconnects: int
     resumed_from: int         # bytes already on the board when the upload (re)started
     activated: bool
+    # how the chunk size and the reply wait adapted (ChunkSizeController.as_dict and more)
+    chunking: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -246,7 +254,7 @@ class BridgeClient:
                         return reply.payload
                     else:
                         self.stats.stale_frames += 1
-        raise LinkError(f"no reply to {name} from {self.url} after {retries + 1} attempts "
+        raise NoReplyError(f"no reply to {name} from {self.url} after {retries + 1} attempts "
                         f"(waiting {wait_s:.2f} s, doubling up to 8x): is the board powered and running the "
                         "nanofly bridge firmware, and is the port right?")
 
@@ -267,10 +275,13 @@ class BridgeClient:
         received, state = P.unpack_reply("<IB", reply, P.CMD_BEGIN)
         return received, state
 
-    def chunk(self, offset: int, data: bytes) -> int:
-        """Write bytes at ``offset`` of the staging slot; returns bytes received so far."""
-        (received,) = P.unpack_reply("<I", self.request(P.CMD_CHUNK, P.chunk_request(offset, data)),
-                                     P.CMD_CHUNK)
+    def chunk(self, offset: int, data: bytes, *, timeout_s: float | None = None,
+              retries: int | None = None) -> int:
+        """Write bytes at ``offset`` of the staging slot; returns bytes received so far.
+        ``timeout_s``, ``retries``: as :meth:`request` (default: the client's)."""
+        reply = self.request(P.CMD_CHUNK, P.chunk_request(offset, data), timeout_s=timeout_s,
+                             retries=retries)
+        (received,) = P.unpack_reply("<I", reply, P.CMD_CHUNK)
         return received
 
     def commit(self) -> dict:
@@ -345,6 +356,7 @@ class UploadProgress:
     total_bytes: int = 0
     retries: int = 0
     reconnects: int = 0
+    chunk_bytes: int = 0      # size of the next CHUNK (adapts to the link's losses)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -355,14 +367,25 @@ class UploadProgress:
 
 def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id: int = 0,
                  chunk_bytes: int | None = None, activate: bool = True,
-                 max_reconnects: int = 3, progress: Callable[[UploadProgress], None] | None = None
-                 ) -> UploadResult:
+                 max_reconnects: int = 3, progress: Callable[[UploadProgress], None] | None = None,
+                 min_chunk_bytes: int = MIN_CHUNK_BYTES) -> UploadResult:
     """Upload a model blob into the staging slot, verify it on the board and activate it.
 
     Every CHUNK carries its offset, so repeats are harmless; after a lost link the client
     reconnects and BEGIN with the same size/CRC/format/id resumes at the byte count the board
     reports. The model only becomes active after COMMIT verified it and ACTIVATE named its CRC;
-    the final STATUS must show that CRC active."""
+    the final STATUS must show that CRC active.
+
+    Chunk size: ``chunk_bytes`` (default: the negotiated maximum payload - 4) is the largest
+    and the first; each CHUNK that gets no intact reply in time is sent again at half the
+    size (not below ``min_chunk_bytes``), and each that does lets the next grow by 64 bytes
+    (:class:`~nanofly.firmware_bridge.chunking.ChunkSizeController`). The wait for a CHUNK's
+    reply follows the round trips measured so far and doubles when a reply comes after its
+    wait ended, never longer than ``client.timeout_s``
+    (:class:`~nanofly.firmware_bridge.chunking.ReplyTimer`); a lost chunk is not a reason to
+    wait longer (a damaged frame is not a slow board). The board counts as not
+    answering (:class:`NoReplyError`, then a reconnect) after ``max(client.retries + 1, 12)``
+    chunks in a row were lost at the smallest size."""
     check_link_options(chunk_bytes=chunk_bytes)
     fmt_code = P.FORMAT_BY_NAME[fmt] if isinstance(fmt, str) else int(fmt)
     blob = bytes(blob)
@@ -374,6 +397,31 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
     reconnects_left = max_reconnects
     restarts_left = 3
     resume_offsets: list[int] = []  # what each BEGIN reported as already on the board
+    sizer: ChunkSizeController | None = None  # kept across reconnects: the link stays as bad
+    timer = ReplyTimer(client.timeout_s)
+    losses_limit = max(client.retries + 1, LOSSES_AT_FLOOR_LIMIT)
+
+    def control(ftype: int, payload: bytes = b"") -> bytes:
+        """BEGIN, COMMIT, ACTIVATE, STATUS, with as many attempts as a chunk gets once the
+        link has lost chunks. BEGIN (may erase a flash slot), COMMIT and ACTIVATE wait the
+        client's full timeout; STATUS only what the chunks' replies took. A retry repeats the
+        frame with its sequence number, so a reply that comes late still counts."""
+        lossy = sizer is not None and sizer.losses > 0
+        return client.request(ftype, payload,
+                              timeout_s=timer.wait_s if ftype == P.CMD_STATUS else None,
+                              retries=max(client.retries, losses_limit - 1) if lossy else None)
+
+    def timed(send: Callable[[], object], payload_bytes: int, only_if_unsampled: bool = False):
+        """``send()``, and its round trip beyond the request's wire time as a sample of the
+        reply wait, unless it was retried (then the reply may answer either attempt)."""
+        if only_if_unsampled and timer.mean_s is not None:
+            return send()
+        sent_at, retries_before = time.monotonic(), client.stats.retries
+        reply = send()
+        if client.stats.retries == retries_before:
+            timer.sample(time.monotonic() - sent_at
+                         - P.wire_bytes(payload_bytes) / client.link_bytes_per_s)
+        return reply
 
     def link_lost(exc: Exception) -> None:
         nonlocal reconnects_left
@@ -386,18 +434,41 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
 
     while True:  # (re)start: HELLO + BEGIN, then chunks until the board has every byte
         try:
-            info = client.hello()
-            step = min(chunk_bytes or info.max_payload - 4, info.max_payload - 4)
-            received, _ = client.begin(size, crc, fmt_code, model_id)
+            info = timed(client.hello, len(P.hello_request(0)))
+            largest = min(chunk_bytes or info.max_payload - 4, info.max_payload - 4)
+            if sizer is None or sizer.max_bytes != largest:
+                sizer = ChunkSizeController(largest, min_bytes=min_chunk_bytes)
+            begin_request = P.begin_request(size, crc, fmt_code, model_id)
+            # BEGIN's round trip may include a flash erase: only a first estimate, if HELLO's
+            # was retried (ambiguous)
+            received, _ = P.unpack_reply(
+                "<IB", timed(lambda: control(P.CMD_BEGIN, begin_request), len(begin_request),
+                             only_if_unsampled=True), P.CMD_BEGIN)
             resume_offsets.append(received)
             offset = received
             # ERR_OFFSET refusals in a row (no chunk accepted between them): a board that keeps
             # refusing is broken, not behind, and must not keep the client in a loop
             offset_refusals = 0
             while offset < size:
-                data = blob[offset:offset + step]
+                data = blob[offset:offset + sizer.size]
+                on_wire_s = P.wire_bytes(4 + len(data)) / client.link_bytes_per_s
+                sent_at, stale_before = time.monotonic(), client.stats.stale_frames
                 try:
-                    received = client.chunk(offset, data)
+                    received = client.chunk(offset, data, timeout_s=timer.wait_s, retries=0)
+                except NoReplyError as exc:
+                    # lost or damaged on the way there or back: smaller frames get through
+                    sizer.on_loss()
+                    if client.stats.stale_frames > stale_before:
+                        timer.backoff()  # an earlier reply came after its wait: wait longer
+                    if sizer.gave_up(losses_limit):
+                        raise NoReplyError(
+                            f"no reply to CHUNK from {client.url}: {sizer.losses_at_floor} "
+                            f"{sizer.min_bytes}-byte chunks in a row got no intact reply "
+                            f"({sizer.losses} lost, {sizer.successes} through so far); is the "
+                            f"board powered and the link working?") from exc
+                    state.retries += 1
+                    state.chunk_bytes = sizer.size
+                    continue
                 except P.DeviceError as err:
                     if err.code == P.ERR_OFFSET:   # the board has fewer bytes than we thought
                         board_has = err.detail1 & 0xFFFFFFFF
@@ -414,14 +485,21 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
                         restarts_left -= 1
                         raise _Restart() from err
                     raise
+                if client.stats.stale_frames > stale_before:
+                    timer.backoff()
+                else:
+                    timer.sample(time.monotonic() - sent_at - on_wire_s)
+                sizer.on_success(len(data))
                 offset = received
                 offset_refusals = 0
                 state.sent_bytes = offset
-                state.retries = client.stats.retries - stats0[1]
+                state.retries = client.stats.retries - stats0[1] + sizer.losses
                 state.reconnects = client.stats.reconnects - stats0[2]
+                state.chunk_bytes = sizer.size
                 if progress:
                     progress(state)
-            committed = client.commit()
+            committed = dict(zip(("crc", "size", "observation_dim", "action_dim"),
+                                 P.unpack_reply("<IIHH", control(P.CMD_COMMIT), P.CMD_COMMIT)))
             break
         except _Restart:
             continue
@@ -432,25 +510,28 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
                               f"bytes, expected 0x{crc:08x} / {size}")
     activated = False
     if activate:
+        activate_request = struct.pack("<I", crc)
         try:
-            client.activate(crc)
+            control(P.CMD_ACTIVATE, activate_request)
         except LinkError as exc:  # the link went: did the ACTIVATE get through?
             link_lost(exc)
-            if client.status().active_crc != crc:
-                client.activate(crc)
-        status = client.status()
+            if P.Status.decode(control(P.CMD_STATUS)).active_crc != crc:
+                control(P.CMD_ACTIVATE, activate_request)
+        status = P.Status.decode(control(P.CMD_STATUS))
         if status.active_crc != crc or status.active_size != size:
             raise P.ProtocolError(f"after ACTIVATE the board reports active CRC "
                                   f"0x{status.active_crc:08x}, expected 0x{crc:08x}")
         activated = True
     wire = client.stats.bytes_sent + client.stats.bytes_received - stats0[0]
+    chunking = {**sizer.as_dict(), "reply_wait_s_last": timer.wait_s,
+                "reply_round_trip_s_mean": timer.mean_s}
     return UploadResult(size_bytes=size, crc=crc, format=P.FORMAT_NAMES.get(fmt_code, str(fmt_code)),
-                        model_id=model_id, wall_s=time.monotonic() - t0, chunk_bytes=step,
+                        model_id=model_id, wall_s=time.monotonic() - t0, chunk_bytes=sizer.max_bytes,
                         bytes_on_wire=wire, bytes_to_board=client.stats.bytes_sent - stats0[3],
-                        retries=client.stats.retries - stats0[1],
+                        retries=client.stats.retries - stats0[1] + sizer.losses,
                         reconnects=client.stats.reconnects - stats0[2],
                         resumed_from=resume_offsets[0], activated=activated,
-                        extra={"resume_offsets": resume_offsets})
+                        chunking=chunking, extra={"resume_offsets": resume_offsets})
 
 
 MAX_OFFSET_REFUSALS = 8  # ERR_OFFSET replies in a row before an upload gives up

@@ -62,6 +62,43 @@ class Drop(Corrupt):
         return bytes(keep)
 
 
+class Damage(Fault):
+    """A noisy line: each byte, with probability ``p`` (after the first ``after_bytes``), is
+    damaged in one of ``kinds``, chosen at random: ``"flip"`` (one random bit), ``"drop"``
+    (lost) or ``"duplicate"`` (sent twice). Counts per kind in :attr:`counts`."""
+
+    KINDS = ("flip", "drop", "duplicate")
+
+    def __init__(self, p: float, seed: int = 0, *, kinds=KINDS, after_bytes: int = 0):
+        unknown = set(kinds) - set(self.KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"damage kinds must be some of {self.KINDS}, got {kinds!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"damage probability must be in [0, 1], got {p!r}")
+        self.p, self.kinds, self.rng, self.after = p, tuple(kinds), random.Random(seed), after_bytes
+        self.seen = 0
+        self.counts = {kind: 0 for kind in self.kinds}
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def __call__(self, data: bytes) -> bytes:
+        out = bytearray()
+        for b in data:
+            self.seen += 1
+            if self.seen <= self.after or self.rng.random() >= self.p:
+                out.append(b)
+                continue
+            kind = self.kinds[self.rng.randrange(len(self.kinds))]
+            self.counts[kind] += 1
+            if kind == "flip":
+                out.append(b ^ (1 << self.rng.randrange(8)))
+            elif kind == "duplicate":
+                out += bytes((b, b))
+        return bytes(out)
+
+
 class DuplicateFrames(Fault):
     """Send every ``every``-th complete frame (bytes up to a 0x00 delimiter) twice."""
 
