@@ -78,6 +78,8 @@ def _load(lib_path: Path) -> ctypes.CDLL:
     lib.nf_host_infer.argtypes = [vp, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
     lib.nf_host_trace.restype = u32
     lib.nf_host_trace.argtypes = [vp, u8p, ctypes.POINTER(ctypes.c_uint32), u32]
+    lib.nf_host_nor_erase.argtypes = [vp, u32]
+    lib.nf_host_nor_program.argtypes = [vp, u32, ctypes.c_char_p, u32]
     lib.nf_host_self_check.argtypes = [vp]
     lib.nf_host_staging_state.argtypes = [vp]
     lib.nf_host_staging_state.restype = ctypes.c_uint8
@@ -204,6 +206,14 @@ class HostCore:
         kinds, lens = (ctypes.c_uint8 * cap)(), (ctypes.c_uint32 * cap)()
         n = min(int(self._lib.nf_host_trace(self._h, kinds, lens, cap)), cap)
         return [(chr(kinds[i]), int(lens[i])) for i in range(n)]
+
+    def nor_erase(self, sector: int) -> int:
+        """Erase one sector of the image directly (0, or a negative NF_NOR_ERR_*)."""
+        return int(self._lib.nf_host_nor_erase(self._h, sector))
+
+    def nor_program(self, address: int, data: bytes) -> int:
+        """Program bytes at an image address directly (NOR: each byte becomes old & data)."""
+        return int(self._lib.nf_host_nor_program(self._h, address, bytes(data), len(data)))
 
     def self_check(self) -> int:
         return int(self._lib.nf_host_self_check(self._h))

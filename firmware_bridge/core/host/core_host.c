@@ -139,5 +139,11 @@ uint32_t nf_host_trace(const nf_host *h, uint8_t *kinds, uint32_t *lens, uint32_
     return h->nor.trace_n;
 }
 
+/* Raw flash access (tests of the emulator): erase a sector, program at an image address. */
+int nf_host_nor_erase(nf_host *h, uint32_t sector) { return nf_nor_erase_sector(&h->nor, sector); }
+int nf_host_nor_program(nf_host *h, uint32_t address, const uint8_t *data, uint32_t len) {
+    return nf_nor_program(&h->nor, address, data, len);
+}
+
 int nf_host_self_check(const nf_host *h) { return nf_core_self_check(&h->core); }
 uint8_t nf_host_staging_state(const nf_host *h) { return nf_core_staging_state(&h->core); }
