@@ -303,7 +303,20 @@ crazyflie_l2f = VehicleParams(
     rotor_speed_unit="throttle",
 )
 
-PRESETS: dict[str, VehicleParams] = {p.name: p for p in (crazyflie_paper, crazyflie_l2f)}
+# The stock Crazyflie firmware (2.1+ propellers) keeps each motor's thrust at or below its
+# THRUST_MAX of 0.12 N, so that thrust stays the same as the battery drains; crazyflie_paper's
+# rotors reach 0.149 N. This preset is crazyflie_paper with the rotor-speed range ending where
+# its thrust curve reaches 0.12 N, so that a policy trained on it never asks for more than the
+# firmware gives (docs/crazyflie.md).
+FIRMWARE_THRUST_MAX_21PLUS = 0.12  # N per motor, platform_defaults_cf2.h (2.1+ propellers)
+crazyflie_21plus = crazyflie_paper.replace(
+    name="crazyflie_21plus",
+    description="crazyflie_paper with rotor speeds capped at the stock firmware's thrust limit "
+                "for 2.1+ propellers (0.12 N per motor)",
+    rotor_speed_max=math.floor(10.0 * math.sqrt(FIRMWARE_THRUST_MAX_21PLUS / crazyflie_paper.thrust_coefficients[2])) / 10.0,
+)
+
+PRESETS: dict[str, VehicleParams] = {p.name: p for p in (crazyflie_paper, crazyflie_l2f, crazyflie_21plus)}
 
 
 def get_preset(preset: str | VehicleParams | Path) -> VehicleParams:

@@ -81,3 +81,16 @@ def test_preset_is_plain_frozen_data():
     assert isinstance(d["inertia"], list) and math.isclose(d["mass"], 0.027)
     assert VehicleParams.from_dict(d) == crazyflie_paper
     assert np.allclose(crazyflie_paper.inertia_diagonal(), [3.85e-6, 3.85e-6, 5.9675e-6])
+
+
+def test_crazyflie_21plus_ends_at_the_stock_firmware_thrust_limit():
+    """The preset's top rotor speed gives the firmware's THRUST_MAX (2.1+ propellers), never
+    more, and everything else is crazyflie_paper's."""
+    from nanofly.sim.presets import FIRMWARE_THRUST_MAX_21PLUS, crazyflie_21plus
+
+    top = crazyflie_21plus.thrust(crazyflie_21plus.rotor_speed_max)
+    assert top <= FIRMWARE_THRUST_MAX_21PLUS
+    assert top == pytest.approx(FIRMWARE_THRUST_MAX_21PLUS, rel=1e-5)
+    same = {k: v for k, v in crazyflie_21plus.to_dict().items()
+            if k not in ("name", "description", "rotor_speed_max")}
+    assert same == {k: v for k, v in crazyflie_paper.to_dict().items() if k in same}
