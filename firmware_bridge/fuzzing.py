@@ -1,9 +1,11 @@
-"""libFuzzer runs of the firmware's frame parser and command handler (host build).
+"""libFuzzer runs of the shared protocol core (framing, commands, the two-slot model store over
+the host NOR-flash emulator) and the bridge firmware's target commands (host build).
 
 The harness is ``firmware/host/fuzz_bridge.c``; its input format (a mode byte, then raw bytes
 or framed records) is described there. Seeds: whole valid sessions (HELLO, an upload of a
 real exported model, COMMIT, ACTIVATE, INFER, ARM, heartbeats, clock advances) so the
-fuzzer starts deep inside the command handler, plus raw wire captures of the same sessions.
+fuzzer starts deep inside the command handler, raw wire captures of the same sessions, the
+sessions with a power cut and a reboot, and boots over fuzzable slot headers.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 import struct
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,13 @@ import numpy as np
 from . import protocol as P
 
 TICK = 0xFE  # harness record: advance the clock by 4 * arg ms
+MODE_RAW, MODE_SLOT_HEADERS, MODE_POWER_CUT, MODE_REBOOT = 1, 2, 4, 8  # harness mode bits
+
+
+def slot_header(sequence: int, blob: bytes, fmt: int, model_id: int, activated: bool = True) -> bytes:
+    """A store slot header (core/nf_store.h) for ``blob``: 32 bytes, header CRC included."""
+    head = struct.pack("<IIIIB3xI", 0x4C53464E, sequence, len(blob), P.model_crc(blob), fmt, model_id)
+    return head + struct.pack("<II", zlib.crc32(head), 0x56544341 if activated else 0xFFFFFFFF)
 
 
 def _record(ftype: int, seq: int, payload: bytes = b"") -> bytes:
@@ -76,6 +86,13 @@ def write_seed_corpus(corpus_dir: str | os.PathLike, blobs: dict[int, bytes]) ->
         put(f"wire_{fmt}", b"\x01" + b"".join(P.encode_frame(t, s, p) for t, s, p in recs))
         put(f"repeat_{fmt}", b"\x00" + b"".join(_record(t, s, p) * 2 for t, s, p in recs[:4]))
         put(f"arm_after_failsafe_{fmt}", arm_after_failsafe_input(recs))
+        # power cut after a few flash operations (torn after 100 bytes), then a reboot
+        for ops in (0, 2, 5):
+            put(f"power_cut_{ops}_{fmt}", bytes([MODE_POWER_CUT, ops, 100]) + structured)
+        put(f"reboot_{fmt}", bytes([MODE_REBOOT]) + structured)
+        # boot over slot headers that pass their CRC (the blobs behind them do not)
+        headers = b"".join(slot_header(seq, blob, fmt, 7) + blob[:16] for seq in (3, 4))
+        put(f"slot_headers_{fmt}", bytes([MODE_SLOT_HEADERS]) + headers + structured)
     put("unknown", b"\x00" + _record(0x42, 1) + _record(P.CMD_STATUS, 2))
     put("garbage", b"\x01" + bytes(range(256)) * 4)
     return n
