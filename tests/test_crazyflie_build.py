@@ -107,6 +107,43 @@ def test_app_symbols_params_logs_and_model_are_in_the_image(built):
         assert name + b"\0" in image, name
 
 
+def test_model_store_link_and_deck_uart_variants(built, tmp_path):
+    """The link to the host (app channel, shared core, flash store) is in the image; the erase
+    runs from RAM; the store's sectors lie above the image; and the app compiles with either
+    deck UART (the image's own compiler command, only NANOFLY_DECK_UART changed)."""
+    out, s, _ = built
+    syms = nm(out / "build" / "cf2.elf")
+    for name in ("nf_cf_link_feed", "nf_core_feed", "nf_cf_flash_ops", "appchannelReceiveDataPacket"):
+        assert name in syms, name
+    assert 0x20000000 <= syms["erase_sector_from_ram"][0] < 0x20020000  # SRAM, not flash
+    assert b"modelSource\0" in (out / "build" / "cf2.bin").read_bytes()
+    store = s["model_store"]
+    assert store["slots"] == ["0x080c0000", "0x080e0000"] and s["deck_uart"] == "off"
+    assert int(store["image_end"], 16) + store["margin_bytes"] == 0x080C0000 and store["margin_bytes"] > 0
+    cmd_line = (out / "src" / ".nanofly_app_unit.o.cmd").read_text().splitlines()[0].split(":=", 1)[1]
+    assert "-DNANOFLY_DECK_UART=0" in cmd_line
+    for uart, driver in ((1, "uart1SendData"), (2, "uart2SendData")):
+        obj = tmp_path / f"app_uart{uart}.o"
+        cmd = cmd_line.replace("-DNANOFLY_DECK_UART=0", f"-DNANOFLY_DECK_UART={uart}")
+        cmd = cmd.split(" -c -o ")[0] + f" -c -o {obj} {out / 'src' / 'nanofly_app_unit.c'}"
+        res = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=out)
+        assert res.returncode == 0, res.stderr[-2000:]
+        undefined = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True,
+                                   text=True, check=True).stdout
+        assert driver in undefined
+
+
+@NEEDS_ARM
+def test_an_image_reaching_the_model_store_fails_the_check(tmp_path):
+    src = tmp_path / "big.c"
+    src.write_text("const char filler[1024] = {1};\nvoid _start(void) {}\n")
+    elf = tmp_path / "big.elf"
+    subprocess.run(["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m4", "-nostdlib",
+                    "-Wl,-Ttext=0x080BFF00", "-o", str(elf), str(src)], check=True)
+    with pytest.raises(cb.BuildFailed, match="inside the model store"):
+        cb.check_store_sectors(elf)
+
+
 def test_stack_report_of_the_controller_path(built):
     out, s, _ = built
     st = s["stack"]
