@@ -69,14 +69,13 @@ BUSY_REASONS = {BUSY_ARMED: "the motors are armed", BUSY_FLYING: "the motors are
 # Why INFER_STATE found no on-board history (ERR_HISTORY detail1).
 HIST_RANGE = 1            # env index >= max histories (HELLO)
 HIST_NOT_LOADED = 2       # no full INFER for this env since boot / the last upload
-HIST_BUSY = 3             # an upload occupies the staging slot that holds the histories
+HIST_BUSY = 3             # an upload is in progress (it forgets the histories)
 HIST_LAYOUT = 4           # the firmware's input has no state + action-history layout
 HIST_DUPLICATE = 5        # the same env twice in one INFER_STATE frame
 HIST_REASONS = {
     HIST_RANGE: "environment index beyond the board's on-board histories (HELLO max_histories)",
     HIST_NOT_LOADED: "no history loaded for it yet (send a full INFER for this environment first)",
-    HIST_BUSY: "an upload occupies the staging slot that holds the histories (finish it, then "
-               "reload each history with a full INFER)",
+    HIST_BUSY: "an upload is in progress (finish it, then reload each history with a full INFER)",
     HIST_LAYOUT: "the firmware's observation has no state + action-history layout",
     HIST_DUPLICATE: "the same environment appears twice in one frame",
 }

@@ -103,8 +103,9 @@ def test_model_crc_is_the_blobs_trailing_crc_field():
 def test_status_and_hello_layouts_have_the_sizes_the_firmware_sends():
     assert struct.calcsize(P.Status._FMT) == 100
     assert struct.calcsize(P.Hello._FMT) + struct.calcsize(P.Hello._FMT_STATE) == 52
-    text = (FIRMWARE_DIR / "src" / "bridge.c").read_text()
-    assert "reply_ok(req, 100);" in text and "reply_ok(req, 52);" in text
+    text = (FIRMWARE_DIR.parent / "core" / "nf_core.c").read_text()
+    assert "#define STATUS_BYTES 100u" in text and "#define HELLO_BYTES 52u" in text
+    assert "nf_core_reply_ok(c, req, STATUS_BYTES);" in text and "nf_core_reply_ok(c, req, HELLO_BYTES);" in text
 
 
 def _hello_payload(state_caps: bytes) -> bytes:

@@ -67,7 +67,7 @@
 /* Why INFER_STATE found no on-board history (NF_ERR_HISTORY detail1). */
 #define NF_HIST_RANGE 1           /* env index >= max histories (HELLO) */
 #define NF_HIST_NOT_LOADED 2      /* no full INFER for this env since boot / the last upload */
-#define NF_HIST_BUSY 3            /* an upload occupies the staging slot that holds the histories */
+#define NF_HIST_BUSY 3            /* an upload is in progress (BEGIN forgets the histories) */
 #define NF_HIST_LAYOUT 4          /* the firmware's input has no state + action-history layout */
 #define NF_HIST_DUPLICATE 5       /* the same env twice in one INFER_STATE frame */
 #define NF_INFER_NO_ENV 0xFFFF    /* full INFER env index: store no history */
