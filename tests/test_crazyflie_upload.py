@@ -52,9 +52,9 @@ def cli(*args, timeout=60):
 class SitlProcess:
     """`nanofly crazyflie sitl --flash-image FILE` as a process; .uri from its first line."""
 
-    def __init__(self, image: Path):
+    def __init__(self, image: Path, *extra):
         self.proc = subprocess.Popen([sys.executable, "-m", "nanofly.cli", "crazyflie", "sitl",
-                                      "--flash-image", str(image)], stdout=subprocess.PIPE,
+                                      "--flash-image", str(image), *map(str, extra)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=REPO)
         line = self.proc.stdout.readline().strip()
         assert line.startswith("udp://127.0.0.1:"), (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
@@ -96,6 +96,34 @@ def test_flash_over_cflib_then_restart_keeps_the_model(models, tmp_path):
         assert status(sitl.uri)["active_crc"] == a.crc
     finally:
         sitl.stop()
+
+
+def test_compiled_in_model_runs_until_a_slot_holds_one(models, tmp_path):
+    a, b = models["A"], models["B"]
+    sitl = SitlProcess(tmp_path / "flash.bin", "--default", a.dir)
+    try:
+        assert "compiled-in" in sitl.banner and f"0x{a.crc:08x}" in sitl.banner, sitl.banner
+        res = cli("flash", b.dir, "--format", "f32", "--uri", sitl.uri)
+        assert res.returncode == 0, res.stderr
+        assert status(sitl.uri)["active_crc"] == b.crc
+    finally:
+        sitl.stop()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--flash-image", "{tmp}/small.bin"), "not a flash image of 1048576 bytes"),
+    (("--flash-image", "{tmp}"), "is a directory"),
+    (("--flash-image", "{tmp}/missing/flash.bin"), "No such file or directory"),
+    (("--default", "{tmp}/no-export"), "no int8 model blob"),
+    (("--port", "70000"), "UDP port"),
+])
+def test_sitl_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
+    (tmp_path / "small.bin").write_bytes(b"\xff" * 100)
+    res = cli("crazyflie", "sitl", *(a.format(tmp=tmp_path) for a in args))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.stderr
+    assert (tmp_path / "small.bin").stat().st_size == 100  # a wrong image is left as it was
 
 
 def test_flash_refuses_port_and_uri_mixed_up(models):
