@@ -5,7 +5,7 @@
  * controller as RM0090 section 3.6 describes: unlock with the two KEYR keys, sector erase
  * (SER, SNB, STRT), programming with PG set (word writes at 32-bit parallelism, bytes at
  * 8-bit for an unaligned start or end), wait for BSY to clear, check the error flags, and
- * reset the data cache after an erase so no stale line of the old contents is read.
+ * reset the data cache afterwards so no stale line of the old contents is read.
  *
  * While an erase or program runs, any read of the flash stalls the bus, so code and the
  * vector table in flash cannot run: the wait loop runs from SRAM (.ramfunc) with interrupts
@@ -104,17 +104,23 @@ static int flash_result(uint32_t sr_errors) {
     return 0;
 }
 
+/* The flash data cache may hold lines read before an erase or program (the boot scan reads
+ * the slot headers): reset it, which RM0090 allows only while it is disabled, so the store's
+ * read-back sees the new contents. */
+static void data_cache_reset(void) {
+    uint32_t acr = FLASH_ACR;
+    FLASH_ACR = acr & ~FLASH_ACR_DCEN;
+    FLASH_ACR = (acr & ~FLASH_ACR_DCEN) | FLASH_ACR_DCRST;
+    FLASH_ACR = acr & ~FLASH_ACR_DCRST;
+}
+
 static int silicon_erase(unsigned sector) {
     if (flash_unlock()) return ERR_FLAGS;
     FLASH_SR = FLASH_SR_ERRORS;
     FLASH_CR = FLASH_CR_SER | (sector << FLASH_CR_SNB_SHIFT) | FLASH_CR_PSIZE_X32;
     int rc = flash_result(flash_run_from_ram(FLASH_CR_STRT, NULL, 0, NULL, 0));
     FLASH_CR = FLASH_CR_LOCK; /* SER off, locked again */
-    /* The data cache may hold lines of the old contents: reset it (only while disabled). */
-    uint32_t acr = FLASH_ACR;
-    FLASH_ACR = acr & ~FLASH_ACR_DCEN;
-    FLASH_ACR = (acr & ~FLASH_ACR_DCEN) | FLASH_ACR_DCRST;
-    FLASH_ACR = acr & ~FLASH_ACR_DCRST;
+    data_cache_reset();
     return rc;
 }
 
@@ -138,6 +144,7 @@ static int silicon_program(uint32_t address, const uint8_t *data, uint32_t len) 
         }
     }
     FLASH_CR = FLASH_CR_LOCK;
+    data_cache_reset();
     return rc;
 }
 
