@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "FreeRTOS.h"
+#include "config.h"
 #include "task.h"
 
 #include "app.h"
@@ -61,6 +62,15 @@
 #error "NANOFLY_DECK_UART must be 0 (none), 1 (uart1) or 2 (uart2)"
 #endif
 #define NANOFLY_DECK_UART_BAUD 115200u
+
+/* A model the link published is taken by controllerOutOfTree between two steps. When that does
+   not run (another controller selected, or the stabilizer still waiting for the sensors'
+   calibration), the app task takes it after NANOFLY_APP_TAKE_OVER_POLLS polls with the
+   scheduler suspended: the stabilizer task, of higher priority, is then never inside a step. */
+#define NANOFLY_APP_TAKE_OVER_POLLS 2u
+#if CONFIG_APP_PRIORITY >= STABILIZER_TASK_PRI
+#error "nanofly: the app task must have a lower priority than the stabilizer task (app-config CONFIG_APP_PRIORITY)"
+#endif
 
 #ifndef CONFIG_ENABLE_THRUST_BAT_COMPENSATED
 #error "nanofly: the force mapping needs CONFIG_ENABLE_THRUST_BAT_COMPENSATED=y (normalized forces are then fractions of THRUST_MAX, not raw PWM)"
@@ -220,6 +230,8 @@ static void link_poll(void)
 #endif
 }
 
+static void use_model(const void *blob, uint32_t bytes, uint8_t source);
+
 /* The app task: the link to the host, and console messages about the controller. */
 void appMain(void)
 {
@@ -229,6 +241,7 @@ void appMain(void)
     uint32_t nonfinite_seen = 0;
     uint8_t status_seen = NF_CF_DISABLED;
     uint32_t model_crc_seen = nf_model_crc;
+    uint32_t pending_polls = 0;
     TickType_t next_check = xTaskGetTickCount();
     while (1) {
         link_poll();
@@ -236,6 +249,19 @@ void appMain(void)
             continue;
         }
         next_check += M2T(NANOFLY_APP_POLL_MS);
+        if (nf_cf_link_has_pending()) {
+            if (++pending_polls >= NANOFLY_APP_TAKE_OVER_POLLS) {
+                nf_cf_link_model pending;
+                vTaskSuspendAll();
+                if (nf_cf_link_take_pending(&pending)) {
+                    use_model(pending.blob, pending.size, pending.source);
+                }
+                xTaskResumeAll();
+                pending_polls = 0;
+            }
+        } else {
+            pending_polls = 0;
+        }
         if (nf_model_crc != model_crc_seen) {
             print_model_status();
             model_crc_seen = nf_model_crc;

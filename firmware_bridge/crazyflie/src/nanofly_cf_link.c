@@ -119,6 +119,11 @@ int nf_cf_link_take_pending(nf_cf_link_model *out)
     return 1;
 }
 
+int nf_cf_link_has_pending(void)
+{
+    return published_seq != taken_seq;
+}
+
 const nf_cf_link_model *nf_cf_link_current(void)
 {
     return &current;

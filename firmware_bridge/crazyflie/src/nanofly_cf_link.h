@@ -58,6 +58,8 @@ void nf_cf_link_feed(int transport, const uint8_t *data, size_t len);
 /* For the controller, between two steps: 1 and *out when a model was published since the last
  * call, else 0. */
 int nf_cf_link_take_pending(nf_cf_link_model *out);
+/* 1 while a published model waits for nf_cf_link_take_pending. */
+int nf_cf_link_has_pending(void);
 /* The model the controller was last handed (what nanofly.modelCrc / modelSource show). */
 const nf_cf_link_model *nf_cf_link_current(void);
 const nf_core *nf_cf_link_core(void);
