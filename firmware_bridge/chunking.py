@@ -16,9 +16,9 @@ decides the upload time as much as the chunk size. :class:`ReplyTimer` estimates
 round trips of the replies that did come (Jacobson's smoothed mean + 4 deviations, as TCP's
 retransmission timer) and never waits longer than the client's own timeout. Unlike TCP it does
 not double the wait after every loss: one frame is in flight at a time, so a loss is damage,
-not congestion, and waiting longer would only slow a noisy link down. The caller doubles it
-when a reply turns up after its wait ended (a slow board). Both classes are pure: they see
-events, not the link.
+not congestion, and waiting longer would only slow a noisy link down. A reply that turns up
+after its wait ended (a slow board) is a sample too: the time since its request was sent.
+Both classes are pure: they see events, not the link.
 """
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ GROW_CHUNK_BYTES = 64     # added after each chunk that got through
 # expected link rate, which already leaves a margin on every link but a real UART's, where
 # the measured round trips decide).
 MIN_REPLY_WAIT_S = 0.005
+# A CHUNK's wait also covers this fraction of its estimated wire time again: a link's rate
+# varies (QEMU takes in bytes more slowly on a busy host), and a full-size chunk resent for
+# nothing costs 13 % of a 15 KB upload's bytes.
+WIRE_MARGIN = 0.5
 # Losses in a row at the floor before the board counts as not answering. A link that damages
 # 0.5 % of bytes loses ~40 % of even the smallest chunk exchanges, so a few in a row are
 # expected; 12 in a row happen once in ~10^5 chunks there, and almost always mean a dead link.
@@ -90,8 +94,8 @@ class ReplyTimer:
 
     Starts at ``initial_s``; each :meth:`sample` (a round trip minus the request's wire time,
     from a reply that answered its first attempt) updates the smoothed mean and deviation
-    and sets the wait to ``mean + 4 * deviation``; :meth:`backoff` (after a late reply)
-    doubles it.
+    and sets the wait to ``mean + 4 * deviation``; :meth:`backoff` doubles it (a late reply
+    whose round trip cannot be bounded).
     Always within [``min_s``, ``max_s``]."""
 
     def __init__(self, initial_s: float, *, min_s: float = MIN_REPLY_WAIT_S,

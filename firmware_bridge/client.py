@@ -20,7 +20,8 @@ import numpy as np
 
 from . import crtp_link
 from . import protocol as P
-from .chunking import LOSSES_AT_FLOOR_LIMIT, MIN_CHUNK_BYTES, ChunkSizeController, ReplyTimer
+from .chunking import (LOSSES_AT_FLOOR_LIMIT, MIN_CHUNK_BYTES, WIRE_MARGIN,
+                       ChunkSizeController, ReplyTimer)
 
 
 class LinkError(P.ProtocolError):
@@ -380,8 +381,9 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
     and the first; each CHUNK that gets no intact reply in time is sent again at half the
     size (not below ``min_chunk_bytes``), and each that does lets the next grow by 64 bytes
     (:class:`~nanofly.firmware_bridge.chunking.ChunkSizeController`). The wait for a CHUNK's
-    reply follows the round trips measured so far and doubles when a reply comes after its
-    wait ended, never longer than ``client.timeout_s``
+    reply follows the round trips measured so far (a reply that comes after its wait ended
+    counts with the time since its chunk was sent) plus half the chunk's estimated wire
+    time, never longer than ``client.timeout_s`` plus that
     (:class:`~nanofly.firmware_bridge.chunking.ReplyTimer`); a lost chunk is not a reason to
     wait longer (a damaged frame is not a slow board). The board counts as not
     answering (:class:`NoReplyError`, then a reconnect) after ``max(client.retries + 1, 12)``
@@ -426,8 +428,9 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
     def link_lost(exc: Exception) -> None:
         nonlocal reconnects_left
         if reconnects_left <= 0:
-            raise LinkError(f"upload to {client.url} failed: {exc} (gave up after "
-                            f"{max_reconnects} reconnects)") from exc
+            error = NoReplyError if isinstance(exc, NoReplyError) else LinkError
+            raise error(f"upload to {client.url} failed: {exc} (gave up after "
+                        f"{max_reconnects} reconnects)") from exc
         reconnects_left -= 1
         time.sleep(0.05)
         client.reconnect()
@@ -449,17 +452,29 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
             # ERR_OFFSET refusals in a row (no chunk accepted between them): a board that keeps
             # refusing is broken, not behind, and must not keep the client in a loop
             offset_refusals = 0
+            lost_at: tuple[float, float] | None = None  # (sent, wire s) of the last lost chunk
+
+            def late_reply() -> None:
+                """A reply to an earlier, timed-out chunk came in: its round trip was at most
+                the time since that chunk was sent (no lost chunk yet: just wait longer)."""
+                if lost_at is None:
+                    timer.backoff()
+                else:
+                    timer.sample(time.monotonic() - lost_at[0] - lost_at[1])
+
             while offset < size:
                 data = blob[offset:offset + sizer.size]
                 on_wire_s = P.wire_bytes(4 + len(data)) / client.link_bytes_per_s
                 sent_at, stale_before = time.monotonic(), client.stats.stale_frames
                 try:
-                    received = client.chunk(offset, data, timeout_s=timer.wait_s, retries=0)
+                    received = client.chunk(offset, data, retries=0,
+                                            timeout_s=timer.wait_s + WIRE_MARGIN * on_wire_s)
                 except NoReplyError as exc:
                     # lost or damaged on the way there or back: smaller frames get through
                     sizer.on_loss()
                     if client.stats.stale_frames > stale_before:
-                        timer.backoff()  # an earlier reply came after its wait: wait longer
+                        late_reply()
+                    lost_at = (sent_at, on_wire_s)
                     if sizer.gave_up(losses_limit):
                         raise NoReplyError(
                             f"no reply to CHUNK from {client.url}: {sizer.losses_at_floor} "
@@ -486,9 +501,10 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
                         raise _Restart() from err
                     raise
                 if client.stats.stale_frames > stale_before:
-                    timer.backoff()
+                    late_reply()
                 else:
                     timer.sample(time.monotonic() - sent_at - on_wire_s)
+                lost_at = None
                 sizer.on_success(len(data))
                 offset = received
                 offset_refusals = 0

@@ -17,7 +17,9 @@ def register(sub, bench_sub) -> None:
     _add_link_arguments(p)
     p.add_argument("--format", choices=("int8", "f32"), default="int8", help="model format (default int8)")
     p.add_argument("--no-activate", action="store_true", help="stage and verify only")
-    p.add_argument("--chunk-bytes", type=int, default=None, help="bytes per CHUNK (default: negotiated maximum)")
+    p.add_argument("--chunk-bytes", type=int, default=None, help="largest (and first) bytes per CHUNK; the upload halves it on lost "
+                        "or damaged frames, down to 64, and grows it back (default: the "
+                        "negotiated maximum)")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each reply (default 1)")
     p.add_argument("--retries", type=int, default=3,
                    help="resends per request before giving up, each waiting twice as long (default 3)")
@@ -99,7 +101,8 @@ class _ProgressBar:
         self._last_pct = pct
         bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
         line = (f"[{bar}] {done / 1024:7.1f}/{total / 1024:.1f} KiB  "
-                f"{progress.rate_bytes_per_s / 1024:6.1f} KiB/s  retries {progress.retries}"
+                f"{progress.rate_bytes_per_s / 1024:6.1f} KiB/s  chunk {progress.chunk_bytes:4d} B  "
+                f"retries {progress.retries}"
                 + (f"  reconnects {progress.reconnects}" if progress.reconnects else ""))
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         self.stream.flush()
@@ -112,6 +115,15 @@ class _ProgressBar:
 # check_link_options' names for this CLI's flags
 _FLAG_NAMES = {"timeout_s": "--timeout", "retries": "--retries", "chunk_bytes": "--chunk-bytes",
                "baudrate": "--baud"}
+
+
+def _chunk_summary(chunking: dict) -> str:
+    """What the adaptive chunk size did, when it had to adapt (nothing on a clean link)."""
+    if not chunking.get("chunks_lost"):
+        return ""
+    return (f"; damaged link: {chunking['chunks_lost']} chunks lost, chunk size "
+            f"{chunking['chunk_bytes_smallest_used']}-{chunking['chunk_bytes_max']} B "
+            f"(mean {chunking['chunk_bytes_mean'] or 0:.0f} B)")
 
 
 def cmd_flash(args) -> int:
@@ -155,7 +167,8 @@ def cmd_flash(args) -> int:
         verb = "active" if result.activated else "staged and verified (not activated)"
         print(f"{args.format} model {result.size_bytes} bytes, CRC {out['crc_hex']}: {verb}; "
               f"{result.wall_s:.2f} s, {out['rate_bytes_per_s'] / 1024:.1f} KiB/s, wire overhead "
-              f"{result.overhead:.3f}, retries {result.retries}, reconnects {result.reconnects}")
+              f"{result.overhead:.3f}, retries {result.retries}, reconnects {result.reconnects}"
+              + _chunk_summary(result.chunking))
     return 0
 
 
