@@ -20,6 +20,7 @@ from nanofly.sim.presets import crazyflie_paper
 
 REPO = Path(__file__).resolve().parents[1]
 HOVER_INT8 = REPO / "models" / "crazyflie_hover_int8" / "policy.pt"
+HOVER_21PLUS_INT8 = REPO / "models" / "crazyflie_21plus_int8" / "policy.pt"
 H = 32
 OBS_DIM = 18 + 4 * H
 VEHICLE = controller_vehicle({"vehicle": {"params": crazyflie_paper.to_dict()},
@@ -283,6 +284,27 @@ def test_closed_loop_figure_eight_matches_c_int8(int8_backends):
     got = figure8_suite(stock, **kw)
     assert got["completion_rate"] == 1.0
     assert abs(got["position_rmse_m"] / ref["position_rmse_m"] - 1) <= 0.10
+
+
+def test_closed_loop_at_the_stock_limit_for_the_model_trained_for_it(crazyflie_base):
+    """models/crazyflie_21plus_int8 was trained on the crazyflie_21plus preset, whose rotors end
+    at the stock firmware's THRUST_MAX: through the app's controller with the stock limit it
+    flies the hover suite within 2 percentage points of c-int8 (200 episodes, same seed)."""
+    from nanofly.sim.presets import crazyflie_21plus
+    from nanofly.train.evaluate import evaluation_mdp, hover_suite, make_policy
+
+    reference = make_policy("c-int8", HOVER_21PLUS_INT8)
+    stock = S.make_backend(HOVER_21PLUS_INT8, base=crazyflie_base)
+    try:
+        assert stock.thrust_max_n == pytest.approx(0.12)
+        kw = dict(preset=crazyflie_21plus, mdp=evaluation_mdp(H), episodes=200, seed=12345)
+        ref = hover_suite(reference, **kw)
+        got = hover_suite(stock, **kw)
+    finally:
+        reference.close()
+        stock.close()
+    assert abs(got["success_rate"] - ref["success_rate"]) <= 0.02, (got["success_rate"],
+                                                                   ref["success_rate"])
 
 
 def test_backend_needs_the_environment(int8_backends):
