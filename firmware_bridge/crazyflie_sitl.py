@@ -112,7 +112,7 @@ ERR_CONFIG = -21
 MODE_ABS, MODE_VELOCITY = 1, 2  # stab_mode_t
 
 # A host build of these files fails in practice when the tree is not a supported release.
-_HINT = ("(is CRAZYFLIE_BASE a crazyflie-firmware release 2025.x or 2026.x with its "
+_HINT = ("(is CRAZYFLIE_BASE a crazyflie-firmware release 2025.12 or later with its "
          "submodules?)")
 
 
