@@ -110,8 +110,8 @@ def locate_tree() -> Path:
     if SHARED_TARBALL.is_file():
         return check_tree(extract_tarball(SHARED_TARBALL))
     raise TreeNotFound(f"no Crazyflie firmware tree: set {ENV_VAR} to a clone of "
-                       f"bitcraze/crazyflie-firmware (git clone --recursive; release 2025.x or "
-                       f"2026.x), or place {SHARED_TARBALL.name} at {SHARED_TARBALL.parent}")
+                       f"bitcraze/crazyflie-firmware (git clone --recursive; release 2025.12 or "
+                       f"later), or place {SHARED_TARBALL.name} at {SHARED_TARBALL.parent}")
 
 
 def tree_key(base: Path) -> str:
