@@ -209,3 +209,58 @@ def test_linker_refuses_an_image_that_reaches_the_model_slots(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "flash overflow: the image reaches flash sector 10" in proc.stdout + proc.stderr
+
+
+def _rerun_from_reset(gdb_port: int, elf) -> None:
+    """Run the firmware again from its reset handler (stack pointer from the vector table,
+    thread mode): what a reset does to the core, with SRAM (QEMU's emulated slots) kept.
+    QEMU's own system reset is not reachable through its gdbstub."""
+    sym = T.elf_symbols(elf)
+    gdb = T.GdbStub(gdb_port)  # connecting stops the guest
+    try:
+        gdb.set_register(13, sym["_estack"])
+        gdb.set_register(15, sym["Reset_Handler"] & ~1)
+        gdb.set_register(16, 1 << 24)  # xPSR: Thumb, no exception active
+        gdb.cont()
+    finally:
+        gdb.close()
+
+
+def test_bridge_firmware_boots_its_stored_models_on_qemu(tmp_path, blobs):
+    """The bridge firmware under QEMU (slots in SRAM with NOR semantics): after a restart the
+    boot scan activates the stored model, a committed one can still be activated, and an
+    upload while armed is refused with BUSY and changes nothing."""
+    from nanofly.firmware_bridge.client import BridgeClient, upload_model
+    from nanofly.firmware_bridge.emulator import EmulatedBoard, free_tcp_port, qemu_missing
+    from nanofly.firmware_bridge.firmware import build_firmware, toolchain_missing
+
+    if qemu_missing() or toolchain_missing():
+        pytest.skip(qemu_missing() or toolchain_missing())
+    elf = build_firmware()
+    gdb_port = free_tcp_port()
+    a, b = blobs["a"], blobs["b"]
+    with EmulatedBoard(elf, lifetime_s=120, qemu_args=["-gdb", f"tcp:127.0.0.1:{gdb_port}"]) as board, \
+            BridgeClient(board.url) as c:
+        upload_model(c, a, "f32", model_id=21)
+        upload_model(c, b, "f32", model_id=22, activate=False)
+        c.arm()
+        try:
+            with pytest.raises(P.DeviceError) as err:
+                c.begin(len(blobs["c"]), P.model_crc(blobs["c"]), P.FORMAT_F32, 23)
+            assert err.value.code == P.ERR_BUSY and err.value.detail0 == P.BUSY_ARMED
+        finally:
+            c.disarm()
+        status = c.status()
+        assert status.active_crc == P.model_crc(a) and status.staging_state == "verified"
+        uptime = status.uptime_ms
+        _rerun_from_reset(gdb_port, elf)
+        hello = c.hello()
+        status = c.status()
+        assert status.uptime_ms < uptime  # it did start again (uptime from 0)
+        assert (hello.active_crc, hello.active_model_id) == (P.model_crc(a), 21)
+        assert status.staging_state == "verified"  # b: committed before the restart
+        c.activate(P.model_crc(b))
+        _rerun_from_reset(gdb_port, elf)
+        assert c.hello().active_crc == P.model_crc(b)
+        np_obs = T.observations(1)[0]
+        assert c.infer(np_obs)[2] == P.model_crc(b)
