@@ -19,7 +19,7 @@
  * same NOR semantics (erase sets 0xFF, programming only clears bits): slot 0 in the 64 KB of
  * SRAM QEMU has beyond the real chip's 128 KB (0x20020000), slot 1 in the SRAM above .bss
  * (free on the real chip; the linker script checks it fits under the stack). The contents
- * last until QEMU exits (a reset of the emulated chip keeps them). The firmware tells the two apart by FLASH_CR: LOCK (bit 31) is set
+ * last until QEMU exits (a restart of the firmware from its reset handler keeps them). The firmware tells the two apart by FLASH_CR: LOCK (bit 31) is set
  * at reset on the chip, and the emulator reads it as zero. */
 #include "flash_store.h"
 
@@ -190,7 +190,7 @@ const nf_flash_ops *flash_store_init(void) {
     ops.read_base = store_base;
     /* Under QEMU the slots start as zeroed SRAM: to the store that is a slot without a valid
      * header (as if every bit were programmed), which BEGIN erases before use. Not erasing
-     * here keeps the store across a reset of the emulated chip. */
+     * here keeps the store across a restart of the firmware. */
     return &ops;
 }
 
