@@ -1,11 +1,12 @@
-"""Fuzz the bridge firmware's frame parser and command handler with libFuzzer (host build,
+"""Fuzz the shared protocol core (framing, commands, the two-slot flash store with power cuts
+over the host NOR emulator) and the bridge firmware's own commands with libFuzzer (host build,
 AddressSanitizer + UndefinedBehaviorSanitizer) and print one JSON object.
 
     python bench/fuzz/fuzz_bridge.py [--seconds 600] [--seed 1] [--corpus DIR] [--artifacts DIR]
 
 The harness (firmware_bridge/firmware/host/fuzz_bridge.c) also aborts when an encoded frame
-does not decode to itself, a request does not get exactly one valid reply, or the active
-model's bytes change. Seeds: full upload sessions of real exports (int8 and f32 of a small
+does not decode to itself, a request does not get exactly one valid reply, or the running
+model is not a whole activated slot (after boot, after the input, after a power cut and reboot). Seeds: full upload sessions of real exports (int8 and f32 of a small
 146-16-4 actor) plus raw wire captures. Crashes and hangs (inputs running > 10 s) leave
 crash-*/timeout-* files in the artifacts directory; the JSON reports them.
 """
