@@ -328,6 +328,10 @@ class CrazyflieLinkPeer:
         self._t0 = time.monotonic()
         self._last_step = 0.0
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:  # room for a burst of packets while this thread waits for a CPU (capped by the OS)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        except OSError:
+            pass
         self._socket.bind((host, port))
         self.address = self._socket.getsockname()
         self._thread = threading.Thread(target=self._run, name="CrazyflieLinkPeer", daemon=True)

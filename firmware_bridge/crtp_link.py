@@ -27,6 +27,12 @@ CFLIB_SCHEMES = ("radio://", "usb://", "udp://", "debug://")
 # other 2.4 GHz traffic loses some, hence the margin. UDP (the host stand-in) is not limited.
 PACKETS_PER_S = {"radio://": 300.0, "usb://": 700.0, "udp://": 5000.0, "debug://": 5000.0}
 
+# cflib's radio and USB drivers send one packet per radio/USB round trip, so a burst waits for
+# the link; its UDP driver sends at once. A UDP peer (the stand-in) then sees bursts its socket
+# buffer may not hold on a busy machine, so writes to udp:// are paced at its packet rate,
+# in bursts of at most UDP_BURST_PACKETS.
+UDP_BURST_PACKETS = 32
+
 CONNECT_TIMEOUT_S = 20.0  # the first connection downloads the param/log tables (cached after)
 
 
@@ -72,6 +78,9 @@ class AppChannelPort:
         self._failure: str | None = None
         self._lost: str | None = None
         self._connected = False
+        self._paced = uri.startswith("udp://")
+        self._packet_interval_s = 1.0 / PACKETS_PER_S["udp://"]
+        self._next_send = 0.0
         # cflib logs link errors with tracebacks; the ConnectionError says what matters.
         logging.getLogger("cflib").addHandler(logging.NullHandler())
         cflib.crtp.init_drivers()
@@ -137,6 +146,11 @@ class AppChannelPort:
         data = bytes(data)
         for start in range(0, len(data), APP_CHANNEL_MTU):
             packet = data[start:start + APP_CHANNEL_MTU]
+            if self._paced:
+                now = time.monotonic()
+                if self._next_send - now > UDP_BURST_PACKETS * self._packet_interval_s:
+                    time.sleep(self._next_send - now - UDP_BURST_PACKETS * self._packet_interval_s)
+                self._next_send = max(self._next_send, now) + self._packet_interval_s
             self._cf.appchannel.send_packet(packet)
             self.packets_sent += 1
             self.crtp_bytes_sent += len(packet) + CRTP_HEADER_BYTES
