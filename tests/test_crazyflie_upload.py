@@ -26,8 +26,8 @@ pytest.importorskip("cflib")
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "crazyflie_hover_int8" / "policy.pt"
-# cflib's own system tests expect more than 450 packets/s over the Crazyradio (FACTS of the
-# firmware's link); the estimate counts every app-channel packet in both directions at that rate.
+# cflib's own system tests expect more than 450 packets/s over the Crazyradio; the estimate
+# counts every app-channel packet in both directions at that rate.
 RADIO_PACKETS_PER_S = 450.0
 
 
