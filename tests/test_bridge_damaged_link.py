@@ -119,6 +119,9 @@ def test_adaptive_chunks_get_uploads_through_the_damaged_link(boards, int8_blob)
         assert result.chunking["chunks_lost"] > 0
         assert result.chunking["chunk_bytes_mean"] < 1024   # it did shrink
         completed.append(result)
+    print(f"damaged link {DAMAGE_P:.1%}: {len(completed)}/{UPLOADS} uploads completed; wall s "
+          f"{sorted(round(r.wall_s, 1) for r in completed)}, clean {clean.wall_s:.2f} s; mean chunk B "
+          f"{sorted(round(r.chunking['chunk_bytes_mean']) for r in completed)}")
     assert len(completed) >= 8, [run["error"] for run in runs if run["error"]]
     # the chunk came back up after losses: it was larger than the floor on average
     assert max(r.chunking["chunk_bytes_mean"] for r in completed) > 64
