@@ -56,7 +56,7 @@ class UploadResult:
     chunk_bytes: int          # the largest (and first) CHUNK data size
     bytes_on_wire: int        # both directions, every frame of the upload
     bytes_to_board: int       # host -> board only (the busy direction of a full-duplex UART)
-    retries: int
+    retries: int              # same-frame resends + chunks sent again after a loss
     reconnects: int
     resumed_from: int         # bytes already on the board when the upload (re)started
     activated: bool
