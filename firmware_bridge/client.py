@@ -405,12 +405,11 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
 
     def control(ftype: int, payload: bytes = b"") -> bytes:
         """BEGIN, COMMIT, ACTIVATE, STATUS, with as many attempts as a chunk gets once the
-        link has lost chunks. BEGIN (may erase a flash slot), COMMIT and ACTIVATE wait the
-        client's full timeout; STATUS only what the chunks' replies took. A retry repeats the
-        frame with its sequence number, so a reply that comes late still counts."""
+        link has lost chunks. They wait the client's full timeout: BEGIN may erase a flash
+        slot, COMMIT and ACTIVATE may program one, and a STATUS given up on would fail an
+        upload that is done."""
         lossy = sizer is not None and sizer.losses > 0
         return client.request(ftype, payload,
-                              timeout_s=timer.wait_s if ftype == P.CMD_STATUS else None,
                               retries=max(client.retries, losses_limit - 1) if lossy else None)
 
     def timed(send: Callable[[], object], payload_bytes: int, only_if_unsampled: bool = False):
