@@ -129,7 +129,7 @@ def run_step_benchmark(policy, *, base=None, num_states: int = 8, seed: int = 0,
     includes = [autoconf, *(base / d for d in tree.TYPE_INCLUDE_DIRS),
                 *(base / d for d in sitl.EXTRA_INCLUDE_DIRS),
                 *(base / d for d in FREERTOS_INCLUDE_DIRS), C_DIR, sitl.CONTROLLER_H.parent,
-                export_dir, mcu.FIRMWARE_DIR]
+                export_dir, mcu.FIRMWARE_DIR, sitl.SHIM_C.parent]
     with tempfile.TemporaryDirectory(prefix="nanofly-cf-step-") as tmp:
         work = Path(tmp)
         write_data_header(work / "cf_step_data.h", vehicle, state, setpoint)

@@ -92,6 +92,7 @@ APP_DIR = Path(__file__).resolve().parent / "crazyflie"
 CONTROLLER_C = APP_DIR / "src" / "nanofly_cf.c"
 CONTROLLER_H = APP_DIR / "src" / "nanofly_cf.h"
 SHIM_C = APP_DIR / "sitl" / "nanofly_sitl.c"
+SHIM_H = APP_DIR / "sitl" / "nanofly_sitl_inputs.h"
 POWER_DISTRIBUTION_C = "src/modules/src/power_distribution_quadrotor.c"
 # Firmware include folders: the types' (crazyflie_tree.TYPE_INCLUDE_DIRS) plus what the power
 # distribution reads (platform_defaults.h, config.h's driver headers).
@@ -136,7 +137,7 @@ def build_library(base: str | os.PathLike | None = None) -> Path:
     h = hashlib.sha256()
     for part in (_compiler_id(cc), str(base), *common, *NANOFLY_FLAGS):
         h.update(part.encode() + b"\0")
-    _hash_files(h, [*ours, RUNTIME_H, CONTROLLER_H, autoconf_dir / "autoconf.h"])
+    _hash_files(h, [*ours, RUNTIME_H, CONTROLLER_H, SHIM_H, autoconf_dir / "autoconf.h"])
     h.update(tree.tree_key(base).encode())
     out_dir = cache_dir()
     target = out_dir / f"libnanofly_cf_sitl-{h.hexdigest()[:16]}.so"

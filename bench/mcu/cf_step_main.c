@@ -14,6 +14,7 @@
 #include "cf_step_data.h"
 #include "config.h"
 #include "nanofly_cf.h"
+#include "nanofly_sitl_inputs.h"
 #include "platform_defaults.h"
 #include "policy_int8.h"
 
@@ -26,34 +27,7 @@ static uint32_t bits(float f)
 
 static void fill(uint32_t k, setpoint_t *sp, sensorData_t *sensors, state_t *st, uint32_t stamp)
 {
-    const float *s = cf_step_state[k];
-    const float *p = cf_step_setpoint[k];
-    memset(sp, 0, sizeof(*sp));
-    memset(sensors, 0, sizeof(*sensors));
-    memset(st, 0, sizeof(*st));
-    st->position.x = s[0];
-    st->position.y = s[1];
-    st->position.z = s[2];
-    st->velocity.x = s[3];
-    st->velocity.y = s[4];
-    st->velocity.z = s[5];
-    st->attitudeQuaternion.x = s[6];
-    st->attitudeQuaternion.y = s[7];
-    st->attitudeQuaternion.z = s[8];
-    st->attitudeQuaternion.w = s[9];
-    sensors->gyro.x = s[10];
-    sensors->gyro.y = s[11];
-    sensors->gyro.z = s[12];
-    sp->timestamp = stamp;
-    sp->position.x = p[0];
-    sp->position.y = p[1];
-    sp->position.z = p[2];
-    sp->velocity.x = p[3];
-    sp->velocity.y = p[4];
-    sp->velocity.z = p[5];
-    sp->mode.x = modeAbs;
-    sp->mode.y = modeAbs;
-    sp->mode.z = modeAbs;
+    nf_sitl_fill(cf_step_state[k], cf_step_setpoint[k], stamp, modeAbs, sp, sensors, st);
 }
 
 static nf_cf_controller controller; /* the app keeps it in static memory too */

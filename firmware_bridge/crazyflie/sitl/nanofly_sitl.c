@@ -19,13 +19,12 @@
 #include <string.h>
 
 #include "nanofly_cf.h"
+#include "nanofly_sitl_inputs.h"
 #include "platform_defaults.h"
 #include "power_distribution.h"
 #include "stabilizer_types.h"
 
 #define NF_SITL_VEHICLE 8u
-#define NF_SITL_STATE 13u
-#define NF_SITL_SETPOINT 6u
 
 uint32_t nf_sitl_controller_bytes(void) { return (uint32_t)sizeof(nf_cf_controller); }
 
@@ -78,37 +77,6 @@ int nf_sitl_load(void *ctrls, uint32_t n, const void *blob, uint32_t size)
     return first;
 }
 
-static void fill(const float *s, const float *sp, uint32_t timestamp, stab_mode_t xyz_mode,
-                 setpoint_t *setpoint, sensorData_t *sensors, state_t *state)
-{
-    memset(setpoint, 0, sizeof(*setpoint));
-    memset(sensors, 0, sizeof(*sensors));
-    memset(state, 0, sizeof(*state));
-    state->position.x = s[0];
-    state->position.y = s[1];
-    state->position.z = s[2];
-    state->velocity.x = s[3];
-    state->velocity.y = s[4];
-    state->velocity.z = s[5];
-    state->attitudeQuaternion.x = s[6];
-    state->attitudeQuaternion.y = s[7];
-    state->attitudeQuaternion.z = s[8];
-    state->attitudeQuaternion.w = s[9];
-    sensors->gyro.x = s[10];
-    sensors->gyro.y = s[11];
-    sensors->gyro.z = s[12];
-    setpoint->timestamp = timestamp;
-    setpoint->position.x = sp[0];
-    setpoint->position.y = sp[1];
-    setpoint->position.z = sp[2];
-    setpoint->velocity.x = sp[3];
-    setpoint->velocity.y = sp[4];
-    setpoint->velocity.z = sp[5];
-    setpoint->mode.x = xyz_mode;
-    setpoint->mode.y = xyz_mode;
-    setpoint->mode.z = xyz_mode;
-}
-
 /* The controller's 18 state-observation values (nf_cf_state_observation) for n rows. */
 void nf_sitl_state_observation(uint32_t n, const float *state, const float *setpoint,
                                float position_error_limit_m, float *out)
@@ -117,7 +85,7 @@ void nf_sitl_state_observation(uint32_t n, const float *state, const float *setp
     sensorData_t sensors;
     state_t st;
     for (uint32_t i = 0; i < n; i++) {
-        fill(state + NF_SITL_STATE * i, setpoint + NF_SITL_SETPOINT * i, 0u, modeAbs, &sp,
+        nf_sitl_fill(state + NF_SITL_STATE * i, setpoint + NF_SITL_SETPOINT * i, 0u, modeAbs, &sp,
              &sensors, &st);
         nf_cf_state_observation(&sp, &sensors, &st, position_error_limit_m,
                                 out + NF_CF_STATE_DIM * i);
@@ -193,7 +161,7 @@ void nf_sitl_run(void *ctrls, uint32_t n, const uint8_t *enabled, const uint8_t 
     for (uint32_t i = 0; i < n; i++) {
         nf_cf_controller *c = ctrl(ctrls, i);
         const stab_mode_t mode = xyz_mode ? (stab_mode_t)xyz_mode[i] : modeAbs;
-        fill(state + NF_SITL_STATE * i, setpoint + NF_SITL_SETPOINT * i, timestamp[i], mode, &sp,
+        nf_sitl_fill(state + NF_SITL_STATE * i, setpoint + NF_SITL_SETPOINT * i, timestamp[i], mode, &sp,
              &sensors, &st);
         if (restart && restart[i]) {
             c->vehicle.history_reset_action = history_reset[i];
