@@ -84,6 +84,48 @@ def _build(kind: str, sources: list[Path], flags: list[str], cc: str | None = No
     return target
 
 
+def build_cached_library(stem: str, units: list[tuple[Path, list[str]]], *,
+                         depends: list[Path] = (), key: tuple[str, ...] = (), what: str,
+                         cc: str | None = None, timeout_s: float = 300) -> Path:
+    """A host shared library compiled from ``units`` (source, its compiler flags), built once
+    and kept in the cache as ``{stem}-{hash}.so``. The hash covers the compiler, every unit's
+    path, flags and bytes, the bytes of ``depends`` (headers) and ``key`` (e.g. a firmware
+    tree's identity), so any change builds a new library and a stale one is never loaded.
+    Built in a temporary folder beside the target and renamed into place, so concurrent
+    builders never see half a file. ``what`` names the library in errors."""
+    cc = find_compiler(cc)
+    h = hashlib.sha256()
+    for part in (_compiler_id(cc), *key):
+        h.update(part.encode() + b"\0")
+    for src, flags in units:
+        h.update("\0".join([str(src), *flags]).encode() + b"\0" + Path(src).read_bytes())
+    for dep in depends:
+        h.update(str(dep).encode() + b"\0" + Path(dep).read_bytes())
+    out_dir = cache_dir()
+    target = out_dir / f"{stem}-{h.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{stem}-", dir=out_dir) as tmp:
+        objs = []
+        for i, (src, flags) in enumerate(units):
+            obj = Path(tmp) / f"{i}-{Path(src).stem}.o"
+            cmd = [cc, *flags, "-fPIC", "-c", str(src), "-o", str(obj)]
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            if res.returncode != 0:
+                raise RuntimeBuildError(f"compiling {Path(src).name} for {what} failed:\n"
+                                        f"{' '.join(cmd)}\n{res.stderr.strip()[-3000:]}")
+            objs.append(str(obj))
+        so = Path(tmp) / target.name
+        cmd = [cc, "-shared", "-o", str(so), *objs, "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        if res.returncode != 0:
+            raise RuntimeBuildError(f"linking {what} failed:\n{' '.join(cmd)}\n"
+                                    f"{res.stderr.strip()[-3000:]}")
+        os.replace(so, target)
+    return target
+
+
 def _host_fma_flags() -> list[str]:
     """-mfma where the x86 CPU has FMA: fmaf becomes one instruction instead of a libm call
     (about 5x faster c-f32 here). Results do not change: the runtime only fuses where it calls

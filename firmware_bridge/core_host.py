@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 from . import protocol as P
-from .firmware import FIRMWARE_DIR, FirmwareBuildError, default_build_dir, export_c_dir
+from .firmware import FIRMWARE_DIR, FirmwareBuildError, export_c_dir
 
 CORE_DIR = FIRMWARE_DIR.parent / "core"
-LIB_NAME = "libnanofly_core_host.so"
 CORE_SOURCES = ("frame.c", "nf_store.c", "nf_core.c", "host/nor_flash.c", "host/core_host.c")
 STM32F4_SECTOR_BYTES = 128 * 1024  # the sectors the bridge firmware's slots use (10 and 11)
 DEFAULT_MAX_MODEL_BYTES = 56 * 1024
@@ -33,31 +30,22 @@ def _sources(export_c: Path) -> list[Path]:
     return [CORE_DIR / s for s in CORE_SOURCES] + [export_c / "nanofly_policy.c"]
 
 
-def build_host_core(build_dir: str | os.PathLike | None = None, *, export_c=None) -> Path:
-    """Compile (when a source is newer than the library) and return the shared library."""
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise FirmwareBuildError("no host C compiler (cc) found; install one with: "
-                                 "apt-get install -y gcc")
+def build_host_core(*, export_c=None) -> Path:
+    """The host core's shared library (the shared C core, the NOR-flash emulator and the policy
+    runtime), compiled once per set of sources and cached."""
+    from nanofly.export.runtime import RuntimeBuildError, build_cached_library
+
     export_c = Path(export_c) if export_c else export_c_dir()
-    out_dir = (Path(build_dir) if build_dir else default_build_dir()) / "host"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / LIB_NAME
-    inputs = _sources(export_c) + sorted(CORE_DIR.glob("*.h")) + sorted(CORE_DIR.glob("host/*.h")) \
-        + [export_c / "nanofly_policy.h"]
-    if lib.is_file() and lib.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
-        return lib
-    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [cc, "-O2", "-g", "-std=gnu11", "-fPIC", "-shared", "-Wall", "-Wextra",
-           "-Wno-unused-parameter", f"-I{CORE_DIR}", f"-I{CORE_DIR / 'host'}", f"-I{export_c}",
-           *map(str, _sources(export_c)), "-lm", "-o", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise FirmwareBuildError(f"host core build failed (exit {proc.returncode}): "
-                                 f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    os.replace(tmp, lib)  # atomic: a concurrent user never loads a half-written library
-    return lib
+    flags = ["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+             f"-I{CORE_DIR}", f"-I{CORE_DIR / 'host'}", f"-I{export_c}"]
+    headers = sorted(CORE_DIR.glob("*.h")) + sorted(CORE_DIR.glob("host/*.h")) + [
+        export_c / "nanofly_policy.h"]
+    try:
+        units = [(src, flags) for src in _sources(export_c)]
+        return build_cached_library("libnanofly_core_host", units, depends=headers,
+                                    what="the host core")
+    except RuntimeBuildError as exc:
+        raise FirmwareBuildError(str(exc)) from None
 
 
 def _load(lib_path: Path) -> ctypes.CDLL:

@@ -70,10 +70,7 @@ not model: the estimator, sensor noise beyond the MDP's, timing jitter, the batt
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +78,8 @@ import numpy as np
 
 from nanofly.export import backends
 from nanofly.export.backends import BackendError, CBackend
-from nanofly.export.runtime import (C_DIR, RUNTIME_C, RUNTIME_H, RuntimeBuildError, _compiler_id,
-                                    _host_fma_flags, cache_dir, find_compiler)
+from nanofly.export.runtime import (C_DIR, RUNTIME_C, RUNTIME_H, RuntimeBuildError,
+                                    _host_fma_flags, build_cached_library, find_compiler)
 
 from . import crazyflie_tree as tree
 from .crazyflie_vehicle import controller_vehicle
@@ -117,11 +114,6 @@ _HINT = ("(is CRAZYFLIE_BASE a crazyflie-firmware release 2025.12 or later with 
          "submodules?)")
 
 
-def _hash_files(h, paths) -> None:
-    for p in paths:
-        h.update(str(p).encode() + b"\0" + Path(p).read_bytes())
-
-
 def build_library(base: str | os.PathLike | None = None) -> Path:
     """The SITL shared library for the firmware tree ``base`` (default: ``locate_tree()``),
     built once and cached (see the module docstring for what goes in)."""
@@ -130,40 +122,19 @@ def build_library(base: str | os.PathLike | None = None) -> Path:
     cc = find_compiler()
     includes = [autoconf_dir, *(base / d for d in tree.TYPE_INCLUDE_DIRS),
                 *(base / d for d in EXTRA_INCLUDE_DIRS), C_DIR, CONTROLLER_H.parent]
-    common = ["-std=gnu11", "-O2", "-fPIC", "-ffp-contract=off", *_host_fma_flags(),
+    common = ["-std=gnu11", "-O2", "-ffp-contract=off", *_host_fma_flags(),
               "-DUNIT_TEST_MODE", *(f"-I{d}" for d in includes)]
     ours = [RUNTIME_C, CONTROLLER_C, SHIM_C]
-    firmware = [base / POWER_DISTRIBUTION_C]
-    h = hashlib.sha256()
-    for part in (_compiler_id(cc), str(base), *common, *NANOFLY_FLAGS):
-        h.update(part.encode() + b"\0")
-    _hash_files(h, [*ours, RUNTIME_H, CONTROLLER_H, SHIM_H, autoconf_dir / "autoconf.h"])
-    h.update(tree.tree_key(base).encode())
-    out_dir = cache_dir()
-    target = out_dir / f"libnanofly_cf_sitl-{h.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".nanofly-cf-sitl-", dir=out_dir) as tmp:
-        objs = []
-        for src in [*ours, *firmware]:
-            obj = Path(tmp) / f"{src.stem}.o"
-            extra = list(NANOFLY_FLAGS) if src in ours else []
-            cmd = [cc, *common, *extra, "-c", str(src), "-o", str(obj)]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if res.returncode != 0:
-                raise RuntimeBuildError(f"compiling {src.name} for the Crazyflie SITL against "
-                                        f"{base} failed {_HINT}:\n{' '.join(cmd)}\n"
-                                        f"{res.stderr.strip()[-3000:]}")
-            objs.append(str(obj))
-        so = Path(tmp) / target.name
-        cmd = [cc, "-shared", "-o", str(so), *objs, "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0:
-            raise RuntimeBuildError(f"linking the Crazyflie SITL failed:\n{' '.join(cmd)}\n"
-                                    f"{res.stderr.strip()[-3000:]}")
-        os.replace(so, target)
-    return target
+    units = [(src, [*common, *NANOFLY_FLAGS]) for src in ours]
+    units.append((base / POWER_DISTRIBUTION_C, common))  # the firmware's own file, its warnings
+    try:
+        return build_cached_library(
+            "libnanofly_cf_sitl", units, depends=[RUNTIME_H, CONTROLLER_H, SHIM_H,
+                                                  autoconf_dir / "autoconf.h"],
+            key=(str(base), tree.tree_key(base)), what=f"the Crazyflie SITL against {base}",
+            cc=cc, timeout_s=120)
+    except RuntimeBuildError as exc:
+        raise RuntimeBuildError(f"{exc}\n{_HINT}") from None
 
 
 class SitlLibrary:

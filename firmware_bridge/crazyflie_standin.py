@@ -18,16 +18,12 @@ policy runtime. The param ``nanofly.modelCrc`` and ``nanofly.modelSource`` follo
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanofly.export.runtime import (C_DIR, RuntimeBuildError, _compiler_id, cache_dir,
-                                    find_compiler)
+from nanofly.export.runtime import C_DIR, RuntimeBuildError, build_cached_library, find_compiler
 
 from .crazyflie_link_sim import CrazyflieLinkPeer
 
@@ -37,7 +33,7 @@ APP_SRC = HERE / "crazyflie" / "src"
 SITL_DIR = HERE / "crazyflie" / "sitl"
 LINK_C = APP_SRC / "nanofly_cf_link.c"
 SHIM_C = SITL_DIR / "nanofly_link_sitl.c"
-FLAGS = ("-std=gnu11", "-O2", "-fPIC", "-Wall", "-Wextra", "-Werror")
+FLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror")
 
 # The shipped model's interface (18 state values + 32 actions of history, 4 motors): what the
 # app built by default accepts; --default EXPORT_DIR sets it from that export instead.
@@ -65,25 +61,8 @@ def build_library() -> Path:
     missing = [str(s) for s in sources if not s.is_file()]
     if missing:
         raise RuntimeBuildError(f"the stand-in's sources are missing: {', '.join(missing)}")
-    h = hashlib.sha256()
-    for part in (_compiler_id(cc), *flags):
-        h.update(part.encode() + b"\0")
-    for p in [*sources, *_headers()]:
-        h.update(str(p).encode() + b"\0" + p.read_bytes())
-    out_dir = cache_dir()
-    target = out_dir / f"libnanofly_cf_link_sitl-{h.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".nanofly-link-sitl-", dir=out_dir) as tmp:
-        so = Path(tmp) / target.name
-        cmd = [cc, *flags, "-shared", "-o", str(so), *map(str, sources), "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            raise RuntimeBuildError(f"compiling the Crazyflie stand-in failed:\n{' '.join(cmd)}\n"
-                                    f"{res.stderr.strip()[-3000:]}")
-        os.replace(so, target)
-    return target
+    return build_cached_library("libnanofly_cf_link_sitl", [(src, flags) for src in sources],
+                                depends=_headers(), what="the Crazyflie stand-in", cc=cc)
 
 
 _WRITE_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t)
