@@ -137,3 +137,118 @@ def run_fuzzer(binary: str | os.PathLike, corpus_dir: str | os.PathLike, *, seco
         "crashes": len(crashes), "hangs": len(hangs), "artifacts": crashes + hangs,
         "log_tail": "\n".join(log.strip().splitlines()[-15:]) if proc.returncode else "",
     }
+
+
+# ---- the Crazyflie app's link (crazyflie/sitl/fuzz_cf_link.c) ---------------------------------
+CF_LINK_FUZZER_NAME = "fuzz_cf_link"
+CF_FRAME, CF_PACKETS, CF_RAW, CF_UART, CF_BUSY, CF_STEP, CF_CUT, CF_REBOOT = range(8)  # harness ops
+CF_MODE_RAW_PACKETS = 1
+APP_CHANNEL_MTU = 30
+
+
+def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.PathLike | None = None) -> Path:
+    """Compile the libFuzzer harness of the Crazyflie app's link: the real
+    ``crazyflie/src/nanofly_cf_link.c``, the shared core and the NOR-flash emulator, against the
+    firmware's ``app_channel.h`` (``crazyflie_base``, default: ``crazyflie_tree.locate_tree()``,
+    which raises ``TreeNotFound`` when there is no firmware tree), with ASan + UBSan."""
+    from .crazyflie_standin import APP_SRC, CORE_DIR, LINK_C, SITL_DIR
+    from .crazyflie_tree import locate_tree
+    from .firmware import FirmwareBuildError, export_c_dir, fuzzer_missing
+
+    missing = fuzzer_missing()
+    if missing:
+        raise FirmwareBuildError(missing)
+    base = Path(crazyflie_base) if crazyflie_base else locate_tree()
+    interface = base / "src" / "modules" / "interface"
+    if not (interface / "app_channel.h").is_file():
+        raise FirmwareBuildError(f"{interface / 'app_channel.h'} is missing: is {base} a crazyflie-firmware tree?")
+    export_c = export_c_dir()
+    sources = [CORE_DIR / "frame.c", CORE_DIR / "nf_store.c", CORE_DIR / "nf_core.c",
+               CORE_DIR / "host" / "nor_flash.c", export_c / "nanofly_policy.c", LINK_C,
+               SITL_DIR / "fuzz_cf_link.c"]
+    out = Path(build_dir).resolve() / CF_LINK_FUZZER_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["clang", "-g", "-O1", "-std=gnu11", "-fsanitize=fuzzer,address,undefined",
+           "-fno-sanitize-recover=all", "-Wall", "-Wextra", "-Werror",
+           *(f"-I{d}" for d in (CORE_DIR, CORE_DIR / "host", export_c, APP_SRC, interface)),
+           *map(str, sources), "-lm", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise FirmwareBuildError(f"Crazyflie link fuzzer build failed (exit {proc.returncode}): "
+                                 f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return out
+
+
+def _cf_frame(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+    return bytes([CF_FRAME]) + _record(ftype, seq, payload)
+
+
+def _cf_flush(packet_bytes: int = APP_CHANNEL_MTU) -> bytes:
+    """Send everything queued in packets of ``packet_bytes`` (1..30)."""
+    return bytes([CF_PACKETS, 31 + (packet_bytes - 1)])
+
+
+def cf_upload_records(blob: bytes, fmt: int, *, model_id: int = 7, chunk: int = 512, seq0: int = 0,
+                      packet_bytes: int = APP_CHANNEL_MTU, activate: bool = True,
+                      step_first: bool = True) -> list[bytes]:
+    """Harness records (fuzz_cf_link.c): a controller step when ``step_first`` (it takes the
+    model published at boot or by a previous ACTIVATE: flash writes wait for that), then HELLO,
+    BEGIN, CHUNKs, COMMIT, ACTIVATE and STATUS, each sent at once over the app channel in
+    packets of ``packet_bytes``."""
+    crc = P.model_crc(blob)
+    reqs = [(P.CMD_HELLO, P.hello_request()), (P.CMD_BEGIN, P.begin_request(len(blob), crc, fmt, model_id))]
+    reqs += [(P.CMD_CHUNK, P.chunk_request(o, blob[o:o + chunk])) for o in range(0, len(blob), chunk)]
+    reqs += [(P.CMD_COMMIT, b"")]
+    if activate:
+        reqs += [(P.CMD_ACTIVATE, struct.pack("<I", crc))]
+    reqs += [(P.CMD_STATUS, b"")]
+    return [bytes([CF_STEP])] * step_first + [_cf_frame(t, seq0 + i, p) + _cf_flush(packet_bytes)
+                                 for i, (t, p) in enumerate(reqs)]
+
+
+def write_cf_link_seed_corpus(corpus_dir: str | os.PathLike, blobs: dict[int, bytes]) -> int:
+    """Seed inputs for the Crazyflie link harness from real exports (format -> blob): uploads in
+    whole and odd-sized app-channel packets, over the deck UART, while armed and flying, a second
+    upload before the controller took the first model, power cuts and reboots, raw packets.
+    Returns the number of files."""
+    corpus_dir = Path(corpus_dir)
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    step, reboot = bytes([CF_STEP]), bytes([CF_REBOOT])
+
+    def put(name: str, data: bytes) -> None:
+        nonlocal n
+        (corpus_dir / name).write_bytes(data)
+        n += 1
+
+    for fmt, blob in blobs.items():
+        recs = cf_upload_records(blob, fmt)
+        up = b"".join(recs)
+        other_fmt, other = next(((f, b) for f, b in blobs.items() if f != fmt), (fmt, blob))
+        second = b"".join(cf_upload_records(other, other_fmt, model_id=8, seq0=40))
+        put(f"upload_{fmt}", b"\0" + up + step + reboot + step)
+        for size in (1, 7, 29):
+            put(f"upload_packets{size}_{fmt}",
+                b"\0" + b"".join(cf_upload_records(blob, fmt, packet_bytes=size)) + step)
+        put(f"armed_{fmt}", b"\0" + bytes([CF_BUSY, 1]) + up + bytes([CF_BUSY, 2]) + up
+            + bytes([CF_BUSY, 0]) + up + step)
+        # armed half-way through the upload, disarmed, the upload again (it resumes)
+        half = len(recs) // 2
+        put(f"armed_midway_{fmt}", b"\0" + b"".join(recs[:half]) + bytes([CF_BUSY, 1])
+            + b"".join(recs[half:]) + bytes([CF_BUSY, 0]) + up + step)
+        # the controller runs the first model; the second is activated; a third upload before
+        # the controller took the second would erase the first's slot under it (refused: busy),
+        # then after the controller's step
+        third = b"".join(cf_upload_records(blob, fmt, model_id=9, seq0=80, step_first=False))
+        put(f"handover_{fmt}", b"\0" + up + step + second + third + step + third + step + reboot + step)
+        for ops in (0, 2, 5, 9):
+            put(f"power_cut_{ops}_{fmt}", b"\0" + up + step + bytes([CF_CUT, ops, 100]) + second
+                + reboot + step + second + step)
+        wire = b"".join(P.encode_frame(P.CMD_HELLO, 1, P.hello_request()) for _ in range(2))
+        put(f"uart_{fmt}", b"\0" + b"".join(bytes([CF_UART, len(wire)]) + wire for _ in range(2)) + up + step)
+        raw = b"".join(P.encode_frame(t, s, p) for t, s, p in session_records(blob, fmt)[:-5])
+        put(f"raw_packets_{fmt}", bytes([CF_MODE_RAW_PACKETS]) + b"".join(
+            bytes([len(raw[o:o + APP_CHANNEL_MTU])]) + raw[o:o + APP_CHANNEL_MTU]
+            for o in range(0, len(raw), APP_CHANNEL_MTU)))
+    put("garbage", bytes([CF_MODE_RAW_PACKETS]) + b"".join(bytes([30]) + bytes(range(i, i + 30)) for i in range(0, 200, 30)))
+    return n
