@@ -146,9 +146,11 @@ CF_MODE_RAW_PACKETS = 1
 APP_CHANNEL_MTU = 30
 
 
-def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.PathLike | None = None) -> Path:
+def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.PathLike | None = None,
+                         *, link_c: str | os.PathLike | None = None) -> Path:
     """Compile the libFuzzer harness of the Crazyflie app's link: the real
-    ``crazyflie/src/nanofly_cf_link.c``, the shared core and the NOR-flash emulator, against the
+    ``crazyflie/src/nanofly_cf_link.c`` (``link_c``: another copy of it, for tests that check
+    the harness catches a broken link), the shared core and the NOR-flash emulator, against the
     firmware's ``app_channel.h`` (``crazyflie_base``, default: ``crazyflie_tree.locate_tree()``,
     which raises ``TreeNotFound`` when there is no firmware tree), with ASan + UBSan."""
     from .crazyflie_standin import APP_SRC, CORE_DIR, LINK_C, SITL_DIR
@@ -164,7 +166,7 @@ def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.
         raise FirmwareBuildError(f"{interface / 'app_channel.h'} is missing: is {base} a crazyflie-firmware tree?")
     export_c = export_c_dir()
     sources = [CORE_DIR / "frame.c", CORE_DIR / "nf_store.c", CORE_DIR / "nf_core.c",
-               CORE_DIR / "host" / "nor_flash.c", export_c / "nanofly_policy.c", LINK_C,
+               CORE_DIR / "host" / "nor_flash.c", export_c / "nanofly_policy.c", Path(link_c or LINK_C),
                SITL_DIR / "fuzz_cf_link.c"]
     out = Path(build_dir).resolve() / CF_LINK_FUZZER_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
