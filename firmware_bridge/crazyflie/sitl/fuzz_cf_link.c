@@ -10,7 +10,8 @@
  * runtime. link_poll and link_write follow the app's (nanofly_app.c: those need FreeRTOS).
  *
  * Input: [mode u8][records...]. Mode bit 0: the records are raw app-channel packets only
- * ([n][n % 31 bytes]); otherwise each record is [op u8][...], op & 7:
+ * ([n][n % 31 bytes]), each followed by a controller step; otherwise each record is
+ * [op u8][...], op & 7:
  *   0 frame     [type][seq][len u16 LE][payload]: framed (nf_frame_encode) and queued for the
  *               host's side of the radio (nothing is sent yet);
  *   1 packets   [n]: n <= 30: the next n queued bytes go as one app-channel packet (0: an empty
@@ -300,6 +301,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (n > size) n = size;
             if (op == 2) {
                 send_packet(data, n);
+                if (mode & 1u) controller_step(); /* the controller steps far more often */
             } else {
                 for (size_t i = 0; i < n; i++) link_feed_checked(NF_CF_LINK_UART, data + i, 1u);
             }
