@@ -7,7 +7,8 @@
  * (the radio: packets of at most APPCHANNEL_MTU bytes each way), the deck UART (one byte at a
  * time, as the app task polls it), arming and running motors (the busy hook), and the
  * controller, which takes a published model between two steps and loads it with the policy
- * runtime. link_poll and link_write follow the app's (nanofly_app.c: those need FreeRTOS).
+ * runtime. link_poll and link_write follow the app's (nanofly_app.c needs FreeRTOS); the cut of
+ * replies into app-channel packets is the link's own nf_cf_link_send_packets, as in the app.
  *
  * Input: [mode u8][records...]. Mode bit 0: the records are raw app-channel packets only
  * ([n][n % 31 bytes]), each followed by a controller step; otherwise each record is
@@ -129,16 +130,16 @@ void appchannelSendDataPacketBlock(void *data, size_t length)
 }
 
 /* ---- the app's side (as nanofly_app.c's link_write / link_poll) ------------------------ */
+static void send_app_channel_packet(const uint8_t *packet, size_t n)
+{
+    appchannelSendDataPacketBlock((void *)packet, n);
+}
+
 static void link_write(void *ctx, int transport, const uint8_t *data, size_t len)
 {
     (void)ctx;
     if (transport == NF_CF_LINK_APP_CHANNEL) {
-        while (len > 0u) {
-            const size_t n = len < APPCHANNEL_MTU ? len : APPCHANNEL_MTU;
-            appchannelSendDataPacketBlock((void *)data, n);
-            data += n;
-            len -= n;
-        }
+        nf_cf_link_send_packets(data, len, send_app_channel_packet);
     } else if (transport == NF_CF_LINK_UART) {
         host_receives(NF_CF_LINK_UART, data, len);
     } else {

@@ -29,10 +29,21 @@ static int busy_reason;
 static int model_status = -1;
 static nanofly_model running;
 
+static void sitl_send_app_channel_packet(const uint8_t *packet, size_t n)
+{
+    write_fn(NF_CF_LINK_APP_CHANNEL, packet, n);
+}
+
+/* Replies go to Python packet by packet, cut as the app cuts them for the radio. */
 static void sitl_write(void *ctx, int transport, const uint8_t *data, size_t len)
 {
     (void)ctx;
-    if (write_fn) {
+    if (!write_fn) {
+        return;
+    }
+    if (transport == NF_CF_LINK_APP_CHANNEL) {
+        nf_cf_link_send_packets(data, len, sitl_send_app_channel_packet);
+    } else {
         write_fn(transport, data, len);
     }
 }

@@ -128,18 +128,20 @@ static void print_model_status(void)
     }
 }
 
-/* Link transport: replies go back on the transport the request came on; the app channel
-   takes at most APPCHANNEL_MTU (30) bytes per packet. */
+_Static_assert(APPCHANNEL_MTU == NF_CF_LINK_PACKET_BYTES,
+               "the link cuts replies into packets of the app channel's size");
+
+static void send_app_channel_packet(const uint8_t *packet, size_t n)
+{
+    appchannelSendDataPacketBlock((void *)packet, n);
+}
+
+/* Link transport: replies go back on the transport the request came on. */
 static void link_write(void *ctx, int transport, const uint8_t *data, size_t len)
 {
     (void)ctx;
     if (transport == NF_CF_LINK_APP_CHANNEL) {
-        while (len > 0u) {
-            const size_t n = len < APPCHANNEL_MTU ? len : APPCHANNEL_MTU;
-            appchannelSendDataPacketBlock((void *)data, n);
-            data += n;
-            len -= n;
-        }
+        nf_cf_link_send_packets(data, len, send_app_channel_packet);
     }
 #if NANOFLY_DECK_UART == 1
     else if (transport == NF_CF_LINK_UART) {

@@ -133,3 +133,14 @@ const nf_core *nf_cf_link_core(void)
 {
     return &core;
 }
+
+void nf_cf_link_send_packets(const uint8_t *data, size_t len,
+                             void (*send)(const uint8_t *packet, size_t n))
+{
+    while (len > 0u) {
+        const size_t n = len < NF_CF_LINK_PACKET_BYTES ? len : NF_CF_LINK_PACKET_BYTES;
+        send(data, n);
+        data += n;
+        len -= n;
+    }
+}

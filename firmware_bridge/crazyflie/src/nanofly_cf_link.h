@@ -53,6 +53,12 @@ typedef struct {
  * model (default_blob, may be NULL) when none is valid. Returns the slot published or -1. */
 int nf_cf_link_init(const nf_cf_link_platform *platform, const void *default_blob,
                     uint32_t default_size, uint32_t default_crc);
+/* The app channel's packet size, the firmware's APPCHANNEL_MTU (the app checks that they agree). */
+#define NF_CF_LINK_PACKET_BYTES 30u
+/* Hands data to send() in order, in packets of at most NF_CF_LINK_PACKET_BYTES: how every reply
+ * goes out on the app channel. */
+void nf_cf_link_send_packets(const uint8_t *data, size_t len,
+                             void (*send)(const uint8_t *packet, size_t n));
 /* Bytes received on a transport. */
 void nf_cf_link_feed(int transport, const uint8_t *data, size_t len);
 /* For the controller, between two steps: 1 and *out when a model was published since the last
