@@ -13,8 +13,7 @@ import pytest
 from nanofly.firmware_bridge import protocol as P
 from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.firmware import fuzzer_missing
-from nanofly.firmware_bridge.fuzzing import (build_cf_link_fuzzer, run_fuzzer,
-                                             write_cf_link_seed_corpus)
+from nanofly.firmware_bridge.fuzzing import build_cf_link_fuzzer, write_cf_link_seed_corpus
 
 pytestmark = pytest.mark.skipif(bool(fuzzer_missing()), reason=str(fuzzer_missing()))
 
@@ -44,17 +43,12 @@ def test_seeds_pass_the_harness_checks(fuzzer, blobs, tmp_path):
 
 def test_fuzz_crazyflie_link_20s(fuzzer, blobs, tmp_path):
     write_cf_link_seed_corpus(tmp_path / "corpus", blobs)
-    result = run_fuzzer(fuzzer, tmp_path / "corpus", seconds=20, artifacts_dir=tmp_path / "artifacts",
-                        seed=7, max_len=32768)
+    result, shallow = T.fuzz_against_garbage(fuzzer, tmp_path / "corpus", tmp_path, seconds=20,
+                                             seed=7, max_len=32768)
     assert result["crashes"] == 0 and result["hangs"] == 0, result
     assert result["exit_code"] == 0, result["log_tail"]
     assert result["executions"] > 500
     # the upload sessions reach far more of the link, the core and the store than garbage does
-    garbage_only = tmp_path / "garbage_corpus"
-    garbage_only.mkdir()
-    (garbage_only / "garbage").write_bytes((tmp_path / "corpus" / "garbage").read_bytes())
-    shallow = run_fuzzer(fuzzer, garbage_only, seconds=1, artifacts_dir=tmp_path / "artifacts2",
-                         seed=7, max_len=32768)
     assert result["initial_coverage_edges"] > shallow["initial_coverage_edges"] + 100
 
 
