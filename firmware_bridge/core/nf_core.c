@@ -160,19 +160,28 @@ int nf_core_init(nf_core *c, const nf_target *t) {
 
 /* ---- commands ----------------------------------------------------------------------- */
 
-static void active_fields(const nf_core *c, const nf_target_state *st, uint8_t *format, uint32_t *id,
-                          uint32_t *crc, uint32_t *size) {
+typedef struct {
+    uint8_t format;
+    uint32_t id, crc, size;
+} active_model_t;
+
+/* The target's state and the model it runs: the active slot, else the target's compiled-in
+ * default (all zero when it has none). HELLO and STATUS report both. */
+static active_model_t describe_active(const nf_core *c, nf_target_state *st) {
+    describe(c, st);
+    active_model_t m;
     if (c->active.slot >= 0) {
-        *format = c->active.info.format;
-        *id = c->active.info.model_id;
-        *crc = c->active.info.model_crc;
-        *size = c->active.info.size;
+        m.format = c->active.info.format;
+        m.id = c->active.info.model_id;
+        m.crc = c->active.info.model_crc;
+        m.size = c->active.info.size;
     } else {
-        *format = st->default_format;
-        *id = st->default_format ? st->default_model_id : 0;
-        *crc = st->default_format ? st->default_model_crc : 0;
-        *size = st->default_format ? st->default_size : 0;
+        m.format = st->default_format;
+        m.id = st->default_format ? st->default_model_id : 0;
+        m.crc = st->default_format ? st->default_model_crc : 0;
+        m.size = st->default_format ? st->default_size : 0;
     }
+    return m;
 }
 
 static void cmd_hello(nf_core *c, const nf_frame *req) {
@@ -184,10 +193,7 @@ static void cmd_hello(nf_core *c, const nf_frame *req) {
         return;
     }
     nf_target_state st;
-    describe(c, &st);
-    uint8_t format;
-    uint32_t id, crc, size;
-    active_fields(c, &st, &format, &id, &crc, &size);
+    const active_model_t active = describe_active(c, &st);
     uint8_t *p = c->reply_buf;
     memset(p, 0, HELLO_BYTES);
     nf_put_u16(p + 0, NF_PROTOCOL_VERSION);
@@ -203,10 +209,10 @@ static void cmd_hello(nf_core *c, const nf_frame *req) {
     nf_put_u16(p + 16, c->target->act_dim);
     nf_put_u16(p + 18, st.heartbeat_timeout_ms);
     nf_put_u16(p + 20, st.control_rate_hz);
-    p[22] = format;
-    nf_put_u32(p + 24, id);
-    nf_put_u32(p + 28, crc);
-    nf_put_u32(p + 32, size);
+    p[22] = active.format;
+    nf_put_u32(p + 24, active.id);
+    nf_put_u32(p + 28, active.crc);
+    nf_put_u32(p + 32, active.size);
     nf_put_u32(p + 36, st.sysclk_hz);
     nf_put_u16(p + 40, NF_MAX_PAYLOAD);
     nf_put_u16(p + 42, NF_MIN_PAYLOAD);
@@ -412,24 +418,21 @@ static void cmd_activate(nf_core *c, const nf_frame *req) {
 static void cmd_status(nf_core *c, const nf_frame *req) {
     if (!check_length(c, req, 0)) return;
     nf_target_state st;
-    describe(c, &st);
-    uint8_t format;
-    uint32_t id, crc, size;
-    active_fields(c, &st, &format, &id, &crc, &size);
+    const active_model_t active = describe_active(c, &st);
     uint8_t *p = c->reply_buf;
     memset(p, 0, STATUS_BYTES);
     nf_put_u32(p + 0, st.uptime_ms);
     p[4] = st.armed;
     p[5] = st.failsafe_tripped;
     p[6] = c->staging.state;
-    p[7] = format;
+    p[7] = active.format;
     nf_put_u32(p + 8, st.ms_since_heartbeat);
     nf_put_u32(p + 12, st.last_heartbeat_ms);
     nf_put_u32(p + 16, st.failsafe_trip_ms);
     memcpy(p + 20, st.motors, sizeof st.motors);
-    nf_put_u32(p + 36, id);
-    nf_put_u32(p + 40, crc);
-    nf_put_u32(p + 44, size);
+    nf_put_u32(p + 36, active.id);
+    nf_put_u32(p + 40, active.crc);
+    nf_put_u32(p + 44, active.size);
     nf_put_u32(p + 48, c->staging.size);
     nf_put_u32(p + 52, c->staging.crc);
     nf_put_u32(p + 56, c->staging.received);
