@@ -23,7 +23,6 @@ to ``--out/flight.csv`` at 100 Hz, with a plot ``--out/flight.png``.
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import queue
 import threading
@@ -174,10 +173,6 @@ class _Link:
             raise FlightError(f"lost the link to {self.uri}: no log data for {LINK_TIMEOUT_S} s "
                               f"(out of range, or the Crazyflie stopped); the app cuts the motors "
                               f"200 ms after the last setpoint")
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "unknown error")
 
 
 def _link_error(message: str | None) -> str:
@@ -353,22 +348,16 @@ def fly(uri: str, *, height: float = 0.5, duration: float = 10.0, takeoff: str =
         progress=print) -> dict[str, Any]:
     """Fly one supervised flight (module docstring). Returns a summary dict; a failed check or
     a lost link raises FlightError (after the cleanup and with the log written)."""
-    try:
-        import cflib.crtp
-        from cflib.crazyflie import Crazyflie
-    except ImportError as exc:
-        raise FlightError(f"cflib is not installed ({exc}); pip install cflib") from None
+    from .crtp_link import cflib_missing, new_crazyflie
+
+    if cflib_missing():
+        raise FlightError("cflib is not installed; pip install cflib")
     flight_plan((0.0, 0.0, 0.0), height=height, duration=duration, takeoff=takeoff)  # validate
     if position_source not in (*POSITION_DECKS, "mocap"):
         raise FlightError(f"--position-source must be flow, lighthouse or mocap, got "
                           f"{position_source!r}")
     out = Path(out)
-    # cflib logs its link errors with tracebacks; the error below says what matters in a line.
-    logging.getLogger("cflib").addHandler(logging.NullHandler())
-    cflib.crtp.init_drivers()
-    cache = Path.home() / ".cache" / "nanofly" / "cflib"
-    cache.mkdir(parents=True, exist_ok=True)
-    cf = Crazyflie(rw_cache=str(cache))
+    cf = new_crazyflie()
     link = _Link(cf, uri)
     try:
         cf.open_link(uri)  # cflib reports "no dongle", "no answer", ... through connection_failed

@@ -63,11 +63,8 @@ class AppChannelPort:
     count app-channel packets and their bytes with the CRTP header byte."""
 
     def __init__(self, uri: str, *, timeout: float = 0.02, connect_timeout_s: float = CONNECT_TIMEOUT_S):
-        try:
-            import cflib.crtp
-            from cflib.crazyflie import Crazyflie
-        except ImportError as exc:
-            raise ConnectionError(f"cflib is needed for {uri} ({exc}); pip install cflib") from None
+        if cflib_missing():
+            raise ConnectionError(f"cflib is needed for {uri}; pip install cflib")
         self.uri = uri
         self.timeout = timeout
         self.packets_sent = self.packets_received = 0
@@ -81,15 +78,7 @@ class AppChannelPort:
         self._paced = uri.startswith("udp://")
         self._packet_interval_s = 1.0 / PACKETS_PER_S["udp://"]
         self._next_send = 0.0
-        # cflib logs link errors with tracebacks; the ConnectionError says what matters.
-        logging.getLogger("cflib").addHandler(logging.NullHandler())
-        cflib.crtp.init_drivers()
-        cache = Path.home() / ".cache" / "nanofly" / "cflib"
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            cf = Crazyflie(rw_cache=str(cache))
-        except OSError:
-            cf = Crazyflie()
+        cf = new_crazyflie()
         self._cf = cf
         cf.connected.add_callback(self._on_connected)
         cf.connection_failed.add_callback(self._on_failed)
@@ -182,6 +171,30 @@ class AppChannelPort:
                 cf.close_link()
             except Exception:  # closing a link that never opened
                 pass
+
+
+def cflib_missing() -> bool:
+    """True when cflib (the Crazyflie client library, PyPI) is not installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("cflib") is None
+
+
+def new_crazyflie():
+    """A cflib Crazyflie with its drivers initialised and its TOC cache in nanofly's cache
+    folder (the param/log tables then download once per firmware). cflib logs link errors with
+    tracebacks; callers turn them into one line, so its logger gets a null handler."""
+    import cflib.crtp
+    from cflib.crazyflie import Crazyflie
+
+    logging.getLogger("cflib").addHandler(logging.NullHandler())
+    cflib.crtp.init_drivers()
+    cache = Path.home() / ".cache" / "nanofly" / "cflib"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return Crazyflie(rw_cache=str(cache))
+    except OSError:
+        return Crazyflie()
 
 
 def _first_line(text) -> str:
