@@ -60,6 +60,7 @@ def compile_objects(export_dir: Path, work: Path) -> dict[str, Path]:
     """Cross-compile the runtime and both weight files with MCU.md's flags plus the strict
     warning set; returns the object files by name."""
     gcc = tool("arm-none-eabi-gcc")
+    export_dir = Path(export_dir).resolve()  # the compiler runs in ``work``
     objs = {}
     for name in ("nanofly_policy", "policy_f32", "policy_int8"):
         src = Path(export_dir) / f"{name}.c"
@@ -191,6 +192,7 @@ def link_firmware(export_dir: Path, work: Path, sources: list[Path], link_flags,
     if not (FIRMWARE_DIR / "mcu.ld").is_file():
         raise ToolMissing(f"{FIRMWARE_DIR}: the benchmark firmware sources (bench/mcu) are only "
                           f"in a source checkout of nanofly")
+    export_dir = Path(export_dir).resolve()  # the compiler runs in ``work``
     srcs = [*sources, FIRMWARE_DIR / "startup.c", export_dir / "nanofly_policy.c",
             export_dir / "policy_f32.c", export_dir / "policy_int8.c"]
     elf = work / name

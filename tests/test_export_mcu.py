@@ -4,6 +4,7 @@ host C runtime's bit for bit. Skipped where arm-none-eabi-gcc / QEMU are not ins
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +29,11 @@ def export_dir(tmp_path_factory):
 
 
 @needs_arm
-def test_flash_and_stack_limits(export_dir):
-    rep = mcu.size_and_stack_report(export_dir)
+def test_flash_and_stack_limits(export_dir, monkeypatch):
+    # a relative export directory, as `nanofly export --mcu --out out` passes it: the compiler
+    # runs in a temporary folder, so the path must not be taken relative to that
+    monkeypatch.chdir(export_dir.parent)
+    rep = mcu.size_and_stack_report(Path(export_dir.name))
     assert rep["int8_weights_bytes"] <= 16 * 1024
     assert rep["runtime_code_bytes"] <= 4 * 1024
     assert rep["runtime_ram_bytes"] == 0  # no global or static mutable state
@@ -41,9 +45,10 @@ def test_flash_and_stack_limits(export_dir):
 
 @needs_arm
 @needs_qemu
-def test_firmware_on_qemu_equals_host_runtime(export_dir):
+def test_firmware_on_qemu_equals_host_runtime(export_dir, monkeypatch):
     obs = synthetic_observations(3, 146, 4)
-    fig = mcu_figures(export_dir, obs)  # also runs huge-value and NaN rows
+    monkeypatch.chdir(export_dir.parent)  # relative export directory, as in the test above
+    fig = mcu_figures(Path(export_dir.name), obs)  # also runs huge-value and NaN rows
     assert fig["target_equals_host_bitwise"] == {"f32": True, "int8": True}
     counts = fig["instructions_per_inference"]
     assert all(c > 0 for c in counts.values())
