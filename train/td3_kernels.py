@@ -68,6 +68,38 @@ _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 
 # ---------------------------------------------------------------------------------------------
+# Fields of the small arrays the kernels take (module-level ints: numba folds them into the
+# compiled code as constants, so a name costs nothing over a literal index)
+# ---------------------------------------------------------------------------------------------
+# dims (int64): the network sizes
+(DIM_ACTOR_OBS, DIM_CRITIC_OBS, DIM_ACTION, DIM_ACTOR_H1, DIM_ACTOR_H2, DIM_CRITIC_H1,
+ DIM_CRITIC_H2, DIM_LAYER_NORM, NUM_DIMS) = range(9)  # DIM_LAYER_NORM: critic LayerNorm 0/1
+# offs (int64): where each block of the flat parameter buffer starts (TD3Core's layout): the
+# actor's W1, b1, W2, b2, W3, b3, then the twin critics, then the end of the buffer
+(OFF_ACTOR_W1, OFF_ACTOR_B1, OFF_ACTOR_W2, OFF_ACTOR_B2, OFF_ACTOR_W3, OFF_ACTOR_B3,
+ OFF_CRITICS, OFF_END, NUM_OFFS) = range(9)
+# hp (float64): one optimizer's hyperparameters for one step, written by TD3Core before each
+# update; HP_STEP_SIZE = lr / (1 - beta1^t), HP_INV_SQRT_BIAS_CORRECTION2 = 1 / sqrt(1 - beta2^t)
+(HP_GAMMA, HP_SMOOTHING_STD, HP_SMOOTHING_CLIP, HP_STEP_SIZE, HP_INV_SQRT_BIAS_CORRECTION2,
+ HP_BETA1, HP_BETA2, HP_EPS, HP_WEIGHT_DECAY, HP_POLYAK, NUM_HP) = range(11)
+# One row of critic statistics per half of the batch: the whole batch's results (row 0, after
+# the update) [loss Q1, loss Q2, mean Q1, mean Q2, mean TD target y], then this half's sums
+# [sum (q1 - y)^2, sum (q2 - y)^2, sum q1, sum q2, sum y] in the same order
+(CSTAT_LOSS_Q1, CSTAT_LOSS_Q2, CSTAT_MEAN_Q1, CSTAT_MEAN_Q2, CSTAT_MEAN_Y) = range(5)
+CSTAT_SUMS = 5  # + one of the five above: that value's sum over this half
+NUM_CSTATS = 10
+# actor statistics per half: [actor loss (row 0, whole batch), sum Q1 over this half]
+ASTAT_LOSS, ASTAT_SUM_Q1, NUM_ASTATS = range(3)
+# scalars (float32): [1 / B of the whole batch, reward scale]
+SCALAR_INV_BATCH, SCALAR_REWARD_SCALE, NUM_SCALARS = range(3)
+# The batch arrays of an update, in update_kernel's argument order (obs_c ... obs_a); the
+# helper thread's mailbox holds the same eight, then the scalars and the replay row indices
+(BATCH_CRITIC_OBS, BATCH_ACTION, BATCH_REWARD, BATCH_NEXT_CRITIC_OBS, BATCH_NEXT_ACTOR_OBS,
+ BATCH_TERMINATED, BATCH_NOISE, BATCH_ACTOR_OBS, MAILBOX_SCALARS, MAILBOX_INDEX,
+ MAILBOX_SLOTS) = range(11)
+NUM_BATCH_ARRAYS = MAILBOX_SCALARS
+
+# ---------------------------------------------------------------------------------------------
 # BLAS
 # ---------------------------------------------------------------------------------------------
 # Pointers are passed as integer addresses (same ABI): no array views needed at call sites,
@@ -334,9 +366,10 @@ def _hidden_tanh(h, ho, theta, b, g, be, width, rows, copies, norm, nrm, no, mo,
 def _critic_offsets(offs, dims):
     """Offsets of the twin critics' parameters in the flat buffer (TD3Core's layout): W1, b1,
     W2, b2, W3, b3, the LayerNorm gains and offsets g1, beta1, g2, beta2 (present when
-    dims[7] = 1), and the end of the critic part."""
-    oc, na, hc1, hc2 = dims[1], dims[2], dims[5], dims[6]
-    w1 = offs[6]
+    dims[DIM_LAYER_NORM] = 1), and the end of the critic part."""
+    oc, na = dims[DIM_CRITIC_OBS], dims[DIM_ACTION]
+    hc1, hc2 = dims[DIM_CRITIC_H1], dims[DIM_CRITIC_H2]
+    w1 = offs[OFF_CRITICS]
     b1 = w1 + 2 * hc1 * (oc + na)
     w2 = b1 + 2 * hc1
     b2 = w2 + 2 * hc2 * hc1
@@ -346,7 +379,7 @@ def _critic_offsets(offs, dims):
     be1 = g1 + 2 * hc1
     g2 = be1 + 2 * hc1
     be2 = g2 + 2 * hc2
-    end = be2 + 2 * hc2 if dims[7] != 0 else b3 + 2
+    end = be2 + 2 * hc2 if dims[DIM_LAYER_NORM] != 0 else b3 + 2
     return w1, b1, w2, b2, w3, b3, g1, be1, g2, be2, end
 
 
@@ -390,15 +423,14 @@ def _adam(p, g, m, v, lo, hi, hp):
     Same operation order as torch's single-tensor implementation:
     g += wd p; m = lerp(m, g, 1 - beta1); v = beta2 v + (1 - beta2) g^2;
     p -= step_size * m / (sqrt(v) / sqrt(bias_correction2) + eps).
-    hp[3] = step_size = lr / bias_correction1, hp[4] = 1 / sqrt(bias_correction2),
-    hp[5:9] = beta1, beta2, eps, weight_decay.
+    step_size = lr / bias_correction1 and 1 / sqrt(bias_correction2) come precomputed in hp.
     """
-    step_size = np.float32(hp[3])
-    inv_bc2_sqrt = np.float32(hp[4])
-    beta1 = np.float32(hp[5])
-    beta2 = np.float32(hp[6])
-    eps = np.float32(hp[7])
-    weight_decay = np.float32(hp[8])
+    step_size = np.float32(hp[HP_STEP_SIZE])
+    inv_bc2_sqrt = np.float32(hp[HP_INV_SQRT_BIAS_CORRECTION2])
+    beta1 = np.float32(hp[HP_BETA1])
+    beta2 = np.float32(hp[HP_BETA2])
+    eps = np.float32(hp[HP_EPS])
+    weight_decay = np.float32(hp[HP_WEIGHT_DECAY])
     one_m_b1 = _ONE - beta1
     one_m_b2 = _ONE - beta2
     pv, gv, mv, vv = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
@@ -439,13 +471,14 @@ def _add_into(dst, src, lo, hi):
 # ---------------------------------------------------------------------------------------------
 @_helper
 def forward_ws_per_row(dims):
-    return dims[3] + dims[4] + dims[2]
+    return dims[DIM_ACTOR_H1] + dims[DIM_ACTOR_H2] + dims[DIM_ACTION]
 
 
 @_helper
 def critic_ws_per_row(dims):
-    na, ha1, ha2, hc1, hc2 = dims[2], dims[3], dims[4], dims[5], dims[6]
-    cin = dims[1] + na
+    na, ha1, ha2 = dims[DIM_ACTION], dims[DIM_ACTOR_H1], dims[DIM_ACTOR_H2]
+    hc1, hc2 = dims[DIM_CRITIC_H1], dims[DIM_CRITIC_H2]
+    cin = dims[DIM_CRITIC_OBS] + na
     return (ha1 + ha2 + na  # target actor activations
             + 2 * cin  # critic inputs (next, current), batch-major
             + 2 * (2 * hc1 + 2 * hc2 + 2)  # target and online twin activations + outputs
@@ -456,8 +489,9 @@ def critic_ws_per_row(dims):
 
 @_helper
 def actor_ws_per_row(dims):
-    na, ha1, ha2, hc1, hc2 = dims[2], dims[3], dims[4], dims[5], dims[6]
-    cin = dims[1] + na
+    na, ha1, ha2 = dims[DIM_ACTION], dims[DIM_ACTOR_H1], dims[DIM_ACTOR_H2]
+    hc1, hc2 = dims[DIM_CRITIC_H1], dims[DIM_CRITIC_H2]
+    cin = dims[DIM_CRITIC_OBS] + na
     return 2 * (ha1 + ha2 + na) + cin + 2 * (hc1 + hc2) + 1 + hc1 + hc2 + 4
 
 
@@ -467,23 +501,24 @@ def actor_ws_per_row(dims):
 @_helper
 def _actor_forward(theta, offs, dims, obs, ws, o_a1, o_a2, o_mu, rows):
     """mu (na, rows) at o_mu = actor(obs (rows, oa)); keeps a1 (ha1, rows), a2 (ha2, rows)."""
-    oa, na, ha1, ha2 = dims[0], dims[2], dims[3], dims[4]
+    oa, na = dims[DIM_ACTOR_OBS], dims[DIM_ACTION]
+    ha1, ha2 = dims[DIM_ACTOR_H1], dims[DIM_ACTOR_H2]
     _gemm(False, True, ha1, rows, oa,
-          _addr(theta, offs[0]), oa, _addr(obs, 0), oa, _addr(ws, o_a1), rows)
-    _bias_tanh(ws, o_a1, theta, offs[1], ha1, rows)
+          _addr(theta, offs[OFF_ACTOR_W1]), oa, _addr(obs, 0), oa, _addr(ws, o_a1), rows)
+    _bias_tanh(ws, o_a1, theta, offs[OFF_ACTOR_B1], ha1, rows)
     _gemm(False, False, ha2, rows, ha1,
-          _addr(theta, offs[2]), ha1, _addr(ws, o_a1), rows, _addr(ws, o_a2), rows)
-    _bias_tanh(ws, o_a2, theta, offs[3], ha2, rows)
+          _addr(theta, offs[OFF_ACTOR_W2]), ha1, _addr(ws, o_a1), rows, _addr(ws, o_a2), rows)
+    _bias_tanh(ws, o_a2, theta, offs[OFF_ACTOR_B2], ha2, rows)
     _gemm(False, False, na, rows, ha2,
-          _addr(theta, offs[4]), ha2, _addr(ws, o_a2), rows, _addr(ws, o_mu), rows)
-    _bias_tanh(ws, o_mu, theta, offs[5], na, rows)
+          _addr(theta, offs[OFF_ACTOR_W3]), ha2, _addr(ws, o_a2), rows, _addr(ws, o_mu), rows)
+    _bias_tanh(ws, o_mu, theta, offs[OFF_ACTOR_B3], na, rows)
 
 
 @njit(**_JIT)
 def actor_forward_kernel(theta, dims, offs, obs, out, ws):
     """out (N, na) = actor(obs (N, oa)) with the parameter buffer ``theta``."""
     n = obs.shape[0]
-    na, ha1, ha2 = dims[2], dims[3], dims[4]
+    na, ha1, ha2 = dims[DIM_ACTION], dims[DIM_ACTOR_H1], dims[DIM_ACTOR_H2]
     if n * forward_ws_per_row(dims) > ws.shape[0]:
         raise ValueError("actor_forward_kernel: workspace too small")
     o_mu = (ha1 + ha2) * n
@@ -503,29 +538,31 @@ def critic_gradient(params, targets, grads, dims, offs, hp, obs_c, action, rewar
 
     Computes the gradient of the twin-critic loss over the rows given (a whole batch, or one
     block of it with ``inv_batch`` = 1 / B of the whole batch) into the critic part of
-    ``grads``; stats[5:10] (out) = [sum (q1 - y)^2, sum (q2 - y)^2, sum q1, sum q2, sum y]
-    over these rows. The Adam step is ``_finish_part``'s (``update_kernel``).
+    ``grads``; stats[CSTAT_SUMS:] (out) = [sum (q1 - y)^2, sum (q2 - y)^2, sum q1, sum q2,
+    sum y] over these rows. The Adam step is ``_finish_part``'s (``update_kernel``).
 
-    hp (float64): [gamma, smoothing_std, smoothing_clip, step_size, 1/sqrt(bias_corr2),
-    beta1, beta2, eps, weight_decay, polyak].
+    hp (float64): the HP_ fields (gamma and the target smoothing are read here).
     """
     rows = obs_c.shape[0]
     if rows * critic_ws_per_row(dims) > ws.shape[0]:
         raise ValueError("critic_gradient: workspace too small")
-    oc, na, ha1, ha2, hc1, hc2 = dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
+    oc, na = dims[DIM_CRITIC_OBS], dims[DIM_ACTION]
+    ha1, ha2 = dims[DIM_ACTOR_H1], dims[DIM_ACTOR_H2]
+    hc1, hc2 = dims[DIM_CRITIC_H1], dims[DIM_CRITIC_H2]
     cin = oc + na
-    # critic parameter offsets (stacked twin layout, see TD3Core); LayerNorm when dims[7] = 1
+    # critic parameter offsets (stacked twin layout, see TD3Core); LayerNorm when
+    # dims[DIM_LAYER_NORM] = 1
     w1, b1, w2, b2, w3, b3, g1, be1, g2, be2, c_end = _critic_offsets(offs, dims)
-    norm = dims[7] != 0
+    norm = dims[DIM_LAYER_NORM] != 0
     if rows == 0:  # an empty block contributes nothing (BLAS rejects zero leading dims)
         for k in range(w1, c_end):
             grads[k] = _ZERO
-        for k in range(5, 10):
+        for k in range(CSTAT_SUMS, NUM_CSTATS):
             stats[k] = _ZERO
         return
-    gamma = np.float32(hp[0])
-    smooth_std = np.float32(hp[1])
-    smooth_clip = np.float32(hp[2])
+    gamma = np.float32(hp[HP_GAMMA])
+    smooth_std = np.float32(hp[HP_SMOOTHING_STD])
+    smooth_clip = np.float32(hp[HP_SMOOTHING_CLIP])
     # workspace offsets; activations are (features, rows)
     o_a1 = 0
     o_a2 = o_a1 + ha1 * rows
@@ -606,9 +643,9 @@ def critic_gradient(params, targets, grads, dims, offs, hp, obs_c, action, rewar
             sq += err * err
             q_sum += qv[i]
             dqv[i] = scale * err
-        stats[5 + c] = sq
-        stats[7 + c] = q_sum
-    stats[9] = y_sum
+        stats[CSTAT_SUMS + CSTAT_LOSS_Q1 + c] = sq
+        stats[CSTAT_SUMS + CSTAT_MEAN_Q1 + c] = q_sum
+    stats[CSTAT_SUMS + CSTAT_MEAN_Y] = y_sum
 
     # --- backward ---
     for c in range(2):
@@ -659,21 +696,23 @@ def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch
     Back-propagates through Q1 to the action only; critic parameters and the critic part of
     ``grads`` are untouched. Over the rows given (a whole batch, or one block of it with
     ``inv_batch`` = 1 / B of the whole batch) it writes the actor part of ``grads`` and
-    stats[1] = sum Q1. The Adam step is ``_finish_part``'s (``update_kernel``).
+    stats[ASTAT_SUM_Q1] = sum Q1. The Adam step is ``_finish_part``'s (``update_kernel``).
     """
     rows = obs_a.shape[0]
     if rows * actor_ws_per_row(dims) > ws.shape[0]:
         raise ValueError("actor_gradient: workspace too small")
-    oa, oc, na, ha1, ha2, hc1, hc2 = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]
+    oa, oc, na = dims[DIM_ACTOR_OBS], dims[DIM_CRITIC_OBS], dims[DIM_ACTION]
+    ha1, ha2 = dims[DIM_ACTOR_H1], dims[DIM_ACTOR_H2]
+    hc1, hc2 = dims[DIM_CRITIC_H1], dims[DIM_CRITIC_H2]
     cin = oc + na
     if rows == 0:
-        for k in range(offs[6]):
+        for k in range(offs[OFF_CRITICS]):
             grads[k] = _ZERO
-        stats[1] = _ZERO
+        stats[ASTAT_SUM_Q1] = _ZERO
         return
     # Q1's parameters: rows [0, hc1) of the stacked layer-1 weights, block 0 of the others
     w1, b1, w2, b2, w3, b3, g1, be1, g2, be2, _ = _critic_offsets(offs, dims)
-    norm = dims[7] != 0
+    norm = dims[DIM_LAYER_NORM] != 0
     o_a1 = 0
     o_a2 = o_a1 + ha1 * rows
     o_mu = o_a2 + ha2 * rows
@@ -710,7 +749,7 @@ def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch
     q_sum = _ZERO
     for i in range(rows):
         q_sum += qv[i]
-    stats[1] = q_sum
+    stats[ASTAT_SUM_Q1] = q_sum
 
     # dL/dq = -1/B; back through Q1 to the action
     for j in range(hc2):
@@ -735,43 +774,67 @@ def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch
     # back through the actor
     _tanh_backward(ws, o_da3, ws, o_mu, na * rows)
     _gemm(False, True, na, ha2, rows,
-          _addr(ws, o_da3), rows, _addr(ws, o_a2), rows, _addr(grads, offs[4]), ha2)
-    _row_sums(ws, o_da3, na, rows, grads, offs[5])
+          _addr(ws, o_da3), rows, _addr(ws, o_a2), rows, _addr(grads, offs[OFF_ACTOR_W3]), ha2)
+    _row_sums(ws, o_da3, na, rows, grads, offs[OFF_ACTOR_B3])
     _gemm(True, False, ha2, rows, na,
-          _addr(params, offs[4]), ha2, _addr(ws, o_da3), rows, _addr(ws, o_da2), rows)
+          _addr(params, offs[OFF_ACTOR_W3]), ha2, _addr(ws, o_da3), rows, _addr(ws, o_da2), rows)
     _tanh_backward(ws, o_da2, ws, o_a2, ha2 * rows)
     _gemm(False, True, ha2, ha1, rows,
-          _addr(ws, o_da2), rows, _addr(ws, o_a1), rows, _addr(grads, offs[2]), ha1)
-    _row_sums(ws, o_da2, ha2, rows, grads, offs[3])
+          _addr(ws, o_da2), rows, _addr(ws, o_a1), rows, _addr(grads, offs[OFF_ACTOR_W2]), ha1)
+    _row_sums(ws, o_da2, ha2, rows, grads, offs[OFF_ACTOR_B2])
     _gemm(True, False, ha1, rows, ha2,
-          _addr(params, offs[2]), ha1, _addr(ws, o_da2), rows, _addr(ws, o_da1), rows)
+          _addr(params, offs[OFF_ACTOR_W2]), ha1, _addr(ws, o_da2), rows, _addr(ws, o_da1), rows)
     _tanh_backward(ws, o_da1, ws, o_a1, ha1 * rows)
     _gemm(False, False, ha1, oa, rows,
-          _addr(ws, o_da1), rows, _addr(obs_a, 0), oa, _addr(grads, offs[0]), oa)
-    _row_sums(ws, o_da1, ha1, rows, grads, offs[1])
+          _addr(ws, o_da1), rows, _addr(obs_a, 0), oa, _addr(grads, offs[OFF_ACTOR_W1]), oa)
+    _row_sums(ws, o_da1, ha1, rows, grads, offs[OFF_ACTOR_B1])
 
 
 # ---------------------------------------------------------------------------------------------
 # one whole update (update_kernel): the caller's thread and, with two threads, the helper
 # thread's loop, each on one half of the batch
 # ---------------------------------------------------------------------------------------------
-# job (int64): [0 phases (bit 1: critic update, bit 2: actor update after it; 0: stop),
-#               1 helper's rows, 2 caller's rows, 3 gather (0/1), 4 replay rows stored,
-#               5-8 critic Adam range [lo, hi) and Polyak range [lo, hi), 9-12 the actor's,
-#               13 solo (1: no helper thread; the caller computes both halves, its own rows
-#               first, so one thread gets the same numbers as two)]
-# counters (int64): [0 jobs posted, 1 jobs done (by the helper), 2 caller's progress,
-#                    3 helper's progress, 4 job cancelled by the caller, 5 job with bad rows];
-#                    progress = 4 * job number + stage (0 critic gradient ready, 1 critic step
-#                    done, 2 actor gradient ready); 4 and 5 hold job numbers.
+# job (int64), one update posted to the two threads:
+(JOB_PHASES,  # CRITIC_JOB | ACTOR_JOB (the actor update after the critic's); STOP_JOB: stop
+ JOB_HELPER_ROWS,  # rows of the second half (the helper's)
+ JOB_CALLER_ROWS,  # rows of the first half (the caller's)
+ JOB_GATHER,  # 1: gather the rows from the replay data first
+ JOB_STORED_ROWS,  # replay rows stored (gathered indices must be below)
+ ) = range(5)
+# then two ranges of parameter indices, each [Adam lo, Adam hi, Polyak lo, Polyak hi): the
+# critic update's at JOB_CRITIC_RANGES, the actor update's at JOB_ACTOR_RANGES
+JOB_CRITIC_RANGES = 5
+JOB_ACTOR_RANGES = 9
+RANGE_ADAM_LO, RANGE_ADAM_HI, RANGE_POLYAK_LO, RANGE_POLYAK_HI = range(4)
+# 1: no helper thread; the caller computes both halves, its own rows first, so one thread gets
+# the same numbers as two
+JOB_SOLO = 13
 JOB_FIELDS = 14
-COUNTER_FIELDS = 6
 CRITIC_JOB = 1
 ACTOR_JOB = 2
 STOP_JOB = 0
-_CRITIC_RANGES = 5
-_ACTOR_RANGES = 9
-_SOLO = 13
+# counters (int64), shared by the two threads. Progress = 4 * job number + stage (0 critic
+# gradient ready, 1 critic step done, 2 actor gradient ready); CANCELLED and BAD_ROWS hold
+# job numbers.
+(COUNTER_POSTED,  # jobs posted
+ COUNTER_DONE,  # jobs done by the helper
+ COUNTER_CALLER_PROGRESS,
+ COUNTER_HELPER_PROGRESS,
+ COUNTER_CANCELLED,  # the job the caller cancelled (the helper must not finish it)
+ COUNTER_BAD_ROWS,  # the latest job with replay rows out of range
+ COUNTER_FIELDS) = range(7)
+
+
+def pack_job(phases, helper_rows, caller_rows, gather, stored_rows, critic_ranges, actor_ranges,
+             solo):
+    """The JOB_FIELDS values of one update (``critic_ranges`` / ``actor_ranges``: the four
+    RANGE_ values each), in the job array's order."""
+    return (phases, helper_rows, caller_rows, gather, stored_rows, *critic_ranges,
+            *actor_ranges, solo)
+
+
+assert (JOB_CRITIC_RANGES, JOB_ACTOR_RANGES, JOB_SOLO, JOB_FIELDS) == (
+    JOB_STORED_ROWS + 1, JOB_CRITIC_RANGES + 4, JOB_ACTOR_RANGES + 4, JOB_SOLO + 1)  # pack_job
 
 
 @_helper
@@ -792,18 +855,19 @@ def _share(lo, hi, part):
 @_helper
 def _finish_part(params, targets, grads2, adam_m, adam_v, hp, job, ranges, part):
     """Share ``part`` (0 or 1) of an update's end: the two halves' gradients added and
-    the Adam step on [job[ranges], job[ranges + 1]), then the Polyak step on [job[ranges + 2],
-    job[ranges + 3]); each value Polyak-averaged by the thread that stepped it (no other
+    the Adam step on the range's [Adam lo, Adam hi), then the Polyak step on its [Polyak lo,
+    Polyak hi); each value Polyak-averaged by the thread that stepped it (no other
     ordering between the threads is needed). Every value goes through the same operations
     whichever thread computes it, so the split changes no bits."""
-    alo, ahi, plo, phi = job[ranges], job[ranges + 1], job[ranges + 2], job[ranges + 3]
+    alo, ahi = job[ranges + RANGE_ADAM_LO], job[ranges + RANGE_ADAM_HI]
+    plo, phi = job[ranges + RANGE_POLYAK_LO], job[ranges + RANGE_POLYAK_HI]
     a0, a1 = _share(alo, ahi, part)
     if a1 > a0:
         _add_into(grads2[0], grads2[1], a0, a1)
         _adam(params, grads2[0], adam_m, adam_v, a0, a1, hp)
     if phi <= plo:
         return
-    polyak = np.float32(hp[9])
+    polyak = np.float32(hp[HP_POLYAK])
     lo, hi = max(plo, a0), min(phi, a1)  # inside this share of the Adam range
     if hi > lo:
         _polyak(params, targets, polyak, lo, hi)
@@ -824,21 +888,21 @@ def _meet(counters, part, solo, number, stage):
     if solo:
         return True
     progress = 4 * number + stage
-    store_release(counters, 2 + part, progress)
+    store_release(counters, COUNTER_CALLER_PROGRESS + part, progress)
     if part == 0:
-        spin_until(counters, 3, progress, 1, number)
+        spin_until(counters, COUNTER_HELPER_PROGRESS, progress, COUNTER_DONE, number)
         return True
-    return spin_until(counters, 2, progress, 4, number)
+    return spin_until(counters, COUNTER_CALLER_PROGRESS, progress, COUNTER_CANCELLED, number)
 
 
 @_helper
 def _half_rows(job, half, second_lo):
     """Rows [lo, hi) of ``half`` in the computing thread's batch arrays: the first half is
-    the caller's job[2] rows from row 0, the second the helper's job[1] rows from
+    the caller's rows from row 0, the second the helper's rows from
     ``second_lo`` (0 in the helper's own arrays; solo, after the first half's in the
     caller's)."""
     lo = second_lo * half
-    return lo, lo + (job[1] if half == 1 else job[2])
+    return lo, lo + (job[JOB_HELPER_ROWS] if half == 1 else job[JOB_CALLER_ROWS])
 
 
 @_helper
@@ -857,19 +921,20 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
     """One update, or the helper thread's loop of them (``TD3Core``, ``_HalfWorker``).
 
     ``role`` 0 (the caller): run the job just posted: a critic update, an actor update, or a
-    critic then an actor update on the same batch (job[0]), on the first job[2] rows of the
-    batch arrays ``obs_c`` ... ``obs_a``, gathered first from the replay ``data`` at ``idx``
-    when job[3] (rows outside [0, job[4]): nothing changes, returns False), with ``scalars`` =
-    [1 / B, reward scale]. ``grads2`` has a row per half. With a helper (job[13] 0) it meets
-    the helper when both halves' gradients are ready and takes the lower share of the Adam
-    and Polyak ranges; solo (job[13] 1) it computes both halves and both shares in turn, on
-    job[2] + job[1] rows. Fills stats_critic[0, 0:5] = [loss_q1, loss_q2,
-    mean_q1, mean_q2, mean_y] and stats_actor[0, 0] = the actor loss. Returns True when the
+    critic then an actor update on the same batch (job[JOB_PHASES]), on the first
+    job[JOB_CALLER_ROWS] rows of the batch arrays ``obs_c`` ... ``obs_a``, gathered first from
+    the replay ``data`` at ``idx`` when job[JOB_GATHER] (rows outside [0,
+    job[JOB_STORED_ROWS]): nothing changes, returns False), with ``scalars`` (SCALAR_ fields).
+    ``grads2`` has a row per half. With a helper (job[JOB_SOLO] 0) it meets the helper when
+    both halves' gradients are ready and takes the lower share of the Adam and Polyak
+    ranges; solo (job[JOB_SOLO] 1) it computes both halves and both shares in turn. Fills
+    stats_critic[0, :CSTAT_SUMS] and stats_actor[0, ASTAT_LOSS]. Returns True when the
     update was made.
 
     ``role`` 1 (the helper thread, on its own mailbox arrays): run posted jobs on their first
-    job[1] rows, the upper shares, until a stop job (returns True) or until ``idle_turns``
-    spins (~25 ns each) passed with nothing posted (returns False; the thread then blocks).
+    job[JOB_HELPER_ROWS] rows, the upper shares, until a stop job (returns True) or until
+    ``idle_turns`` spins (~25 ns each) passed with nothing posted (returns False; the thread
+    then blocks).
 
     One function for both roles, with one call of each piece of the update code, so it is
     compiled once: each entry point (or level of helpers) that links the update code optimizes
@@ -878,11 +943,11 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
     part = role
     if grads2.shape[0] != 2:  # a row per half of the batch
         raise ValueError("update_kernel: grads2 needs two rows")
-    done = load_acquire(counters, 1)
+    done = load_acquire(counters, COUNTER_DONE)
     idle = 0
     while True:
         if role == 1:  # wait for a job
-            if load_acquire(counters, 0) <= done:
+            if load_acquire(counters, COUNTER_POSTED) <= done:
                 if idle > idle_turns:
                     return False
                 idle += 1
@@ -892,32 +957,33 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                     cpu_relax()
                 continue
             idle = 0
-            if job[0] == STOP_JOB:
+            if job[JOB_PHASES] == STOP_JOB:
                 return True
-        number = load_acquire(counters, 0)  # this job's number
-        phases = job[0]
-        inv_batch = scalars[0]
-        rows = job[2] if part == 0 else job[1]
+        number = load_acquire(counters, COUNTER_POSTED)  # this job's number
+        phases = job[JOB_PHASES]
+        inv_batch = scalars[SCALAR_INV_BATCH]
+        rows = job[JOB_CALLER_ROWS] if part == 0 else job[JOB_HELPER_ROWS]
         # the halves this thread computes: its own, or with no helper (solo) both, the second
         # on the rows after the first in the same arrays; the threads meet only when both run
-        solo = job[_SOLO] != 0
+        solo = job[JOB_SOLO] != 0
         last_half = 2 if solo else part + 1
         # row offset of the second half in this thread's arrays (solo: after the first half)
-        second_lo = job[2] if solo else 0
+        second_lo = job[JOB_CALLER_ROWS] if solo else 0
         if solo:
-            rows += job[1]
+            rows += job[JOB_HELPER_ROWS]
         ok = True
-        if job[3] != 0:  # gather this thread's rows
-            if not _rows_valid(idx, rows, job[4]):
-                store_release(counters, 5, number)
+        if job[JOB_GATHER] != 0:  # gather this thread's rows
+            if not _rows_valid(idx, rows, job[JOB_STORED_ROWS]):
+                store_release(counters, COUNTER_BAD_ROWS, number)
                 ok = False
             else:
                 gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows],
                             action[:rows], reward[:rows], next_obs_a[:rows],
                             next_obs_c[:rows], terminated[:rows])
-                if scalars[1] != _ONE:
+                reward_scale = scalars[SCALAR_REWARD_SCALE]
+                if reward_scale != _ONE:
                     for i in range(rows):
-                        reward[i] = reward[i] * scalars[1]
+                        reward[i] = reward[i] * reward_scale
         if phases & CRITIC_JOB:
             if ok:
                 for half in range(part, last_half):
@@ -927,15 +993,15 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                                     next_obs_a[lo:hi], terminated[lo:hi], noise[lo:hi], ws2[part],
                                     stats_critic[half], inv_batch)
             ok = _meet(counters, part, solo, number, 0) and ok
-            ok = ok and load_acquire(counters, 5) < number  # neither half had bad rows
+            ok = ok and load_acquire(counters, COUNTER_BAD_ROWS) < number  # no bad rows
             if ok:
                 if part == 0:  # the losses and statistics of the whole batch
                     s = stats_critic[0]
-                    for k in range(5):
-                        s[k] = (s[5 + k] + stats_critic[1, 5 + k]) * inv_batch
+                    for k in range(CSTAT_SUMS):
+                        s[k] = (s[CSTAT_SUMS + k] + stats_critic[1, CSTAT_SUMS + k]) * inv_batch
                 for half in range(part, last_half):
                     _finish_part(params, targets, grads2, adam_m, adam_v, hp_critic, job,
-                                 _CRITIC_RANGES, half)
+                                 JOB_CRITIC_RANGES, half)
                 if phases & ACTOR_JOB:  # the actor sees the stepped critics
                     ok = _meet(counters, part, solo, number, 1)
         if ok and phases & ACTOR_JOB:
@@ -946,11 +1012,11 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
             if _meet(counters, part, solo, number, 2):
                 if part == 0:
                     s = stats_actor[0]
-                    s[0] = -(s[1] + stats_actor[1, 1]) * inv_batch
+                    s[ASTAT_LOSS] = -(s[ASTAT_SUM_Q1] + stats_actor[1, ASTAT_SUM_Q1]) * inv_batch
                 for half in range(part, last_half):
                     _finish_part(params, targets, grads2, adam_m, adam_v, hp_actor, job,
-                                 _ACTOR_RANGES, half)
+                                 JOB_ACTOR_RANGES, half)
         if role == 0:
             return ok
         done += 1
-        store_release(counters, 1, done)
+        store_release(counters, COUNTER_DONE, done)
