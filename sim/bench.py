@@ -6,7 +6,7 @@ simulator is installed (``pip install l2f``: the C++ simulator of "Learning to F
 with Python bindings; it compiles from source, a few minutes and ~6 GB of RAM), the same run
 times its vectorized ``step`` and ``step`` + ``observe`` at the same environment counts, in a
 subprocess with ``OMP_NUM_THREADS`` set to the thread count, and reports the ratios. Otherwise
-PERF_NOTES.md's figures for it are quoted as labelled constants.
+figures measured for it earlier are quoted as labelled constants.
 """
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ import time
 import numpy as np
 
 DEFAULT_ENV_COUNTS = (1, 64, 1024, 65536)
-# Measured on a machine like CI's (PERF_NOTES.md / the simulator issue): l2f 2.0.18, 1024 envs.
+# The reference simulator's step rate, quoted when it is not installed (l2f 2.0.18, 1024 envs,
+# measured once on a 2-core machine like CI's; measured in the same run it is lower, see
+# docs/benchmarks.md).
 REFERENCE_NOTE = {"l2f_steps_per_s_1_thread": 6.3e6, "l2f_steps_per_s_2_threads": 11.2e6,
-                  "source": "PERF_NOTES.md (not measured in this run)"}
+                  "source": "quoted: l2f 2.0.18, 1024 envs, 2-core machine like CI's "
+                            "(not measured in this run)"}
 
 
 def bench_actions(hover_action: float, n: int, seed: int = 0) -> np.ndarray:
