@@ -4,7 +4,7 @@ A preset is a frozen dataclass of floats and tuples; it can be saved to and load
 user can describe their own vehicle. Derived quantities (hover rotor speed, hover action) are
 computed from the parameters, never stored.
 
-Conventions (ARCHITECTURE.md): SI units, z up, quaternions (w, x, y, z) body -> world, rotor
+Conventions (docs/mdp.md): SI units, z up, quaternions (w, x, y, z) body -> world, rotor
 thrust along body +z. Rotor speed is in the preset's own unit (``rotor_speed_unit``: "rpm" or
 "throttle", relative throttle in [0, 1]); thrust per rotor is
 ``c0 + c1 * speed + c2 * speed**2`` newtons with ``(c0, c1, c2) = thrust_coefficients``.
@@ -31,9 +31,9 @@ class PresetError(ValueError):
 class VehicleParams:
     """Physical parameters of a quadrotor (Crazyflie "X" layout by default).
 
-    Rotors are numbered as in REFERENCE.md: 0 front-right, 1 back-right, 2 back-left, 3 front-left
-    (x forward, y left). ``rotor_yaw_directions`` is the sign of each rotor's reaction torque about
-    body z.
+    Rotors are numbered as in the reference simulator: 0 front-right, 1 back-right, 2 back-left,
+    3 front-left (x forward, y left). ``rotor_yaw_directions`` is the sign of each rotor's
+    reaction torque about body z.
     """
 
     name: str
