@@ -1,4 +1,4 @@
-/* The naive baseline of MCU.md: float32 plain loops over row-major const float weights,
+/* The naive baseline: float32 plain loops over row-major const float weights,
    newlib tanhf. Weights come from the generated baseline_weights.h. */
 #include <math.h>
 
