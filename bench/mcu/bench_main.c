@@ -1,5 +1,5 @@
 /* Semihosting benchmark firmware for QEMU netduinoplus2 with -icount shift=0: TIM2 counts one
-   per executed instruction (MCU.md), so "instructions per inference" is exact and repeatable.
+   per executed instruction, so "instructions per inference" is exact and repeatable.
    Prints one line per measurement (parsed by nanofly.export.mcu) and exits 0, or 1 if a model
    blob was refused. */
 #include <math.h>
