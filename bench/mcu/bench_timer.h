@@ -1,5 +1,5 @@
 /* Instruction counting and stack measurement for the QEMU netduinoplus2 benchmark firmwares.
-   With -icount shift=0, TIM2 counts one per executed instruction (MCU.md's setup). */
+   With -icount shift=0, TIM2 counts one per executed instruction. */
 #ifndef NANOFLY_BENCH_TIMER_H
 #define NANOFLY_BENCH_TIMER_H
 
