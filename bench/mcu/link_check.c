@@ -1,4 +1,4 @@
-/* Link check: the runtime and both weight blobs in one firmware built with MCU.md's flags and
+/* Link check: the runtime and both weight blobs in one firmware built with export.mcu's flags and
    --specs=nosys.specs. Never run; it only has to link. */
 #include "nanofly_policy.h"
 #include "policy_f32.h"
