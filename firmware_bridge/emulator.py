@@ -1,7 +1,7 @@
 """Run the bridge firmware on QEMU's netduinoplus2 (an STM32F405) as an emulated board.
 
 ``with EmulatedBoard() as board: client = BridgeClient(board.url)`` builds the firmware if
-needed, starts QEMU on a free TCP port with the command line from MCU.md, waits until the
+needed, starts QEMU on a free TCP port (``qemu_command``), waits until the
 firmware answers HELLO, and always shuts QEMU down: on exit, on garbage collection, at
 interpreter exit, after ``lifetime_s``, and when the process that started it ends in any way
 (SIGKILL included). QEMU runs under ``lifeline.py``, which watches a pipe that only this
@@ -36,7 +36,7 @@ def qemu_missing() -> str | None:
 
 
 def qemu_command(elf: str | os.PathLike, port: int, host: str = "127.0.0.1") -> list[str]:
-    """QEMU's command line for the board (MCU.md): icount makes TIM5 count instructions;
+    """QEMU's command line for the board: icount makes TIM5 count instructions;
     ``wait=on`` holds the guest until the first client connects (no early output lost);
     ``nodelay=on`` avoids ~44 ms of Nagle delay per small reply."""
     return [QEMU, "-M", "netduinoplus2", "-display", "none", "-monitor", "none",
