@@ -1,6 +1,7 @@
-"""The runtime on the target: cross-compiled with MCU.md's flags, flash and stack limits checked
-with the real tools, and one run of the benchmark firmware on QEMU whose actions must equal the
-host C runtime's bit for bit. Skipped where arm-none-eabi-gcc / QEMU are not installed."""
+"""The runtime on the target: cross-compiled with export.mcu's flags (Cortex-M4F, hard float,
+-O2), flash and stack limits checked with the real tools, and one run of the benchmark firmware
+on QEMU whose actions must equal the host C runtime's bit for bit. Skipped where
+arm-none-eabi-gcc / QEMU are not installed."""
 from __future__ import annotations
 
 import shutil
