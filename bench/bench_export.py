@@ -2,8 +2,8 @@
 
 Instructions per inference of the float32 and int8 C runtime and of the naive baseline (plain
 loops over row-major float weights + newlib tanhf, -O2) on QEMU netduinoplus2 with -icount
-shift=0, all built and run in the same invocation; flash and worst-case stack from arm-none-eabi-size / -fstack-usage; host
-backend throughput (onnx, c-f32, c-int8 against torch).
+shift=0, all built and run in the same invocation; flash and worst-case stack from
+arm-none-eabi-size / -fstack-usage; host backend throughput (onnx, c-f32, c-int8 against torch).
 
     python bench/bench_export.py [--policy POLICY_OR_EXPORT_DIR] [--seed 0]
 """
