@@ -1,5 +1,5 @@
-"""Bad input to ``nanofly train`` and its preset/config loaders (issue 19's sweep, training
-side; tests/test_bad_input_tools.py has eval, export, flash and firmware status): each case
+"""Bad input to ``nanofly train`` and its preset/config loaders (training side;
+tests/test_bad_input_tools.py has eval, export, flash and firmware status): each case
 exits with status 2 and one line naming the problem, no traceback, and leaves nothing behind
 (no run directory).
 
