@@ -7,7 +7,7 @@
 ``--set 'initial_reward_weights={"position": 40, "non_negative": true}'``). Checkpoint selection
 is switched off so that the run is the plain schedule (``--set total_env_steps=400000`` ends
 it early). Prints one JSON object. This is how the hover-precision experiments in
-docs/benchmarks.md were measured; each snapshot also reports the mean of the episodes' largest
+docs/history.md were measured; each snapshot also reports the mean of the episodes' largest
 tilt and angular rate after step 200, which show the mid-run attitude wobble.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             for name, target in (("online", False), ("target", True)):
                 r = hover_suite(policy(target), episodes=args.episodes, seed=999)
                 # tilt and angular rate: what a mid-run collapse looks like (attitude wobble
-                # with the position still held; docs/benchmarks.md)
+                # with the position still held; docs/history.md)
                 row[name] = {"success_rate": r["success_rate"],
                              "termination_rate": r["termination_rate"],
                              "action_smoothness": r["action_smoothness"],
