@@ -22,7 +22,7 @@ Conventions:
   and both steps in turn. Same operations in the same order either way: the thread count
   changes no bits. The replay rows can be gathered inside the same call
   (``gather_rows``), each thread its own half. Plain Python threads, not numba's
-  ``parallel=True``: parfors added ~6 s of cold compile for the same split.
+  ``parallel=True``: parfors add seconds of cold compile for the same split.
 
 BLAS: products go straight to the sgemm of ``scipy.linalg.cython_blas`` through numba's own
 C helper ``numba_xxgemm`` (what ``np.dot`` calls inside numba; an internal of numba, checked
@@ -165,7 +165,7 @@ def limit_blas_threads(n: int = 1) -> str:
 
     The update matrices are small: a second BLAS thread gains ~5 % on an idle machine, loses
     badly on a busy one, and a multi-threaded BLAS called from two threads at once (threads=2)
-    slows the updates ~100x (measured). NumPy's own BLAS (a separate library in the wheels) is
+    slows the updates by two orders of magnitude. NumPy's own BLAS (a separate library in the wheels) is
     not touched.
     """
     path = _find_blas_library()
@@ -250,7 +250,7 @@ def tanh_approx_array(x, out):
 # A matrix "at offset o" with shape (rows, cols) occupies buf[o : o + rows * cols] row-major.
 # Inner loops index a view from 0 (``row = buf[a:b]; row[i]``): numba then knows the index is
 # not negative, drops its wrap-around code and LLVM vectorizes the loop (indexing buf[a + i]
-# directly ran the updates 2x slower).
+# directly leaves the loop scalar, which halves the update speed).
 # ---------------------------------------------------------------------------------------------
 @_helper
 def _bias_tanh(h, ho, b, bo, rows, cols):
@@ -601,7 +601,7 @@ def critic_gradient(params, targets, grads, dims, offs, hp, obs_c, action, rewar
     _gemm(False, True, 2 * hc1, rows, cin,
           _addr(targets, w1), cin, _addr(ws, o_xn), cin, _addr(ws, o_h1n), rows)
     # (the online pass below overwrites the normalized values; a region of their own, not in
-    # place: LLVM vectorizes the loop only when the two do not overlap, in place 4x slower)
+    # place: LLVM vectorizes the loop only when the two do not overlap)
     _hidden_tanh(ws, o_h1n, targets, b1, g1, be1, hc1, rows, 2, norm, ws, o_n1, o_sc, o_rs)
     for c in range(2):
         _gemm(False, False, hc2, rows, hc1, _addr(targets, w2 + c * hc2 * hc1), hc1,
@@ -938,7 +938,7 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
 
     One function for both roles, with one call of each piece of the update code, so it is
     compiled once: each entry point (or level of helpers) that links the update code optimizes
-    and compiles all of it again (measured: 12.7 s cold with two more levels, 8.3 s before).
+    and compiles all of it again, which multiplies the cold compile time.
     """
     part = role
     if grads2.shape[0] != 2:  # a row per half of the batch
