@@ -165,8 +165,8 @@ def limit_blas_threads(n: int = 1) -> str:
 
     The update matrices are small: a second BLAS thread gains ~5 % on an idle machine, loses
     badly on a busy one, and a multi-threaded BLAS called from two threads at once (threads=2)
-    slows the updates by two orders of magnitude. NumPy's own BLAS (a separate library in the wheels) is
-    not touched.
+    slows the updates by two orders of magnitude. NumPy's own BLAS (a separate library in the
+    wheels) is not touched.
     """
     path = _find_blas_library()
     if path is None:
