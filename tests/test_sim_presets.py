@@ -8,7 +8,7 @@ from nanofly.sim.presets import PresetError, VehicleParams, crazyflie_l2f, crazy
 
 
 def test_preset_values_and_hover_match_reference():
-    # data/golden/README.md: hover 14 475.8 rpm / action 0.334053 and throttle 0.806124 / 0.612248
+    # tests/data/README.md: hover 14 475.8 rpm / action 0.334053 and throttle 0.806124 / 0.612248
     assert crazyflie_paper.hover_rotor_speed == pytest.approx(14475.809152959684, rel=1e-9)
     assert crazyflie_paper.hover_action == pytest.approx(0.33405300460415477, rel=1e-9)
     assert crazyflie_l2f.hover_rotor_speed == pytest.approx(0.8061242309555284, rel=1e-9)
