@@ -104,6 +104,9 @@ def check_link_options(*, timeout_s: float | None = None, retries: int | None = 
         raise ValueError(f"{names['baudrate']} must be a whole number >= 1, got {baudrate!r}")
 
 
+ANNOUNCE_AFTER_S = 0.5  # a reply not in by then gets a line saying what the client waits for
+
+
 class BridgeClient:
     """One connection to a board running the bridge firmware.
 
@@ -113,13 +116,19 @@ class BridgeClient:
     ``link_bytes_per_s``: the slowest rate expected: baud / 10 (8N1) for serial ports,
     8 000 B/s for ``socket://`` (QEMU takes in 20-50 KB/s), and for cflib URIs the packet rate
     ``crtp_link.PACKETS_PER_S`` assumes times 30 bytes.
+    ``on_wait``: called with one line of text when a wait gets long, so a person is not left
+    in silence: a connection that does not open at once, a reply not in after
+    ``ANNOUNCE_AFTER_S`` (what it waits for and for how long at most), each resend and each
+    reconnect. None: quiet.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 1.0, retries: int = 3,
                  max_payload: int = P.MAX_PAYLOAD, open_timeout_s: float = 5.0,
-                 baudrate: int = 115200, link_bytes_per_s: float | None = None):
+                 baudrate: int = 115200, link_bytes_per_s: float | None = None,
+                 on_wait: Callable[[str], None] | None = None):
         check_link_options(timeout_s=timeout_s, retries=retries, baudrate=baudrate)
         self.url = url
+        self.on_wait = on_wait
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.host_max_payload = int(max_payload)
@@ -143,14 +152,16 @@ class BridgeClient:
         import serial  # pyserial
 
         if crtp_link.is_cflib_uri(self.url):
+            connect_timeout_s = max(self.open_timeout_s, crtp_link.CONNECT_TIMEOUT_S)
+            self._say(f"connecting to {self.url} (up to {connect_timeout_s:g} s)...")
             try:
-                self._serial = crtp_link.AppChannelPort(
-                    self.url, connect_timeout_s=max(self.open_timeout_s, crtp_link.CONNECT_TIMEOUT_S))
+                self._serial = crtp_link.AppChannelPort(self.url, connect_timeout_s=connect_timeout_s)
             except OSError as exc:
                 raise LinkError(str(exc)) from exc
             self._decoder = P.FrameDecoder()
             return
         deadline = time.monotonic() + self.open_timeout_s
+        announced = False
         while True:
             try:
                 self._serial = serial.serial_for_url(self.url, baudrate=self.baudrate,
@@ -159,6 +170,10 @@ class BridgeClient:
             except (serial.SerialException, OSError, ValueError) as exc:
                 if isinstance(exc, ValueError) or time.monotonic() > deadline:
                     raise LinkError(f"cannot open {self.url}: {exc}") from exc
+                if not announced:
+                    self._say(f"cannot open {self.url} yet ({exc}); trying again for up to "
+                              f"{self.open_timeout_s:g} s...")
+                    announced = True
                 time.sleep(0.05)  # e.g. QEMU not listening yet
         self._decoder = P.FrameDecoder()
 
@@ -169,7 +184,12 @@ class BridgeClient:
             finally:
                 self._serial = None
 
+    def _say(self, message: str) -> None:
+        if self.on_wait is not None:
+            self.on_wait(message)
+
     def reconnect(self) -> None:
+        self._say(f"reconnecting to {self.url}...")
         self.close()
         self.stats.reconnects += 1
         self.open()
@@ -226,13 +246,31 @@ class BridgeClient:
         frame = P.encode_frame(ftype, seq, payload)
         name = P.COMMAND_NAMES.get(ftype, f"0x{ftype:02x}")
         wait_s = timeout_s + len(frame) / self.link_bytes_per_s
-        for attempt in range(retries + 1):
+        # back off: a slow link must not be flooded with more copies of the frame
+        attempt_waits_s = [wait_s * min(2 ** attempt, 8) for attempt in range(retries + 1)]
+        started = time.monotonic()
+        announced = False
+
+        def announce() -> None:
+            nonlocal announced
+            announced = True
+            self._say(f"waiting for the board's {name} reply on {self.url} (up to "
+                      f"{sum(attempt_waits_s):.3g} s in all: {retries + 1} "
+                      f"{'try' if retries == 0 else 'tries'} from {wait_s:.3g} s, doubling)...")
+
+        for attempt, attempt_wait_s in enumerate(attempt_waits_s):
             if attempt:
                 self.stats.retries += 1
+                if not announced:
+                    announce()
+                self._say(f"no {name} reply after {attempt_waits_s[attempt - 1]:.3g} s; sending "
+                          f"it again (try {attempt + 1} of {retries + 1}, waiting up to "
+                          f"{attempt_wait_s:.3g} s)")
             self._write(frame)
-            # back off: a slow link must not be flooded with more copies of the frame
-            deadline = time.monotonic() + wait_s * min(2 ** attempt, 8)
+            deadline = time.monotonic() + attempt_wait_s
             while time.monotonic() < deadline:
+                if not announced and time.monotonic() - started > ANNOUNCE_AFTER_S:
+                    announce()
                 data = self._read_some()
                 if not data:
                     continue
@@ -431,6 +469,7 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
             raise error(f"upload to {client.url} failed: {exc} (gave up after "
                         f"{max_reconnects} reconnects)") from exc
         reconnects_left -= 1
+        client._say(f"{exc}; reconnect {max_reconnects - reconnects_left} of {max_reconnects}")
         time.sleep(0.05)
         client.reconnect()
 
@@ -598,3 +637,29 @@ def read_export_blob(export_dir: str | os.PathLike, fmt: str = "int8") -> tuple[
     # The id says which export is on the board; CRC-32 of the manifest is stable per export.
     model_id = zlib.crc32(manifest_bytes) if manifest_bytes is not None else P.model_crc(blob)
     return blob, model_id
+
+
+def format_error_warning(export_dir: str | os.PathLike, fmt: str) -> str | None:
+    """A warning when the export's manifest records that ``fmt``'s measured error (largest
+    |action - float32 actor| over its evaluation observations) exceeds its bound, with what to
+    do about it; None when it is within the bound or the manifest does not say."""
+    import json
+    from pathlib import Path
+
+    try:
+        manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
+        errors = manifest["errors"]
+        measured = errors[{"int8": "c_int8", "f32": "c_f32"}[fmt]]
+        if measured["within_bound"]:
+            return None
+        observations = errors.get("observations", {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    over = (f"over {observations['count']} {observations.get('source', '')} observations "
+            if "count" in observations else "")
+    fixes = ("flash --format f32, or train with --int8-aware-steps N and export again"
+             if fmt == "int8" else "export again and check the C runtime against the policy")
+    return (f"the {fmt} model's measured error {measured['max_abs']:.3g} (largest |action - "
+            f"float32 actor| {over}in {Path(export_dir) / 'manifest.json'}) exceeds its bound "
+            f"{measured['bound']:g}: it may not fly like the policy you evaluated. Check it "
+            f"closed loop (nanofly eval {export_dir} --backend c-{fmt}), {fixes}")

@@ -108,8 +108,21 @@ class _ProgressBar:
         self.stream.flush()
 
     def finish(self) -> None:
-        if self.tty:
+        if self.tty and self._last_pct >= 0:
             self.stream.write("\n")
+            self._last_pct = -1
+
+    def say(self, message: str) -> None:
+        """A line of its own, also while the bar is drawn (the bar goes on below it)."""
+        self.finish()
+        _say(message, self.stream)
+
+
+def _say(message: str, stream=None) -> None:
+    """What the command waits for, on stderr (stdout stays for results and --json)."""
+    stream = sys.stderr if stream is None else stream
+    stream.write(message + "\n")
+    stream.flush()
 
 
 # check_link_options' names for this CLI's flags
@@ -128,7 +141,8 @@ def _chunk_summary(chunking: dict) -> str:
 
 def cmd_flash(args) -> int:
     from . import protocol as P
-    from .client import BridgeClient, LinkError, check_link_options, read_export_blob, upload_model
+    from .client import (BridgeClient, LinkError, check_link_options, format_error_warning,
+                         read_export_blob, upload_model)
 
     try:
         check_link_options(timeout_s=args.timeout, retries=args.retries,
@@ -138,9 +152,13 @@ def cmd_flash(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    warning = format_error_warning(args.export_dir, args.format)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     bar = None if args.json else _ProgressBar()
     try:
-        with BridgeClient(url, timeout_s=args.timeout, retries=args.retries, baudrate=args.baud) as client:
+        with BridgeClient(url, timeout_s=args.timeout, retries=args.retries, baudrate=args.baud,
+                          on_wait=bar.say if bar else _say) as client:
             result = upload_model(client, blob, args.format, model_id=model_id,
                                   chunk_bytes=args.chunk_bytes, activate=not args.no_activate,
                                   progress=bar)
@@ -161,6 +179,8 @@ def cmd_flash(args) -> int:
         bar.finish()
     out = result.as_dict()
     out["active_crc_hex"] = f"0x{status.active_crc:08x}"
+    if warning:
+        out["warnings"] = [warning]
     if args.json:
         print(json.dumps(out))
     else:
@@ -237,7 +257,7 @@ def cmd_status(args) -> int:
         return 2
     try:
         with BridgeClient(url, timeout_s=args.timeout, retries=args.retries,
-                          baudrate=args.baud) as client:
+                          baudrate=args.baud, on_wait=_say) as client:
             hello, status = client.hello(), client.status()
     except (P.ProtocolError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

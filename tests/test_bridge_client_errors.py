@@ -154,3 +154,20 @@ def test_client_and_upload_refuse_negative_counts_before_touching_the_link():
         BridgeClient("socket://127.0.0.1:9", retries=-3)  # nothing listens there: never opened
     with pytest.raises(ValueError, match="chunk_bytes"):
         upload_model(None, b"\x00" * 64, "int8", chunk_bytes=-1)
+
+
+def test_cli_status_says_what_it_waits_for_on_a_silent_board(capsys):
+    """A board that accepts the connection and never answers: `firmware status` says which
+    reply it waits for and for how long, and each resend, instead of staying silent."""
+    from nanofly.cli import main
+
+    board = ScriptedBoard(lambda f: [])
+    try:
+        rc = main(["firmware", "status", "--port", board.url, "--timeout", "0.3", "--retries", "1"])
+    finally:
+        board.close()
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "waiting for the board's HELLO reply" in err and "in all: 2 tries" in err, err
+    assert "no HELLO reply after 0.3" in err and "sending it again (try 2 of 2" in err, err
+    assert err.strip().splitlines()[-1].startswith("error: no reply to HELLO"), err

@@ -376,3 +376,29 @@ def test_pil_emulate_starts_and_stops_its_own_board(exports, obs):
         backend.close()
     time.sleep(0.2)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_flash_warns_when_the_format_exceeds_its_error_bound(board, tmp_path, capsys):
+    """An export whose int8 error exceeds its bound (large weights saturate the int8 grid):
+    `flash --format int8` says so and what to do (it still flashes: the closed loop may be
+    fine); `--format f32` of the same export, within its bound, flashes without a word."""
+    from nanofly.export.testing import quick_export, write_policy
+
+    policy = write_policy(tmp_path / "big.pt", sizes=(146, 16, 4), seed=0, weight_scale=6.0)
+    manifest = quick_export(policy, tmp_path / "export", num_calibration=256, num_eval=128)
+    assert not manifest["errors"]["c_int8"]["within_bound"]
+    assert manifest["errors"]["c_f32"]["within_bound"]
+    capsys.readouterr()
+    rc, out = cli("flash", str(tmp_path / "export"), "--port", board.url, "--format", "int8",
+                  "--json")
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert err.startswith("warning: the int8 model's measured error"), err
+    for advice in ("exceeds its bound 0.02", "--format f32", "--int8-aware-steps",
+                   "--backend c-int8"):
+        assert advice in err, (advice, err)
+    assert json.loads(out)["warnings"] == [err.strip()[len("warning: "):]]
+    rc, out = cli("flash", str(tmp_path / "export"), "--port", board.url, "--format", "f32",
+                  "--json")
+    assert rc == 0 and "warnings" not in json.loads(out)
+    assert "warning" not in capsys.readouterr().err
