@@ -1,6 +1,9 @@
 """The Stable-Baselines3 adapter over nanofly's VecEnv (the sb3 extra, part of dev)."""
+import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +98,30 @@ def test_missing_stable_baselines3_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "pip install 'nanofly[sb3]'" in result.stderr
+
+
+def load_example():
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "sb3_ppo.py"
+    spec = importlib.util.spec_from_file_location("sb3_ppo_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sb3_ppo_example_trains_saves_and_evaluates_with_a_tiny_budget(tmp_path, capsys):
+    example = load_example()
+    out = tmp_path / "ppo"
+    assert example.main(["--total-timesteps", "256", "--num-envs", "4", "--n-steps", "64",
+                         "--eval-episodes", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["timesteps"] >= 256 and summary["episodes"] == 4
+    assert 0 < summary["mean_episode_s"] <= 5.0
+    assert (out / "ppo_hover.zip").is_file()
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == summary
+
+
+def test_sb3_ppo_example_refuses_a_zero_budget(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_example().main(["--total-timesteps", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
