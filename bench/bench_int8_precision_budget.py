@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     from nanofly.export import exporter
     from nanofly.export import quantize as Q
     from nanofly.export.calibration import collect_calibration_observations
-    from nanofly.train.policy import load_policy
+    from nanofly.policy.actor import load_policy
 
     actor, payload = load_policy(args.policy)
     cal = collect_calibration_observations(actor, exporter.DEFAULT_CALIBRATION, 0, payload=payload)

@@ -15,8 +15,9 @@ import numpy as np
 
 from nanofly.sim import dynamics as dyn
 from nanofly.sim.env import VecEnv
-from nanofly.train.evaluate import make_policy, policy_mdp
-from nanofly.train.policy import load_policy
+from nanofly.evaluate import make_policy
+from nanofly.train.evaluate import policy_mdp
+from nanofly.policy.actor import load_policy
 
 
 def main(argv=None) -> int:

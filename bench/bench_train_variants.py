@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                "selection_history": [[h[0], round(h[1], 3)] for h in st.selection_history]}
         if args.int8:
             from nanofly.export.exporter import export_policy
-            from nanofly.train.policy import save_policy
+            from nanofly.policy.actor import save_policy
 
             with tempfile.TemporaryDirectory() as tmp:
                 save_policy(Path(tmp) / "policy.pt", actor, **trainer.policy_payload(), metrics={})

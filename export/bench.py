@@ -105,7 +105,7 @@ def _host_throughput(export_dir: Path, obs: np.ndarray, actor, repeats: int = 5)
 
 def run_bench(policy=None, seed: int = 0) -> dict[str, Any]:
     """Export ``policy`` (or a random 146-64-64-4 actor) and measure everything."""
-    from nanofly.train.policy import init_actor, load_policy, save_policy
+    from nanofly.policy.actor import init_actor, load_policy, save_policy
     from .exporter import export_policy
 
     with tempfile.TemporaryDirectory(prefix="nanofly-bench-export-") as tmp:

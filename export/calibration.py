@@ -59,7 +59,7 @@ def collect_calibration_observations(policy, n: int, seed: int, *, num_envs: int
     if n < 1:
         raise ValueError("n must be >= 1")
     if not hasattr(policy, "forward"):
-        from nanofly.train.policy import load_policy
+        from nanofly.policy.actor import load_policy
         policy, payload = load_policy(policy)
     elif payload is None:
         raise ValueError("an Actor needs its policy file's payload (vehicle, observation "

@@ -46,7 +46,7 @@ class ExportError(ValueError):
 
 def load_actor(policy_path) -> tuple[Any, dict, list[np.ndarray], list[np.ndarray]]:
     """Load and check a policy file: ``(actor, payload, weights, biases)`` (float32 numpy)."""
-    from nanofly.train.policy import PolicyFileError, load_policy
+    from nanofly.policy.actor import PolicyFileError, load_policy
     try:
         actor, payload = load_policy(policy_path)
     except PolicyFileError as exc:
@@ -196,7 +196,7 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
     """
     import torch
 
-    from nanofly.train.policy import PolicyFileError
+    from nanofly.policy.actor import PolicyFileError
 
     from .onnx_export import OnnxRunner, build_onnx
     from .quantize import quantize_mlp, saturated_rows
@@ -346,7 +346,7 @@ def write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
     cannot exchange, the old export is renamed aside and the new one renamed in (a moment
     without ``out_dir``; the old export is put back if the second rename fails). The directory
     and files get the permissions the umask gives, as ``mkdir`` and ``open`` would."""
-    from nanofly.train.policy_file import fsync_directory
+    from nanofly.policy.file import fsync_directory
 
     out_dir = Path(out_dir)
     _check_target(out_dir)

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Q15 = 32767.0
-INPUT_HEADROOM = 2.0     # calibrated |obs| max maps to at most half of the int16 range
-INPUT_FLOOR = 1.0        # channels that barely move in calibration still accept +-0.5 or more
-WEIGHT_QMAX = 127
+from nanofly.policy.int8_grid import (INPUT_FLOOR, INPUT_HEADROOM, Q15, WEIGHT_QMAX,
+                                     choose_row_scales, input_multipliers, layer_input_steps,
+                                     round_to_row_grid)
 
 
 @dataclass
@@ -37,56 +36,6 @@ class QuantizedModel:
     scales: list[np.ndarray]            # float32 (out,)  z = scale * Z + bias
     biases: list[np.ndarray]            # float32 (out,)
     info: dict = field(default_factory=dict)
-
-
-def input_multipliers(first_layer_weights: np.ndarray, calibration_obs: np.ndarray,
-                      *, search_octaves: int = 12, min_span: np.ndarray | float = 0.0) -> np.ndarray:
-    """Power-of-two multiplier per input channel, chosen to minimize the first layer's expected
-    pre-activation error on the calibration observations.
-
-    The integer dot product needs one scale per row, so the multipliers are folded into the
-    first layer's weights (W'[:, j] = W[:, j] / mult[j]) before int8 rounding. Taking each
-    multiplier from its channel's range alone lets wide-range inputs or large-weight columns set
-    every row's int8 step (the angular velocity at +-32 rad/s made all other weights 30x coarser;
-    a trained policy's position weights made its history weights 30 % errors: max action error
-    0.18). So each channel's exponent is searched (coordinate descent, at most
-    ``search_octaves`` below the finest grid its range allows) to minimize
-        sum_i [ (max_j |W'_ij| / 127)^2 sum_j mult_j^2 E[x_j^2] + sum_j W_ij^2 / mult_j^2 ] / 12,
-    the weight-rounding plus input-rounding error variance. A coarser input grid costs little
-    with 16-bit inputs; in exchange small weights get a finer int8 grid. Powers of two keep
-    obs * mult exact in float32, and the range limit keeps saturation at INPUT_HEADROOM.
-    ``min_span``: per channel, a range the grid must cover whatever the calibration peaks."""
-    w = np.asarray(first_layer_weights, np.float64)
-    x = np.asarray(calibration_obs, np.float64)
-    peak = np.abs(x).max(axis=0)
-    ex2 = np.mean(x * x, axis=0)
-    span = np.maximum(np.maximum(peak * INPUT_HEADROOM, INPUT_FLOOR), min_span)
-    hi = np.floor(np.log2(32767.0 / span)).astype(np.int64)
-    exps = hi.copy()
-    aw = np.abs(w)
-    w2 = w * w
-
-    def cost(e: np.ndarray) -> float:
-        m = np.exp2(e.astype(np.float64))
-        row_step = (aw / m).max(axis=1) / WEIGHT_QMAX
-        return float((row_step ** 2).sum() * (m * m * ex2).sum() + (w2 / (m * m)).sum())
-
-    best = cost(exps)
-    for _sweep in range(8):
-        changed = False
-        for j in range(len(exps)):
-            keep = exps[j]
-            for cand in range(hi[j] - search_octaves, hi[j] + 1):
-                if cand == keep:
-                    continue
-                exps[j] = cand
-                c = cost(exps)
-                if c < best * (1 - 1e-12):
-                    best, keep, changed = c, cand, True
-            exps[j] = keep
-        if not changed:
-            break
-    return np.exp2(exps).astype(np.float32)
 
 
 def _rounded_input(obs: np.ndarray, mult: np.ndarray) -> np.ndarray:
@@ -108,16 +57,6 @@ def saturated_rows(obs: np.ndarray, mult: np.ndarray) -> np.ndarray:
 def tanh_c(z: np.ndarray) -> np.ndarray:
     """float32 tanh; the C runtime's rational approximation differs by < 4e-7."""
     return np.tanh(z.astype(np.float32)).astype(np.float32)
-
-
-def _choose_scales(w: np.ndarray) -> np.ndarray:
-    peak = np.abs(w).max(axis=1)
-    scale = np.where(peak > 0, peak / WEIGHT_QMAX, 1.0)
-    return scale.astype(np.float32).astype(np.float64)
-
-
-def _round_nearest(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(w / scale[:, None]), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int32)
 
 
 def gptq_factor(h: np.ndarray, order: np.ndarray, damp: float = 0.01) -> np.ndarray:
@@ -155,28 +94,6 @@ def _round_gptq(w: np.ndarray, scale: np.ndarray, x: np.ndarray, damp: float = 0
     return out
 
 
-def _layer_steps(weights: list[np.ndarray], input_multiplier: np.ndarray) -> list[np.ndarray]:
-    """Per layer, the real value of one unit of its integer inputs (1 / multiplier for the
-    observations, 1 / 32767 for the Q15 hidden activations)."""
-    first = 1.0 / np.asarray(input_multiplier, np.float64)
-    return [first] + [np.full(np.shape(w)[1], 1.0 / Q15) for w in weights[1:]]
-
-
-def snap_to_int8_grid(weights: list[np.ndarray], input_multiplier: np.ndarray) -> list[np.ndarray]:
-    """The float32 weights that the int8 format represents exactly: each row rounded to its own
-    grid (scale = max|w| / 127 in integer-input units, as ``quantize_mlp`` chooses it). The
-    straight-through projection of quantization-aware training (``TrainConfig.int8_aware_steps``):
-    weights snapped here come back unchanged, bit for bit in the integers, from ``quantize_mlp``
-    with the same ``input_multiplier``."""
-    out = []
-    for w, step in zip(weights, _layer_steps(weights, input_multiplier)):
-        w_int = np.asarray(w, np.float64) * step[None, :]
-        scale = _choose_scales(w_int)
-        q = _round_nearest(w_int, scale)
-        out.append((q * scale[:, None] / step[None, :]).astype(np.float32))
-    return out
-
-
 def quantize_mlp(weights: list[np.ndarray], biases: list[np.ndarray],
                  calibration_obs: np.ndarray, *, rounding: str = "gptq",
                  bias_correction: bool = True,
@@ -191,13 +108,13 @@ def quantize_mlp(weights: list[np.ndarray], biases: list[np.ndarray],
     x_q = quantize_input(obs, mult).astype(np.float64)      # integer inputs of layer 0
     x_f = obs.astype(np.float64)                            # float network's inputs
     q_weights, scales, out_biases = [], [], []
-    for li, (w, b, step) in enumerate(zip(weights, biases, _layer_steps(weights, mult))):
+    for li, (w, b, step) in enumerate(zip(weights, biases, layer_input_steps(weights, mult))):
         w = np.asarray(w, np.float64)
         b = np.asarray(b, np.float64)
         w_int = w * step[None, :]               # weights acting on integer inputs
-        scale = _choose_scales(w_int)
+        scale = choose_row_scales(w_int)
         q = (_round_gptq(w_int, scale, x_q) if rounding == "gptq"
-             else _round_nearest(w_int, scale))
+             else round_to_row_grid(w_int, scale))
         z_float = x_f @ w.T + b
         z_int = x_q @ q.T.astype(np.float64)
         bias = b.copy()

@@ -17,7 +17,7 @@ def write_policy(path, sizes=HOVER_SIZES, seed: int = 0, weight_scale: float = 1
     """A policy.pt with a PyTorch-initialized actor (weights and biases times ``weight_scale``)."""
     import torch
 
-    from nanofly.train.policy import init_actor, save_policy
+    from nanofly.policy.actor import init_actor, save_policy
     actor = init_actor(list(sizes), seed)
     with torch.no_grad():
         for lin in actor.linear_layers():
@@ -42,7 +42,7 @@ def quick_export(policy, out, *, seed: int = 0, num_calibration: int = 2048,
     """export_policy on synthetic observations (labelled "synthetic"), no simulator needed."""
     from .exporter import export_policy
     if dim is None:
-        from nanofly.train.policy import load_policy
+        from nanofly.policy.actor import load_policy
         dim = load_policy(policy)[0].layer_sizes[0]
     cal = synthetic_observations(num_calibration, dim, seed + 100)
     ev = synthetic_observations(num_eval, dim, seed + 200)

@@ -290,7 +290,7 @@ def model_from_export(export_dir: Path, fmt: str, source: str | None = None) -> 
 
 def check_policy_file(policy: Path) -> None:
     """Refuse a policy.pt the app cannot fly before spending time on its export."""
-    from nanofly.train.policy import PolicyFileError, load_policy
+    from nanofly.policy.actor import PolicyFileError, load_policy
 
     try:
         actor, payload = load_policy(policy)

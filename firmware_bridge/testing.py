@@ -14,7 +14,7 @@ HOVER_POLICY = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover
 
 def random_policy(path: str | os.PathLike, *, layer_sizes=(146, 64, 64, 4), seed: int = 0) -> Path:
     """A seeded random actor saved as a policy file (stands in for a trained one)."""
-    from nanofly.train.policy import init_actor, save_policy
+    from nanofly.policy.actor import init_actor, save_policy
 
     actor = init_actor(list(layer_sizes), seed)
     return save_policy(path, actor,
@@ -55,7 +55,7 @@ def f32_blob(layer_sizes, seed: int = 0) -> bytes:
     """A float32 model blob of a seeded random actor, written by the exporter's blob writer
     (``nanofly.export.blob.pack_f32``) without a full export."""
     from nanofly.export.blob import pack_f32
-    from nanofly.train.policy import init_actor
+    from nanofly.policy.actor import init_actor
 
     layers = init_actor(list(layer_sizes), seed).linear_layers()
     return pack_f32([l.weight.detach().numpy() for l in layers], [l.bias.detach().numpy() for l in layers])

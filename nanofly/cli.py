@@ -17,7 +17,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # (module, what it registers); order is the order in --help.
 _STAGES = (
     "nanofly.sim.commands",            # bench sim
-    "nanofly.train.commands",          # train, eval
+    "nanofly.train.commands",          # train
+    "nanofly.evaluate",                # eval (every backend: above all stages)
     "nanofly.export.commands",         # export
     "nanofly.firmware_bridge.commands",  # flash, firmware build|emulate|status
     "nanofly.firmware_bridge.crazyflie_commands",  # crazyflie build

@@ -12,7 +12,7 @@ import pytest
 from nanofly.export import exporter
 from nanofly.export.testing import quick_export, write_policy
 from nanofly.train.checkpoint_file import save_checkpoint
-from nanofly.train.policy import init_actor, save_policy
+from nanofly.policy.actor import init_actor, save_policy
 
 
 @pytest.fixture

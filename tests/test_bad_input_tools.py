@@ -15,7 +15,7 @@ import pytest
 
 from nanofly.export.testing import quick_export, write_tampered_policy
 from nanofly.sim.presets import PRESETS
-from nanofly.train.policy import init_actor, save_policy
+from nanofly.policy.actor import init_actor, save_policy
 
 UNUSED_PORT = "socket://127.0.0.1:9"  # never reached: every case fails before connecting
 

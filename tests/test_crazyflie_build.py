@@ -263,7 +263,7 @@ def test_missing_arm_toolchain_is_refused(crazyflie_base, tmp_path):
 # --- bad models ----------------------------------------------------------------------------------
 
 def _policy(tmp_path: Path, layer_sizes: list[int]) -> Path:
-    from nanofly.train.policy import init_actor, load_policy, save_policy
+    from nanofly.policy.actor import init_actor, load_policy, save_policy
 
     _, shipped = load_policy(cb.DEFAULT_POLICY)
     return save_policy(tmp_path / f"p{'-'.join(map(str, layer_sizes))}.pt", init_actor(layer_sizes, 0),

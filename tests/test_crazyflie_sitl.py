@@ -244,7 +244,7 @@ def test_motor_model_limits(sitl):
 # -- closed loop --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def int8_backends(crazyflie_base):
-    from nanofly.train.evaluate import make_policy
+    from nanofly.evaluate import make_policy
 
     reference = make_policy("c-int8", HOVER_INT8)
     stock = S.make_backend(HOVER_INT8, base=crazyflie_base)
@@ -291,7 +291,8 @@ def test_closed_loop_at_the_stock_limit_for_the_model_trained_for_it(crazyflie_b
     at the stock firmware's THRUST_MAX: through the app's controller with the stock limit it
     flies the hover suite within 2 percentage points of c-int8 (200 episodes, same seed)."""
     from nanofly.sim.presets import crazyflie_21plus
-    from nanofly.train.evaluate import evaluation_mdp, hover_suite, make_policy
+    from nanofly.evaluate import make_policy
+    from nanofly.train.evaluate import evaluation_mdp, hover_suite
 
     reference = make_policy("c-int8", HOVER_21PLUS_INT8)
     stock = S.make_backend(HOVER_21PLUS_INT8, base=crazyflie_base)

@@ -9,7 +9,7 @@ import pytest
 from nanofly.export.calibration import _make_env, collect_calibration_observations
 from nanofly.export.exporter import ExportError, export_policy
 from nanofly.sim.presets import PRESETS
-from nanofly.train.policy import PolicyFileError, init_actor
+from nanofly.policy.actor import PolicyFileError, init_actor
 
 PAPER = PRESETS["crazyflie_paper"]
 
@@ -56,7 +56,7 @@ def test_invalid_stored_vehicle_is_refused(vehicle, words):
 
 
 def test_export_refuses_invalid_stored_vehicle_and_leaves_nothing(tmp_path):
-    from nanofly.train.policy import save_policy
+    from nanofly.policy.actor import save_policy
 
     policy = save_policy(tmp_path / "p.pt", init_actor([146, 16, 4], 0),
                          observation={"dim": 146, "history_length": 32}, action={"dim": 4},

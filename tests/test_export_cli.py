@@ -17,7 +17,7 @@ from nanofly.export.calibration import synthetic_observations
 from nanofly.export.exporter import FILES, ExportError, export_policy
 from nanofly.export.onnx_export import OnnxRunner
 from nanofly.export.testing import quick_export, write_policy, write_tampered_policy
-from nanofly.train.policy import load_policy
+from nanofly.policy.actor import load_policy
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,9 @@ def export_dir(tmp_path_factory):
 
 def test_export_writes_every_file(export_dir):
     _, out, _ = export_dir
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    written = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert sorted(written) == sorted(FILES)
+    assert "nanofly_policy.c" in FILES and "kernels/nf_dense_s8.c" in FILES
 
 
 def test_manifest_describes_the_export(export_dir):
@@ -203,7 +205,7 @@ def test_replacing_an_export_is_atomic(tmp_path, monkeypatch):
     p2 = write_policy(tmp_path / "p2.pt", seed=2)
     out = tmp_path / "out"
     first = quick_export(p1, out, num_calibration=512, num_eval=256)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     real_open = open
     written = []
@@ -218,7 +220,7 @@ def test_replacing_an_export_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="No space left"):
         quick_export(p2, out, num_calibration=512, num_eval=256)
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
     # and a successful export does replace it
     second = quick_export(p2, out, num_calibration=512, num_eval=256)
@@ -227,9 +229,9 @@ def test_replacing_an_export_is_atomic(tmp_path, monkeypatch):
 
 
 def test_snapped_weights_come_back_unchanged_from_the_quantizer():
-    from nanofly.export.quantize import (_layer_steps, input_multipliers, quantize_mlp,
-                                         snap_to_int8_grid)
-    from nanofly.train.policy import init_actor
+    from nanofly.export.quantize import quantize_mlp
+    from nanofly.policy.actor import init_actor
+    from nanofly.policy.int8_grid import input_multipliers, layer_input_steps, snap_to_int8_grid
 
     actor = init_actor([146, 64, 64, 4], 3)
     weights = [lin.weight.detach().numpy() * 3 for lin in actor.linear_layers()]
@@ -242,7 +244,7 @@ def test_snapped_weights_come_back_unchanged_from_the_quantizer():
     for rounding in ("nearest", "gptq"):
         qm = quantize_mlp(snapped, biases, obs, rounding=rounding, bias_correction=False,
                           input_multiplier=mult)
-        for q, s, step, w in zip(qm.q_weights, qm.scales, _layer_steps(snapped, mult), snapped):
+        for q, s, step, w in zip(qm.q_weights, qm.scales, layer_input_steps(snapped, mult), snapped):
             np.testing.assert_allclose(q * s.astype(np.float64)[:, None] / step[None, :], w,
                                        rtol=1e-6, atol=0)
 

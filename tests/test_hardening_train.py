@@ -226,7 +226,7 @@ def test_crafted_pickle_policy_never_runs(tmp_path):
     """load_policy (the one reader behind eval, export, calibration and the firmware bridge)
     refuses pickled code in a policy file; `nanofly eval` and `nanofly export` say so in one
     line with exit status 2."""
-    from nanofly.train.policy import PolicyFileError, load_policy
+    from nanofly.policy.actor import PolicyFileError, load_policy
 
     marker = tmp_path / "marker"
     for path in _crafted_policies(tmp_path, marker):
@@ -277,7 +277,7 @@ def test_crafted_layer_sizes_are_refused_before_anything_is_allocated(tmp_path):
     tensors before the Actor is built: [146, 10**9, 4] would ask for 584 GB."""
     import torch
 
-    from nanofly.train.policy import PolicyFileError, init_actor, load_policy, save_policy
+    from nanofly.policy.actor import PolicyFileError, init_actor, load_policy, save_policy
 
     base = save_policy(tmp_path / "policy.pt", init_actor([146, 64, 64, 4], 0),
                        observation={"dim": 146}, action={"dim": 4},
@@ -356,7 +356,7 @@ def test_diverging_run_stops_cleanly_and_says_no_policy_was_kept(tmp_path):
 def test_diverging_run_keeps_the_best_finite_snapshot_as_the_policy(tmp_path):
     """With selection checks before the divergence, the best finite snapshot is saved as the
     policy (it loads: finite weights) and the policy file records the divergence."""
-    from nanofly.train.policy import load_policy
+    from nanofly.policy.actor import load_policy
 
     config = tmp_path / "diverge.toml"
     config.write_text(DIVERGING + "selection_start = 256\nselection_interval = 256\n"

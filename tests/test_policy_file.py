@@ -1,4 +1,4 @@
-"""The policy file writer (nanofly.train.policy_file) against torch's own reader and writer."""
+"""The policy file writer (nanofly.policy.file) against torch's own reader and writer."""
 from __future__ import annotations
 
 import subprocess
@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nanofly.train.policy import load_policy
-from nanofly.train.policy_file import (ActorWeights, PolicyFileError, save_policy,
-                                       torch_file_bytes)
+from nanofly.policy.actor import Actor, load_policy
+from nanofly.policy.file import ActorWeights, PolicyFileError, save_policy, torch_file_bytes
 
 
 def _payload():
@@ -120,10 +119,10 @@ def test_save_weights_load_actor_round_trip(tmp_path):
         assert np.array_equal(values.numpy(), weights.state_dict[name])
     obs = np.random.default_rng(1).standard_normal((5, 146)).astype(np.float32)
     with torch.no_grad():
-        expected = weights.to_actor()(torch.from_numpy(obs)).numpy()
+        expected = Actor.from_weights(weights)(torch.from_numpy(obs)).numpy()
         assert np.array_equal(actor(torch.from_numpy(obs)).numpy(), expected)
     # a torch Actor saves the same tensors as its weights
-    again = save_policy(tmp_path / "q.pt", weights.to_actor(), observation={"dim": 146},
+    again = save_policy(tmp_path / "q.pt", Actor.from_weights(weights), observation={"dim": 146},
                         action={"dim": 4}, vehicle={"preset": "crazyflie_paper"})
     _, payload2 = load_policy(again)
     assert _same(payload["actor"], payload2["actor"])
@@ -155,7 +154,7 @@ def test_weights_that_do_not_match_layer_sizes_are_refused(tmp_path, edit, messa
 
 def test_saving_does_not_import_torch(tmp_path):
     code = ("import sys, numpy as np\n"
-            "from nanofly.train.policy_file import ActorWeights, save_policy\n"
+            "from nanofly.policy.file import ActorWeights, save_policy\n"
             "w = ActorWeights([3, 2], {'net.0.weight': np.ones((2, 3), np.float32), "
             "'net.0.bias': np.zeros(2, np.float32)})\n"
             f"save_policy({str(tmp_path / 'p.pt')!r}, w, observation={{}}, action={{}}, vehicle={{}})\n"

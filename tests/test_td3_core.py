@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nanofly.train import td3_kernels
-from nanofly.train.policy import Actor
+from nanofly.policy.actor import Actor
 from nanofly.train.td3_core import TD3Core
 
 PARAM_ATOL = 2e-5

@@ -11,7 +11,7 @@ import torch
 from nanofly.sim.env import RewardWeights
 from nanofly.train.checkpoint_file import load_checkpoint, save_checkpoint
 from nanofly.train.evaluate import hover_suite
-from nanofly.train.policy import init_actor, load_policy
+from nanofly.policy.actor import init_actor, load_policy
 from nanofly.train.td3 import (Interrupted, TrainConfig, Trainer, curriculum_step, run_loop,
                                train)
 
@@ -406,8 +406,8 @@ def test_cold_cache_helper_failure_or_hang_is_reported_not_raised(monkeypatch):
 
 def test_int8_aware_finetuning_puts_the_saved_actor_on_the_recorded_int8_grid(tmp_path):
     from nanofly.export.exporter import export_policy
-    from nanofly.export.quantize import snap_to_int8_grid
-    from nanofly.train.policy import save_policy
+    from nanofly.policy.actor import save_policy
+    from nanofly.policy.int8_grid import snap_to_int8_grid
 
     cfg = TrainConfig(**{**SMALL, "total_env_steps": 4000, "int8_aware_steps": 2000}, seed=2)
     tr = train(cfg)

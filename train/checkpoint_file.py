@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .policy_file import atomic_write
+from nanofly.policy.file import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.npz"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pkl"  # the pickle of earlier versions: never read untrusted

@@ -1,5 +1,19 @@
-"""CLI for the training stage: ``nanofly train`` and ``nanofly eval``."""
+"""``nanofly train``: its command-line options (``register``) and its implementation
+(``run_train``). Only the standard library is imported at module level, so ``nanofly --help``
+stays fast; numba and torch load inside the handlers."""
 from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+PROCESS_START = time.perf_counter()
 
 ABLATIONS = ("disturbance", "observation_noise", "asymmetric_critic", "rotor_delay",
              "action_history", "curriculum")
@@ -46,51 +60,433 @@ def register(sub, bench_sub) -> None:
                         "pickle, which can run code: only a file you made yourself) and convert "
                         "it to checkpoint.npz")
     p.add_argument("--json", action="store_true", help="print one JSON summary object")
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=run_train)
 
-    e = sub.add_parser(
-        "eval", help="evaluate a policy in simulation (exit 1 when it misses the thresholds)",
-        description="Run evaluation suites with the paper's observation noise and disturbances. "
-                    "Exit status 1 when a suite misses its thresholds (CI gate), 2 on bad input.")
-    e.add_argument("policy", help="policy.pt, a run directory (its policy.pt), or an export "
-                                  "directory (the onnx, c-f32, c-int8 and pil backends)")
-    e.add_argument("--suite", action="append", choices=("hover", "figure8"),
-                   help="suite to run (repeatable; default: hover)")
-    e.add_argument("--backend", default="torch",
-                   help="torch | onnx | c-f32 | c-int8 | pil:URL (pil:emulate starts QEMU) | "
-                        "cf-sitl (the Crazyflie app's controller and the firmware's power "
-                        "distribution built for this host against $CRAZYFLIE_BASE)")
-    e.add_argument("--episodes", type=int, default=None,
-                   help="episodes per suite (default: hover 1000, figure8 16)")
-    e.add_argument("--seed", type=int, default=None, help="evaluation seed")
-    e.add_argument("--min-success", type=float, default=None,
-                   help="hover threshold: minimum success rate (default 0.95)")
-    e.add_argument("--max-rmse", type=float, default=None,
-                   help="figure8 threshold: maximum position RMSE in m (default 0.10)")
-    e.add_argument("--json", action="store_true", help="print one JSON object with every figure")
-    e.set_defaults(handler=_eval)
+PROCESS_START = time.perf_counter()
 
 
-def _train(args) -> int:
-    from .cli_train import run_train
+class ProgressBar:
+    """One live line on a terminal (or a line per update when stderr is not a terminal)."""
 
-    return run_train(args)
+    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, done: int, elapsed: float, fields: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        frac = min(1.0, done / self.total)
+        width = 24
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        extra = " | ".join(f"{k} {v}" for k, v in fields.items())
+        line = (f"[{bar}] {done:>7}/{self.total} steps | {elapsed:5.1f}s | {rate / 1000:5.1f}k steps/s"
+                f" | eta {eta:4.0f}s | {extra}")
+        if self.tty:
+            self.stream.write("\r" + line[:160] + "\033[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
-def _eval(args) -> int:
-    import math
-    import sys
+def load_train_config(args):
+    """The TrainConfig from --config (TOML) and the command-line options."""
+    from .td3 import TrainConfig
 
-    problem = None
-    if args.episodes is not None and args.episodes < 1:
-        problem = f"--episodes must be >= 1, got {args.episodes} (leave it out for the default)"
-    elif args.min_success is not None and not 0.0 <= args.min_success <= 1.0:
-        problem = f"--min-success is a fraction from 0 to 1, got {args.min_success} (0.95: 95 %)"
-    elif args.max_rmse is not None and not (math.isfinite(args.max_rmse) and args.max_rmse > 0):
-        problem = f"--max-rmse must be a positive number of metres, got {args.max_rmse}"
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    data: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"--config {path}: malformed TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"--config {path}: not a TOML file (not UTF-8 text)") from None
+        except OSError as exc:  # a directory, no permission, ...
+            raise ValueError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+        table = raw.get("train", raw)
+        if not isinstance(table, dict):
+            raise ValueError(f"--config {path}: 'train' must be a [train] table of training "
+                             f"options, got {table!r}")
+        data.update(table)
+    for key, attr in (("seed", "seed"), ("total_env_steps", "steps"), ("num_envs", "num_envs"),
+                      ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps"),
+                      ("update_threads", "update_threads")):
+        value = getattr(args, attr)
+        if value is not None:
+            data[key] = value
+    for name in ABLATIONS:
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    return TrainConfig.from_dict(data)
+
+
+CHECKPOINT_NAME = "checkpoint.npz"  # checkpoint_file.CHECKPOINT_NAME (not imported: numpy)
+
+
+def read_resume_checkpoint(run_dir: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """The checkpoint ``--resume RUN_DIR`` continues from: ``checkpoint.npz`` (data only). An
+    earlier nanofly's ``checkpoint.pkl`` is a pickle, which runs any code it holds when read:
+    it is refused, or with ``trust_pickle`` (``--trust-checkpoint``) read once and converted."""
+    from .checkpoint_file import (LEGACY_CHECKPOINT_NAME, CheckpointFileError, load_checkpoint,
+                                  load_legacy_pickle, save_checkpoint)
+
+    ck_path, legacy = run_dir / CHECKPOINT_NAME, run_dir / LEGACY_CHECKPOINT_NAME
+    if ck_path.is_file():
+        return load_checkpoint(ck_path)
+    if not legacy.is_file():
+        raise CheckpointFileError(f"{ck_path}: no checkpoint to resume from")
+    if not trust_pickle:
+        raise CheckpointFileError(
+            f"{legacy} is an earlier nanofly's checkpoint, a Python pickle, which runs any code "
+            f"it holds when read; nanofly does not read it. Only if you made it yourself: "
+            f"nanofly train --resume {run_dir} --trust-checkpoint (converts it to {CHECKPOINT_NAME})")
+    checkpoint = load_legacy_pickle(legacy)
+    try:
+        save_checkpoint(ck_path, checkpoint)
+    except TypeError as exc:
+        raise CheckpointFileError(f"{legacy}: not a nanofly checkpoint ({exc})") from None
+    legacy.unlink()
+    print(f"note: converted {legacy} to {ck_path} (data only) and removed the pickle",
+          file=sys.stderr)
+    return checkpoint
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None: JSON has no NaN (``json.dumps`` would write a
+    bare ``NaN``, which JSON readers other than Python's refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# A run directory must take at least this much (a policy file is ~60 KB): the probe writes and
+# syncs it, which fails on a full disk or quota where creating an empty file succeeds.
+WRITE_PROBE_BYTES = 65_536
+
+
+def probe_writable(directory: Path) -> None:
+    """Raise OSError unless ``directory`` takes WRITE_PROBE_BYTES bytes (written, synced,
+    removed again)."""
+    probe = directory / ".nanofly-write-test"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(WRITE_PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _new_run_dir(out: str | None) -> Path:
+    """The directory of a new run: ``--out``, or runs/<timestamp> (-2, -3, ... if taken)."""
+    if out:
+        return Path(out)
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _refuse_used_run_dir(run_dir: Path) -> str | None:
+    """Why a new run cannot go into ``run_dir`` (it holds files), or None."""
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        return f"--out {run_dir} is a file, not a directory"
+    names = sorted(p.name for p in run_dir.iterdir())
+    if not names:
+        return None
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return (f"--out {run_dir} is not empty ({shown}); give a new directory, or continue an "
+            f"interrupted run there with: nanofly train --resume {run_dir}")
+
+
+def run_train(args) -> int:
+    """``nanofly train``. Exit status: 0 done; 1 the run failed (diverged, or a write failed:
+    a checkpoint is kept where possible); 2 bad input (nothing is left behind); 128 + N
+    stopped by signal N (a checkpoint is kept)."""
+    from nanofly.sim.presets import PresetError, dumps_toml, get_preset
+
+    try:
+        cfg = load_train_config(args)
+    except (ValueError, PresetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .cli_train import run_eval
+    resume = None
+    if args.resume:
+        run_dir = Path(args.resume)
+        from .checkpoint_file import CheckpointFileError
+        from .td3 import config_of_checkpoint
 
-    return run_eval(args)
+        try:
+            resume = read_resume_checkpoint(run_dir, trust_pickle=args.trust_checkpoint)
+            cfg = config_of_checkpoint(resume)
+        except CheckpointFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                  f"({_one_line(exc)})", file=sys.stderr)
+            return 2
+    elif args.trust_checkpoint:
+        print("error: --trust-checkpoint applies to --resume RUN_DIR only", file=sys.stderr)
+        return 2
+    # the vehicle, before anything is written: a bad preset file leaves nothing behind
+    try:
+        get_preset(cfg.preset)
+    except (PresetError, ValueError, OSError) as exc:
+        print(f"error: preset: {_one_line(exc) if isinstance(exc, OSError) else exc}",
+              file=sys.stderr)
+        return 2
+    if resume is None:
+        run_dir = _new_run_dir(args.out)
+        try:
+            refused = _refuse_used_run_dir(run_dir)
+        except OSError as exc:
+            refused = f"cannot read --out {run_dir}: {exc}"
+        if refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
+    # what this run creates, removed again if it cannot start
+    new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+    written: list[Path] = []
+
+    def abandon(message: str, status: int) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        for path in written:
+            path.unlink(missing_ok=True)
+        for directory in new_dirs:  # deepest first; only ones this run made (and left empty)
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        return status
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe_writable(run_dir)
+    except OSError as exc:
+        return abandon(f"cannot write the run directory {run_dir}: {_one_line(exc)}", 2)
+    from .checkpoint_file import save_checkpoint
+    from .td3 import Diverged, Interrupted, Trainer, run_loop
+    from .td3_core import usable_cpus
+
+    cpus = usable_cpus()
+    if cfg.update_threads > cpus:  # two threads would take turns on one CPU (slow)
+        print(f"note: this process may use only {cpus} CPU: training with 1 update thread "
+              f"instead of {cfg.update_threads} (the same results, sooner)", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, update_threads=1)
+    from .compile_cache import kernels_cached
+
+    if not args.json and not kernels_cached():
+        print("first run with this numba cache: compiling the simulator and update kernels "
+              "(~10 s on 2 cores; cached for later runs)", file=sys.stderr)
+    try:
+        trainer = Trainer(cfg)
+    except MemoryError as exc:
+        return abandon(f"not enough memory for this configuration ({_one_line(exc)}); lower "
+                       f"total_env_steps (the replay buffer) or num_envs", 2)
+    except (ValueError, PresetError) as exc:
+        return abandon(f"cannot start training: {_one_line(exc)}", 2)
+    if resume is not None:
+        try:
+            trainer.restore(resume)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            return abandon(f"{run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                           f"({_one_line(exc)})", 2)
+    metrics_path = run_dir / "metrics.jsonl"
+    try:
+        config_path = run_dir / "config.toml"
+        if not config_path.exists():
+            written.append(config_path)
+        config_path.write_text(dumps_toml({"train": cfg.to_dict()}))
+        if not metrics_path.exists():
+            written.append(metrics_path)
+        log_file = open(metrics_path, "a")
+    except OSError as exc:
+        return abandon(f"cannot write the run directory {run_dir}: {_one_line(exc)}", 1)
+
+    def keep_checkpoint(message: str, resume_note: str | None = None) -> int:
+        """A failed run: save a checkpoint if possible, then say what happened in one line."""
+        try:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+            kept = f"; saved {run_dir / CHECKPOINT_NAME}" + (
+                resume_note or f": continue with: nanofly train --resume {run_dir}")
+        except Exception as exc:  # noqa: BLE001 - reported, the original failure stands
+            kept = f"; no checkpoint either ({_one_line(exc)})"
+        print(f"error: {message}{kept}", file=sys.stderr)
+        return 1
+
+    bar = ProgressBar(cfg.total_env_steps + cfg.int8_aware_steps, enabled=not args.json)
+
+    def on_progress(trainer) -> None:
+        m = trainer.metrics()
+        fields = {"return": f"{m['mean_return']:.0f}" if m["mean_return"] is not None else "-",
+                  "survived 5 s": f"{100 * m['survival_rate']:.0f}%" if m["survival_rate"] is not None else "-"}
+        if m["selection"]:
+            fields["hover success (check)"] = (f"{100 * m['selection']['success_rate']:.0f}% "
+                                               f"(best {100 * m['selection']['best_success_rate']:.0f}%)")
+        bar.update(m["env_steps"], m["wall_time_s"], fields)
+
+    def close_log() -> None:  # after a failed write its buffer fails again: already reported
+        try:
+            log_file.close()
+        except OSError:
+            pass
+
+    def on_log(metrics: dict) -> None:
+        log_file.write(json.dumps(_json_safe(metrics), allow_nan=False) + "\n")
+        log_file.flush()
+
+    policy_path = run_dir / "policy.pt"
+    try:
+        run_loop(trainer, on_progress=on_progress, progress_every=max(cfg.num_envs, 5000),
+                 on_log=on_log)
+    except Interrupted as stopped:
+        bar.close()
+        close_log()
+        try:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+        except Exception as exc:  # noqa: BLE001
+            print(f"\nerror: {stopped} at {trainer.state.env_steps} steps, and the checkpoint "
+                  f"could not be saved ({_one_line(exc)})", file=sys.stderr)
+            return 128 + stopped.signal_number
+        print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
+              f"{run_dir / CHECKPOINT_NAME}; continue with: nanofly train --resume {run_dir}",
+              file=sys.stderr)
+        return 128 + stopped.signal_number  # the shell's convention: 130 for Ctrl-C
+    except Diverged as diverged:
+        bar.close()
+        close_log()
+        return _report_divergence(diverged, trainer, run_dir, policy_path, keep_checkpoint)
+    except Exception as exc:  # noqa: BLE001 - a checkpoint first, then one line
+        bar.close()
+        close_log()
+        return keep_checkpoint(f"training stopped at {trainer.state.env_steps} steps: "
+                               f"{_one_line(exc)}")
+    finally:
+        bar.close()
+    close_log()
+    try:
+        return _finish_run(args, trainer, run_dir, policy_path, metrics_path)
+    except Exception as exc:  # noqa: BLE001 - the trained state is kept: --resume saves again
+        return keep_checkpoint(f"training finished but saving its results failed: "
+                               f"{_one_line(exc)}")
+
+
+def _report_divergence(diverged, trainer, run_dir: Path, policy_path: Path,
+                       keep_checkpoint) -> int:
+    """The run diverged: keep the best finite snapshot (if selection kept one) as the policy,
+    and a checkpoint; one line says which."""
+    from nanofly.policy.file import save_policy
+
+    st = trainer.state
+    if trainer.best_actor_params is not None:
+        try:
+            save_policy(policy_path, trainer.policy_weights(), **trainer.policy_payload(),
+                        metrics={"train_wall_time_s": st.wall_time_s, "env_steps": st.env_steps,
+                                 "selected_snapshot": {"env_steps": st.best_selection_step,
+                                                       "success_rate": st.best_selection_score},
+                                 "diverged": {"env_steps": st.env_steps,
+                                              "reason": diverged.reason}})
+            kept = (f"kept the best finite snapshot (hover success "
+                    f"{100 * st.best_selection_score:.1f}% at {st.best_selection_step} steps) as "
+                    f"{policy_path}")
+        except Exception as exc:  # noqa: BLE001
+            kept = f"the best finite snapshot could not be saved ({_one_line(exc)})"
+    else:
+        kept = (f"no policy saved: no finite snapshot was kept (checkpoint selection starts at "
+                f"{trainer.cfg.selection_start} steps)" if trainer.cfg.selection_interval else
+                "no policy saved: checkpoint selection is off, so no finite snapshot was kept")
+    return keep_checkpoint(f"{diverged}; {kept}",
+                           " (the state at the divergence: resumed, it diverges again; a new "
+                           "run with a lower learning_rate may not)")
+
+
+def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: Path) -> int:
+    """Save the policy, evaluate it, plot, write summary.json and report."""
+    from nanofly.policy.file import save_policy
+
+    cfg, st = trainer.cfg, trainer.state
+    train_wall = st.wall_time_s
+    actor = trainer.policy_weights()
+    selection = ({"env_steps": st.best_selection_step, "success_rate": st.best_selection_score,
+                  "episodes": cfg.selection_episodes, "seed": cfg.selection_seed,
+                  "history": st.selection_history}
+                 if st.best_selection_step >= 0 else None)
+    save_policy(policy_path, actor, **trainer.policy_payload(),
+                metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
+                         "selected_snapshot": selection})
+    time_to_policy = time.perf_counter() - PROCESS_START
+    saved_at = time.time()
+    (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir), "policy": str(policy_path), "seed": cfg.seed,
+        "train_wall_time_s": round(train_wall, 3),
+        "cli_start_to_saved_policy_s": round(time_to_policy, 3),
+        "policy_saved_at_unix": saved_at,
+        "env_steps": trainer.state.env_steps, "critic_updates": trainer.state.critic_updates,
+        "actor_updates": trainer.state.actor_updates,
+        "one_thread_updates": trainer.core.updates_without_helper,  # a busy machine: speed only
+        "selected_snapshot": selection,
+        "stopped_early": st.stopped_early,
+        "int8_aware_steps": (st.env_steps - (st.int8_aware_until - cfg.int8_aware_steps)
+                             if st.int8_aware_until >= 0 else 0),
+    }
+    if args.eval_episodes > 0:
+        from .evaluate import TorchPolicy, hover_suite, policy_mdp, public
+
+        policy = TorchPolicy(policy_path)
+        preset, mdp = policy_mdp(policy.payload)
+        t0 = time.perf_counter()
+        result = hover_suite(policy, preset=preset, mdp=mdp, episodes=args.eval_episodes,
+                             record=8)
+        summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 3)
+        summary["eval"] = {"hover": public(result)}
+        # store the figures in the policy file too (self-describing)
+        save_policy(policy_path, actor, **trainer.policy_payload(),
+                    metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
+                             "selected_snapshot": selection, "hover": public(result)})
+        if not args.no_plots:
+            from .plots import plot_hover_rollouts, plot_learning_curve
+
+            plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
+            plot_hover_rollouts(result["_trajectories"], run_dir)
+    elif not args.no_plots:
+        from .plots import plot_learning_curve
+
+        plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
+    summary = _json_safe(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        print(f"saved {policy_path} after {train_wall:.1f} s of training "
+              f"({time_to_policy:.1f} s since start)")
+        if "eval" in summary:
+            h = summary["eval"]["hover"]
+            print(f"hover suite: success {100 * h['success_rate']:.1f}% over {h['episodes']} episodes, "
+                  f"final position RMSE {h['final_position_rmse_m']}")
+    return 0

@@ -1,15 +1,17 @@
 """Sim-only evaluation suites, run in the batched simulator with the paper's observation noise
 and disturbances: ``hover`` and ``figure8``. Every suite returns a flat dict of figures plus
 ``passed`` (against the suite's default thresholds, which ``nanofly eval`` turns into its exit
-code).
+code). Training uses them to select its snapshot and for its final evaluation.
 
-A policy is anything callable as ``policy(obs (N, obs_dim) float32) -> actions (N, 4)``; the
-``--backend`` choice makes one from a policy file (``make_policy``): ``torch`` here, ``onnx``,
-``c-f32`` and ``c-int8`` through the export stage, ``pil:URL`` through the firmware bridge,
-``cf-sitl`` through the Crazyflie app's controller compiled for the host
-(``nanofly.firmware_bridge.crazyflie_sitl``). A policy that needs the simulator itself (the
-targets, episode starts) has a ``bind_env(env)`` method, which the suites call with their
-``VecEnv`` before the first step.
+A policy is anything callable as ``policy(obs (N, obs_dim) float32) -> actions (N, 4)``:
+``TorchPolicy`` here runs a policy file's actor with torch; the other backends (the exported
+ONNX and C models, PIL on the firmware, the Crazyflie app) come from later stages, so the
+choice among them lives above every stage, in ``nanofly.evaluate``. A policy that needs the
+simulator itself (the targets, episode starts) has a ``bind_env(env)`` method, which the suites
+call with their ``VecEnv`` before the first step.
+
+Also here: what a policy file says about the world it was trained in (``policy_vehicle``,
+``policy_mdp``), which the later stages read to simulate a policy as it was trained.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class TorchPolicy:
     def __init__(self, policy_path):
         import torch
 
-        from .policy import load_policy
+        from nanofly.policy.actor import load_policy
 
         self.actor, self.payload = load_policy(policy_path)
         self._torch = torch
@@ -64,26 +66,6 @@ class TorchPolicy:
 
     def close(self) -> None:
         pass
-
-
-def make_policy(backend: str, policy_path) -> Any:
-    """A policy callable for ``backend`` in torch | onnx | c-f32 | c-int8 | pil:URL | cf-sitl."""
-    if backend == "torch":
-        return TorchPolicy(policy_path)
-    if backend in ("onnx", "c-f32", "c-int8"):
-        from nanofly.export.backends import make_backend
-
-        return make_backend(backend, policy_path)
-    if backend.startswith("pil:"):
-        from nanofly.firmware_bridge.pil import make_backend as make_pil
-
-        return make_pil(backend[4:], policy_path)
-    if backend == "cf-sitl":
-        from nanofly.firmware_bridge.crazyflie_sitl import make_backend as make_sitl
-
-        return make_sitl(policy_path)
-    raise ValueError(f"unknown backend {backend!r}; choose torch, onnx, c-f32, c-int8, pil:URL "
-                     f"or cf-sitl")
 
 
 def _bind_env(policy, env: VecEnv) -> None:
@@ -107,7 +89,7 @@ def policy_vehicle(payload: dict[str, Any]):
     wrong with the stored vehicle."""
     from nanofly.sim.presets import PRESETS, PresetError, VehicleParams
 
-    from .policy_file import PolicyFileError
+    from nanofly.policy.file import PolicyFileError
 
     vehicle = payload.get("vehicle")
     if not isinstance(vehicle, dict):
@@ -135,7 +117,7 @@ def policy_mdp(payload: dict[str, Any]):
     """The vehicle (``policy_vehicle``, a ``VehicleParams``) and the evaluation MDP
     (``evaluation_mdp``) for a policy file, checked against the actor's input size. Raises
     ``PolicyFileError`` naming what is wrong."""
-    from .policy_file import PolicyFileError
+    from nanofly.policy.file import PolicyFileError
 
     vehicle = policy_vehicle(payload)
     mdp = payload.get("mdp") or {}
@@ -156,80 +138,6 @@ def policy_mdp(payload: dict[str, Any]):
                               f"history_length {int(history)} gives {config.observation_dim}-value "
                               f"observations; the file is inconsistent: re-save it")
     return vehicle, config
-
-
-def open_for_eval(path, backend: str):
-    """``(policy callable, vehicle, evaluation MDP)`` for ``nanofly eval PATH --backend B``.
-
-    ``path``: a policy file, a run directory (its ``policy.pt``), or an export directory
-    (``manifest.json``, which records the vehicle and MDP; the C, ONNX and PIL backends run
-    its blobs, the torch backend needs the policy file). Raises ``PolicyFileError`` (a
-    ``ValueError``) naming what is wrong and what to pass instead."""
-    import json
-    from pathlib import Path
-
-    from .policy_file import PolicyFileError
-
-    path = Path(path)
-    if path.is_dir():
-        manifest_path, run_policy = path / "manifest.json", path / "policy.pt"
-        if manifest_path.is_file():
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                raise PolicyFileError(f"{manifest_path}: not readable JSON ({exc}); export "
-                                      f"again with nanofly export") from None
-            if not isinstance(manifest, dict) or manifest.get("format") != "nanofly-export":
-                raise PolicyFileError(f"{manifest_path}: not a nanofly export manifest; export "
-                                      f"again with nanofly export")
-            if "vehicle" not in manifest:
-                raise PolicyFileError(f"{manifest_path} records no vehicle (an export by an "
-                                      f"earlier nanofly); export the policy again")
-            if backend == "torch":
-                raise PolicyFileError(f"{path} is an export directory, which has no torch policy; "
-                                      f"use --backend c-int8, c-f32, onnx or pil:URL, or pass the "
-                                      f"policy.pt")
-            described = {key: manifest.get(key) for key in ("vehicle", "mdp", "observation")}
-            described["actor"] = {"layer_sizes": manifest.get("layer_sizes")}
-            try:
-                vehicle, mdp = policy_mdp(described)
-            except PolicyFileError as exc:
-                raise PolicyFileError(f"{manifest_path}: {exc}") from None
-            return _make_policy_for_eval(backend, path), vehicle, mdp
-        if not run_policy.is_file():
-            raise PolicyFileError(f"{path}: neither a run directory (policy.pt) nor an export "
-                                  f"directory (manifest.json); pass a policy file or one of those")
-        path = run_policy
-    from .policy import load_policy
-
-    try:
-        _, payload = load_policy(path)
-    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
-        raise PolicyFileError(f"{path}: malformed actor description ({type(exc).__name__}: "
-                              f"{exc}); train or save the policy again") from None
-    try:
-        vehicle, mdp = policy_mdp(payload)
-    except PolicyFileError as exc:
-        raise PolicyFileError(f"{path}: {exc}") from None
-    return _make_policy_for_eval(backend, path), vehicle, mdp
-
-
-def _make_policy_for_eval(backend: str, path):
-    """``make_policy``, with a PIL board that cannot be reached or started as a ``ValueError``
-    (a one-line error of ``nanofly eval``) instead of the bridge's own exceptions."""
-    if not backend.startswith("pil:"):
-        return make_policy(backend, path)
-    from nanofly.firmware_bridge.emulator import EmulatorError
-    from nanofly.firmware_bridge.firmware import FirmwareBuildError
-    from nanofly.firmware_bridge.protocol import ProtocolError
-
-    try:
-        return make_policy(backend, path)
-    except ProtocolError as exc:
-        raise ValueError(f"--backend {backend}: {exc} (check the URL, and that the board runs the "
-                         f"bridge firmware: nanofly firmware status --port URL)") from None
-    except (EmulatorError, FirmwareBuildError) as exc:
-        raise ValueError(f"--backend {backend}: {exc}") from None
 
 
 # -- hover --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ update the twin critics every ``critic_update_interval`` environment steps and t
 targets every ``actor_update_interval`` steps (after their warm-ups), and apply the curriculum,
 recomputing the rewards already stored. The updates themselves are the numba kernels of
 ``TD3Core`` (hand-written forward/backward/Adam, PERF_NOTES.md); the saved actor is a torch
-module (``nanofly.train.policy.Actor``).
+module (``nanofly.policy.actor.Actor``).
 
 The actor sees the noisy observation (146 values by default); the critics see the privileged
 one (noise-free state, disturbance, rotor speeds; 28 values) plus the action. Every ablation of
@@ -477,7 +477,9 @@ class Trainer:
 
     def policy_actor(self):
         """``policy_weights()`` as a torch ``Actor``."""
-        return self.policy_weights().to_actor()
+        from nanofly.policy.actor import Actor
+
+        return Actor.from_weights(self.policy_weights())
 
     def _update(self, at_step: int) -> None:
         cfg, core = self.cfg, self.core
@@ -524,7 +526,7 @@ class Trainer:
     # -- int8-aware fine-tuning (TrainConfig.int8_aware_steps) --------------------------------
     def _snap_actor(self, flat: np.ndarray) -> np.ndarray:
         """Actor parameters (flat) with the weights snapped to the int8 grid; biases as they are."""
-        from nanofly.export.quantize import snap_to_int8_grid
+        from nanofly.policy.int8_grid import snap_to_int8_grid
 
         out = flat.copy()
         views = self.core._actor_views(out)
@@ -540,7 +542,7 @@ class Trainer:
         least INT8_MIN_ANGULAR_VELOCITY_SPAN)."""
         # The grid is the exporter's definition, so the trainer asks export for it (this and
         # _snap_actor are train's only dependencies on export).
-        from nanofly.export.quantize import input_multipliers
+        from nanofly.policy.int8_grid import input_multipliers
 
         st, core = self.state, self.core
         na = core.n_actor_params

@@ -17,7 +17,7 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
     core.warmup()  # optional: compile / load the kernels now (seconds cold, ~0.3 s cached)
 
 - actor: ``[actor_obs_dim, *actor_hidden, action_dim]``, tanh after every layer (the output
-  too); same layout and semantics as ``nanofly.train.policy.Actor``.
+  too); same layout and semantics as ``nanofly.policy.actor.Actor``.
 - critics Q1, Q2: ``[critic_obs_dim + action_dim, *critic_hidden, 1]``, tanh on the hidden
   layers, linear output; the input is ``concat(critic_obs, action)``. ``critic_obs_dim`` is the
   privileged observation (28, asymmetric) or the actor observation (146, ablation "asymmetric
@@ -79,7 +79,7 @@ separate calls (for code that changes the actor's weights in between).
 Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
 workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
 
-Torch: ``to_actor(target=False) -> nanofly.train.policy.Actor``; ``actor_weights`` the same as
+Torch: ``to_actor(target=False) -> nanofly.policy.actor.Actor``; ``actor_weights`` the same as
 NumPy arrays (what ``save_policy`` takes too, without importing torch),
 ``load_actor(actor_or_state_dict, targets_too=True)``, ``to_critics(target=False) -> (Q1, Q2)``
 as ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` (a LayerNorm before each Tanh with
@@ -696,10 +696,10 @@ class TD3Core:
 
     # --------------------------------------------------------------------------------- torch
     def actor_weights(self, target: bool = False, actor_params: np.ndarray | None = None):
-        """The (online or target) actor as ``nanofly.train.policy_file.ActorWeights`` (copied
+        """The (online or target) actor as ``nanofly.policy.file.ActorWeights`` (copied
         NumPy arrays, no torch); ``actor_params``: instead, the actor part of a parameter vector
         saved earlier (``params[:n_actor_params]``)."""
-        from nanofly.train.policy_file import ActorWeights, parameter_shapes
+        from nanofly.policy.file import ActorWeights, parameter_shapes
 
         buf = actor_params if actor_params is not None else (self.targets if target else self.params)
         if len(buf) < self.n_actor_params:
@@ -709,15 +709,17 @@ class TD3Core:
                             dict(zip(parameter_shapes(self.actor_sizes), arrays)))
 
     def to_actor(self, target: bool = False, actor_params: np.ndarray | None = None):
-        """``actor_weights(...)`` as a torch ``nanofly.train.policy.Actor``."""
-        return self.actor_weights(target, actor_params).to_actor()
+        """``actor_weights(...)`` as a torch ``nanofly.policy.actor.Actor``."""
+        from nanofly.policy.actor import Actor
+
+        return Actor.from_weights(self.actor_weights(target, actor_params))
 
     def load_actor(self, actor: Any, targets_too: bool = True) -> None:
         """Set the online actor (and by default its target) from an ``Actor`` or its state_dict.
 
         Adam state is left as it is (reset it with ``reset_optimizers`` if that is wanted).
         """
-        from .policy_file import parameter_shapes
+        from nanofly.policy.file import parameter_shapes
 
         state = actor.state_dict() if hasattr(actor, "state_dict") else dict(actor)
         prefixes = [name[:-len("weight")] for name in parameter_shapes(self.actor_sizes)

@@ -1,11 +1,12 @@
-"""The actor network and the self-describing policy file (``policy.pt``).
+"""The torch actor network and the policy file reader (``load_policy``).
 
 A policy file is what every later stage reads (evaluation, export, the firmware bridge): it
 holds the actor weights plus everything needed to use them without the training code: the
 observation layout, the action mapping, the vehicle, the MDP and training configuration, the git
 commit and the evaluation metrics at save time. It is a dict of tensors and builtin types in
 ``torch.save``'s layout, so ``torch.load(weights_only=True)`` reads it safely; it is written by
-``nanofly.train.policy_file`` without importing torch (re-exported here: ``save_policy``).
+``nanofly.policy.file`` without importing torch (re-exported here: ``save_policy``). This
+module imports torch; ``nanofly.policy.file`` does not import this one.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .policy_file import (POLICY_FORMAT, POLICY_FORMAT_VERSION, SUPPORTED_ACTIVATIONS,
+from .file import (POLICY_FORMAT, POLICY_FORMAT_VERSION, SUPPORTED_ACTIVATIONS,
                           ActorWeights, PolicyFileError, check_layer_sizes, git_commit,
                           parameter_shapes, save_policy)
 
@@ -63,6 +65,14 @@ class Actor(nn.Module):
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         return self.net(observation)
+
+    @classmethod
+    def from_weights(cls, weights: ActorWeights) -> "Actor":
+        """A torch ``Actor`` holding a copy of ``weights`` (an ``ActorWeights``)."""
+        actor = cls(weights.layer_sizes, weights.activation)
+        actor.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32))
+                               for k, v in weights.state_dict.items()})
+        return actor
 
 
 def load_policy(path: str | os.PathLike) -> tuple[Actor, dict[str, Any]]:

@@ -10,9 +10,13 @@ and ``.storage_alignment`` records. This is the layout torch 2.x's own ``torch.s
 (checked against torch 2.13's output in tests/test_policy_file.py), and everything in it is on
 ``torch.load(weights_only=True)``'s allow-list.
 
-Why: importing torch takes ~1.3 s on the 2-core CI machine, 7 % of a whole training run, and the
-trainer needs torch for nothing else (its networks are numba kernels). Reading a policy file and
-running the actor still use torch (``nanofly.train.policy``).
+Why without torch: importing torch takes over a second, a noticeable part of a whole training
+run, and the trainer needs torch for nothing else (its networks are numba kernels). Reading a
+policy file and running the actor use torch (``nanofly.policy.actor``, which imports this
+module; this module never imports it).
+
+Also here: ``atomic_write`` / ``fsync_directory``, the whole-or-nothing file writes that every
+stage's artifacts (checkpoints, export directories) use.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class PolicyFileError(ValueError):
 
 @dataclass
 class ActorWeights:
-    """An actor's weights as NumPy arrays, keyed as ``nanofly.train.policy.Actor``'s state_dict
+    """An actor's weights as NumPy arrays, keyed as ``nanofly.policy.actor.Actor``'s state_dict
     (``net.0.weight`` (out, in), ``net.0.bias`` (out,), ``net.2.weight``, ...), float32."""
 
     layer_sizes: list[int]
@@ -60,17 +64,6 @@ class ActorWeights:
         return cls(list(actor.layer_sizes),
                    {k: v.detach().cpu().numpy().copy() for k, v in actor.state_dict().items()},
                    actor.activation)
-
-    def to_actor(self):
-        """A torch ``Actor`` with these weights (imports torch)."""
-        import torch
-
-        from .policy import Actor
-
-        actor = Actor(self.layer_sizes, self.activation)
-        actor.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32))
-                               for k, v in self.state_dict.items()})
-        return actor
 
 
 # Bounds on what a policy file may describe, checked before anything is allocated: generous for
@@ -128,7 +121,7 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
                 extra: dict[str, Any] | None = None) -> Path:
     """Write a self-describing policy file atomically (temp file + rename).
 
-    ``actor``: an ``ActorWeights`` or a torch ``nanofly.train.policy.Actor``.
+    ``actor``: an ``ActorWeights`` or a torch ``nanofly.policy.actor.Actor``.
     ``observation``: the actor observation layout, e.g. ``{"dim": 146, "history_length": 32,
     "layout": [["position_error", 3], ["rotation_matrix", 9], ...]}``.
     ``action``: the action mapping, e.g. ``{"dim": 4, "mapping": "...", "hover_action": 0.334}``.
