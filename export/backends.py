@@ -7,7 +7,8 @@
 Specs: ``onnx`` (onnxruntime, 1 thread), ``c-f32`` and ``c-int8`` (the C runtime compiled for
 this host, the same source and bit-identical arithmetic as on the MCU). A policy.pt is exported
 on the fly into a temporary directory (simulator calibration, ``seed``); one export per policy
-file and process is shared by all its backends.
+file and process is shared by all its backends. With ``export_dir`` the export goes there
+instead and is reused by later runs while it still matches the policy file and options.
 """
 from __future__ import annotations
 
@@ -28,8 +29,33 @@ class BackendError(ValueError):
     """Unknown backend spec or an unusable policy / export directory."""
 
 
-def _export_dir_for(policy: Path, seed: int, export_options: dict) -> Path:
-    """An export directory for ``policy`` (a policy.pt or an export directory)."""
+def reusable_export(export_dir: Path, policy: Path, seed: int, export_options: dict) -> bool:
+    """Whether ``export_dir`` holds an export of this very policy file (SHA-256) made with
+    this calibration seed and these options (counts, rounding): what ``export_policy`` would
+    write again. Exports from given observations (tests) are never reused."""
+    from .exporter import DEFAULT_CALIBRATION, DEFAULT_EVALUATION
+    if "calibration_obs" in export_options or "eval_obs" in export_options:
+        return False
+    try:
+        manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
+        have = (manifest["policy"]["sha256"], manifest["quantization"]["calibration"],
+                manifest["errors"]["observations"]["count"],
+                manifest["quantization"]["weight_rounding"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    want = (hashlib.sha256(policy.read_bytes()).hexdigest(),
+            {"source": "simulator", "count": export_options.get("num_calibration",
+                                                                 DEFAULT_CALIBRATION),
+             "seed": seed},
+            export_options.get("num_eval", DEFAULT_EVALUATION),
+            export_options.get("rounding", "gptq"))
+    return have == want
+
+
+def _export_dir_for(policy: Path, seed: int, export_options: dict,
+                    export_dir: Path | None = None) -> Path:
+    """An export directory for ``policy`` (a policy.pt or an export directory); a policy.pt
+    with ``export_dir``: that directory, exported into unless it holds a reusable export."""
     if policy.is_dir():
         if not (policy / "manifest.json").is_file():
             raise BackendError(f"{policy} is a directory without manifest.json: not a nanofly "
@@ -37,6 +63,12 @@ def _export_dir_for(policy: Path, seed: int, export_options: dict) -> Path:
         return policy
     if not policy.is_file():
         raise BackendError(f"{policy}: no such policy file or export directory")
+    if export_dir is not None:
+        export_dir = Path(export_dir)
+        if not reusable_export(export_dir, policy, seed, export_options):
+            from .exporter import export_policy
+            export_policy(policy, export_dir, seed=seed, **export_options)
+        return export_dir
     st = policy.stat()
     key = (str(policy.resolve()), st.st_mtime_ns, st.st_size, seed,
            tuple(sorted(export_options.items())))
@@ -141,21 +173,23 @@ class CBackend(_Backend):
         super().close()
 
 
-def export_dir_for(policy, *, seed: int = 0, **export_options) -> Path:
+def export_dir_for(policy, *, seed: int = 0, export_dir=None, **export_options) -> Path:
     """The export directory for ``policy``: an export directory as is, or a policy.pt exported
     on the fly (once per policy file, seed and options in this process, shared with the
-    backends made here)."""
-    return _export_dir_for(Path(policy), seed, export_options)
+    backends made here), into ``export_dir`` when given (reused while it matches)."""
+    return _export_dir_for(Path(policy), seed, export_options, export_dir)
 
 
-def make_backend(spec: str, policy, *, seed: int = 0, **export_options) -> _Backend:
+def make_backend(spec: str, policy, *, seed: int = 0, export_dir=None,
+                 **export_options) -> _Backend:
     """A backend ``spec`` ('onnx', 'c-f32', 'c-int8') for ``policy`` (a policy.pt, exported on
     the fly with calibration seed ``seed`` and ``export_options`` for ``export_policy``, e.g.
-    ``num_calibration``, or an export directory)."""
+    ``num_calibration``, or an export directory). ``export_dir``: where a policy.pt's export
+    goes, reused as it is when it already holds this policy's export with these options."""
     if spec not in SPECS:
         raise BackendError(f"unknown backend {spec!r}; choose one of {', '.join(SPECS)}")
     source = Path(policy)
-    export_dir = _export_dir_for(source, seed, export_options)
+    export_dir = _export_dir_for(source, seed, export_options, export_dir)
     if spec == "onnx":
         return OnnxBackend(export_dir, source)
     return CBackend(export_dir, source, spec[2:])

@@ -1,0 +1,41 @@
+"""The C backends reuse an export directory: `make_backend(..., export_dir=DIR)` exports a
+policy.pt into DIR once, and later runs with the same policy file and options run DIR as it is
+instead of exporting again into a temporary folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from nanofly.export.backends import make_backend
+from nanofly.export.calibration import synthetic_observations
+from nanofly.export.testing import write_policy
+
+SMALL = {"num_calibration": 256, "num_eval": 256}  # simulator observations, kept cheap
+
+
+def _manifest_identity(export_dir):
+    st = (export_dir / "manifest.json").stat()
+    return st.st_ino, st.st_mtime_ns  # the export is written atomically: a new file each time
+
+
+def test_c_backend_exports_once_into_export_dir_and_reuses_it(tmp_path):
+    policy = write_policy(tmp_path / "policy.pt", sizes=(146, 16, 4), seed=1)
+    export_dir = tmp_path / "export"
+    obs = synthetic_observations(8, 146, 3)
+    with make_backend("c-int8", policy, export_dir=export_dir, **SMALL) as backend:
+        first = backend(obs)
+        assert backend.info()["export_dir"] == str(export_dir)
+    made = _manifest_identity(export_dir)
+    with make_backend("c-int8", policy, export_dir=export_dir, **SMALL) as backend:
+        np.testing.assert_array_equal(backend(obs), first)
+    with make_backend("c-f32", policy, export_dir=export_dir, **SMALL):
+        pass
+    assert _manifest_identity(export_dir) == made  # reused twice, not exported again
+
+    # another calibration seed is not what DIR holds: exported again
+    with make_backend("c-int8", policy, export_dir=export_dir, seed=1, **SMALL):
+        pass
+    assert _manifest_identity(export_dir) != made
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert manifest["quantization"]["calibration"]["seed"] == 1
