@@ -26,6 +26,10 @@ from numba import njit, prange
 
 from .presets import VehicleParams
 
+# Rows of the 17-value state: position (3, m, world frame), attitude quaternion (4, w x y z,
+# body to world), linear velocity (3, m/s, world frame), angular velocity (3, rad/s, body
+# frame), rotor speeds (4, the preset's unit).
+S_POSITION, S_QUATERNION, S_VELOCITY, S_ANGULAR_VELOCITY, S_ROTOR_SPEED = 0, 3, 7, 10, 13
 STATE_DIM = 17
 ACTION_DIM = 4
 BLOCK = 16  # environments per SIMD block (16 float32 lanes = one AVX-512 register)
@@ -161,30 +165,30 @@ def step_block_range(blocks, consts):
     ``make_consts``. Every index below is (block offset) + row * BLOCK + lane with BLOCK a
     compile-time constant, which is what lets LLVM vectorize the lane loop.
     """
-    rx0 = consts[0]
-    rx1 = consts[1]
-    rx2 = consts[2]
-    rx3 = consts[3]
-    ry0 = consts[4]
-    ry1 = consts[5]
-    ry2 = consts[6]
-    ry3 = consts[7]
-    k0 = consts[8]
-    k1 = consts[9]
-    k2 = consts[10]
-    k3 = consts[11]
-    gx = consts[12]
-    gy = consts[13]
-    gz = consts[14]
-    smin = consts[15]
-    smax = consts[16]
-    dt = consts[17]
-    hdt = consts[18]
-    sdt = consts[19]
-    half = consts[20]
-    one = consts[21]
-    two = consts[22]
-    zero = consts[23]
+    rx0 = consts[C_ROTOR_X]
+    rx1 = consts[C_ROTOR_X + 1]
+    rx2 = consts[C_ROTOR_X + 2]
+    rx3 = consts[C_ROTOR_X + 3]
+    ry0 = consts[C_ROTOR_Y]
+    ry1 = consts[C_ROTOR_Y + 1]
+    ry2 = consts[C_ROTOR_Y + 2]
+    ry3 = consts[C_ROTOR_Y + 3]
+    k0 = consts[C_YAW]
+    k1 = consts[C_YAW + 1]
+    k2 = consts[C_YAW + 2]
+    k3 = consts[C_YAW + 3]
+    gx = consts[C_GRAVITY]
+    gy = consts[C_GRAVITY + 1]
+    gz = consts[C_GRAVITY + 2]
+    smin = consts[C_SPEED_MIN]
+    smax = consts[C_SPEED_MAX]
+    dt = consts[C_DT]
+    hdt = consts[C_HALF_DT]
+    sdt = consts[C_SIXTH_DT]
+    half = consts[C_HALF]
+    one = consts[C_ONE]
+    two = consts[C_TWO]
+    zero = consts[C_ZERO]
     span_half = (smax - smin) * half
     shared = (rx0, rx1, rx2, rx3, ry0, ry1, ry2, ry3, k0, k1, k2, k3, gx, gy, gz, half, two, zero,
               consts[C_QUARTER], consts[C_SUM_RX], consts[C_SUM_RY], consts[C_SUM_K])
@@ -198,45 +202,45 @@ def step_block_range(blocks, consts):
             s1 = smin + (blocks[ao + 1 * BLOCK + l] + one) * span_half
             s2 = smin + (blocks[ao + 2 * BLOCK + l] + one) * span_half
             s3 = smin + (blocks[ao + 3 * BLOCK + l] + one) * span_half
-            c0 = blocks[po + 0 * BLOCK + l]
-            c1 = blocks[po + 1 * BLOCK + l]
-            c2 = blocks[po + 2 * BLOCK + l]
-            inv_m = blocks[po + 3 * BLOCK + l]
-            jxx = blocks[po + 4 * BLOCK + l]
-            jyy = blocks[po + 5 * BLOCK + l]
-            jzz = blocks[po + 6 * BLOCK + l]
-            ijxx = blocks[po + 7 * BLOCK + l]
-            ijyy = blocks[po + 8 * BLOCK + l]
-            ijzz = blocks[po + 9 * BLOCK + l]
-            inv_rise = blocks[po + 10 * BLOCK + l]
-            inv_fall = blocks[po + 11 * BLOCK + l]
-            dax = blocks[po + 12 * BLOCK + l]
-            day = blocks[po + 13 * BLOCK + l]
-            daz = blocks[po + 14 * BLOCK + l]
-            dwx = blocks[po + 15 * BLOCK + l]
-            dwy = blocks[po + 16 * BLOCK + l]
-            dwz = blocks[po + 17 * BLOCK + l]
+            c0 = blocks[po + P_C0 * BLOCK + l]
+            c1 = blocks[po + P_C1 * BLOCK + l]
+            c2 = blocks[po + P_C2 * BLOCK + l]
+            inv_m = blocks[po + P_INV_MASS * BLOCK + l]
+            jxx = blocks[po + P_JXX * BLOCK + l]
+            jyy = blocks[po + P_JYY * BLOCK + l]
+            jzz = blocks[po + P_JZZ * BLOCK + l]
+            ijxx = blocks[po + P_INV_JXX * BLOCK + l]
+            ijyy = blocks[po + P_INV_JYY * BLOCK + l]
+            ijzz = blocks[po + P_INV_JZZ * BLOCK + l]
+            inv_rise = blocks[po + P_INV_TAU_RISING * BLOCK + l]
+            inv_fall = blocks[po + P_INV_TAU_FALLING * BLOCK + l]
+            dax = blocks[po + P_DIST_ACC * BLOCK + l]
+            day = blocks[po + (P_DIST_ACC + 1) * BLOCK + l]
+            daz = blocks[po + (P_DIST_ACC + 2) * BLOCK + l]
+            dwx = blocks[po + P_DIST_ANG_ACC * BLOCK + l]
+            dwy = blocks[po + (P_DIST_ANG_ACC + 1) * BLOCK + l]
+            dwz = blocks[po + (P_DIST_ANG_ACC + 2) * BLOCK + l]
 
             sp = (s0, s1, s2, s3)
             env = (c0, c1, c2, inv_m, jxx, jyy, jzz, ijxx, ijyy, ijzz, inv_rise, inv_fall,
                    dax, day, daz, dwx, dwy, dwz)
-            px = blocks[so + 0 * BLOCK + l]
-            py = blocks[so + 1 * BLOCK + l]
-            pz = blocks[so + 2 * BLOCK + l]
-            qw = blocks[so + 3 * BLOCK + l]
-            qx = blocks[so + 4 * BLOCK + l]
-            qy = blocks[so + 5 * BLOCK + l]
-            qz = blocks[so + 6 * BLOCK + l]
-            vx = blocks[so + 7 * BLOCK + l]
-            vy = blocks[so + 8 * BLOCK + l]
-            vz = blocks[so + 9 * BLOCK + l]
-            wx = blocks[so + 10 * BLOCK + l]
-            wy = blocks[so + 11 * BLOCK + l]
-            wz = blocks[so + 12 * BLOCK + l]
-            r0 = blocks[so + 13 * BLOCK + l]
-            r1 = blocks[so + 14 * BLOCK + l]
-            r2 = blocks[so + 15 * BLOCK + l]
-            r3 = blocks[so + 16 * BLOCK + l]
+            px = blocks[so + S_POSITION * BLOCK + l]
+            py = blocks[so + (S_POSITION + 1) * BLOCK + l]
+            pz = blocks[so + (S_POSITION + 2) * BLOCK + l]
+            qw = blocks[so + S_QUATERNION * BLOCK + l]
+            qx = blocks[so + (S_QUATERNION + 1) * BLOCK + l]
+            qy = blocks[so + (S_QUATERNION + 2) * BLOCK + l]
+            qz = blocks[so + (S_QUATERNION + 3) * BLOCK + l]
+            vx = blocks[so + S_VELOCITY * BLOCK + l]
+            vy = blocks[so + (S_VELOCITY + 1) * BLOCK + l]
+            vz = blocks[so + (S_VELOCITY + 2) * BLOCK + l]
+            wx = blocks[so + S_ANGULAR_VELOCITY * BLOCK + l]
+            wy = blocks[so + (S_ANGULAR_VELOCITY + 1) * BLOCK + l]
+            wz = blocks[so + (S_ANGULAR_VELOCITY + 2) * BLOCK + l]
+            r0 = blocks[so + S_ROTOR_SPEED * BLOCK + l]
+            r1 = blocks[so + (S_ROTOR_SPEED + 1) * BLOCK + l]
+            r2 = blocks[so + (S_ROTOR_SPEED + 2) * BLOCK + l]
+            r3 = blocks[so + (S_ROTOR_SPEED + 3) * BLOCK + l]
 
             (k1_0, k1_1, k1_2, k1_3, k1_4, k1_5, k1_6, k1_7, k1_8, k1_9, k1_10, k1_11, k1_12,
              k1_13, k1_14, k1_15, k1_16) = _derivative(
@@ -271,26 +275,33 @@ def step_block_range(blocks, consts):
             qy = qy + sdt * (k1_5 + two * (k2_5 + k3_5) + k4_5)
             qz = qz + sdt * (k1_6 + two * (k2_6 + k3_6) + k4_6)
             inv_norm = one / np.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-            blocks[so + 0 * BLOCK + l] = px + sdt * (k1_0 + two * (k2_0 + k3_0) + k4_0)
-            blocks[so + 1 * BLOCK + l] = py + sdt * (k1_1 + two * (k2_1 + k3_1) + k4_1)
-            blocks[so + 2 * BLOCK + l] = pz + sdt * (k1_2 + two * (k2_2 + k3_2) + k4_2)
-            blocks[so + 3 * BLOCK + l] = qw * inv_norm
-            blocks[so + 4 * BLOCK + l] = qx * inv_norm
-            blocks[so + 5 * BLOCK + l] = qy * inv_norm
-            blocks[so + 6 * BLOCK + l] = qz * inv_norm
-            blocks[so + 7 * BLOCK + l] = vx + sdt * (k1_7 + two * (k2_7 + k3_7) + k4_7)
-            blocks[so + 8 * BLOCK + l] = vy + sdt * (k1_8 + two * (k2_8 + k3_8) + k4_8)
-            blocks[so + 9 * BLOCK + l] = vz + sdt * (k1_9 + two * (k2_9 + k3_9) + k4_9)
-            blocks[so + 10 * BLOCK + l] = wx + sdt * (k1_10 + two * (k2_10 + k3_10) + k4_10)
-            blocks[so + 11 * BLOCK + l] = wy + sdt * (k1_11 + two * (k2_11 + k3_11) + k4_11)
-            blocks[so + 12 * BLOCK + l] = wz + sdt * (k1_12 + two * (k2_12 + k3_12) + k4_12)
-            blocks[so + 13 * BLOCK + l] = min(max(
+            blocks[so + S_POSITION * BLOCK + l] = px + sdt * (k1_0 + two * (k2_0 + k3_0) + k4_0)
+            blocks[so + (S_POSITION + 1) * BLOCK + l] = (
+                py + sdt * (k1_1 + two * (k2_1 + k3_1) + k4_1))
+            blocks[so + (S_POSITION + 2) * BLOCK + l] = (
+                pz + sdt * (k1_2 + two * (k2_2 + k3_2) + k4_2))
+            blocks[so + S_QUATERNION * BLOCK + l] = qw * inv_norm
+            blocks[so + (S_QUATERNION + 1) * BLOCK + l] = qx * inv_norm
+            blocks[so + (S_QUATERNION + 2) * BLOCK + l] = qy * inv_norm
+            blocks[so + (S_QUATERNION + 3) * BLOCK + l] = qz * inv_norm
+            blocks[so + S_VELOCITY * BLOCK + l] = vx + sdt * (k1_7 + two * (k2_7 + k3_7) + k4_7)
+            blocks[so + (S_VELOCITY + 1) * BLOCK + l] = (
+                vy + sdt * (k1_8 + two * (k2_8 + k3_8) + k4_8))
+            blocks[so + (S_VELOCITY + 2) * BLOCK + l] = (
+                vz + sdt * (k1_9 + two * (k2_9 + k3_9) + k4_9))
+            blocks[so + S_ANGULAR_VELOCITY * BLOCK + l] = (
+                wx + sdt * (k1_10 + two * (k2_10 + k3_10) + k4_10))
+            blocks[so + (S_ANGULAR_VELOCITY + 1) * BLOCK + l] = (
+                wy + sdt * (k1_11 + two * (k2_11 + k3_11) + k4_11))
+            blocks[so + (S_ANGULAR_VELOCITY + 2) * BLOCK + l] = (
+                wz + sdt * (k1_12 + two * (k2_12 + k3_12) + k4_12))
+            blocks[so + S_ROTOR_SPEED * BLOCK + l] = min(max(
                 r0 + sdt * (k1_13 + two * (k2_13 + k3_13) + k4_13), smin), smax)
-            blocks[so + 14 * BLOCK + l] = min(max(
+            blocks[so + (S_ROTOR_SPEED + 1) * BLOCK + l] = min(max(
                 r1 + sdt * (k1_14 + two * (k2_14 + k3_14) + k4_14), smin), smax)
-            blocks[so + 15 * BLOCK + l] = min(max(
+            blocks[so + (S_ROTOR_SPEED + 2) * BLOCK + l] = min(max(
                 r2 + sdt * (k1_15 + two * (k2_15 + k3_15) + k4_15), smin), smax)
-            blocks[so + 16 * BLOCK + l] = min(max(
+            blocks[so + (S_ROTOR_SPEED + 3) * BLOCK + l] = min(max(
                 r3 + sdt * (k1_16 + two * (k2_16 + k3_16) + k4_16), smin), smax)
 
 
@@ -426,7 +437,7 @@ def step(states: np.ndarray, actions: np.ndarray, params: VehicleParams, dt: flo
 def hover_state(params: VehicleParams, position=(0.0, 0.0, 0.0), dtype=np.float32) -> np.ndarray:
     """A (17,) state at rest, level, with rotors at the hover speed."""
     s = np.zeros(STATE_DIM, dtype=np.float64)
-    s[0:3] = position
-    s[3] = 1.0
-    s[13:17] = params.hover_rotor_speed
+    s[S_POSITION:S_POSITION + 3] = position
+    s[S_QUATERNION] = 1.0
+    s[S_ROTOR_SPEED:S_ROTOR_SPEED + 4] = params.hover_rotor_speed
     return s.astype(dtype)

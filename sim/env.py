@@ -47,7 +47,7 @@ from .rng import hash4, normal, seed_to_uint64, uniform
 STATE_PART = 18  # position error, rotation matrix, velocity error, angular velocity
 PRIVILEGED_DIM = STATE_PART + 6 + 4
 NOISE_POOL_SIZE = 1 << 16
-HISTORY_SLACK = 32  # steps between moves of the observation windows (see VecEnv.__init__)
+HISTORY_SLACK = 32  # steps between moves of the observation windows (ObservationWindows)
 
 
 @dataclass
@@ -207,7 +207,8 @@ def _write_actions(actions, blocks, rotor_delay, smin, smax, clipped):
             clipped[i, k] = a
             blocks[o + (dyn.ROW_ACTION + k) * dyn.BLOCK] = a
             if not rotor_delay:  # ablation: the rotor is at its set point at once
-                blocks[o + (dyn.ROW_STATE + 13 + k) * dyn.BLOCK] = smin + (a + 1.0) * half_span
+                blocks[o + (dyn.ROW_STATE + dyn.S_ROTOR_SPEED + k) * dyn.BLOCK] = (
+                    smin + (a + 1.0) * half_span)
 
 
 @njit(cache=True)
@@ -222,10 +223,11 @@ def _reset_env(i, blocks, cfg, seed, episode, target_p, target_v):
         offset = 0.0
         if not guided:
             offset = (2.0 * uniform(seed, i, e, _D_POS + k) - 1.0) * cfg[CFG_INIT_P]
-        blocks[o + (0 + k) * B] = target_p[i, k] + offset
-        blocks[o + (7 + k) * B] = target_v[i, k] + (
+        blocks[o + (dyn.S_POSITION + k) * B] = target_p[i, k] + offset
+        blocks[o + (dyn.S_VELOCITY + k) * B] = target_v[i, k] + (
             2.0 * uniform(seed, i, e, _D_VEL + k) - 1.0) * cfg[CFG_INIT_V]
-        blocks[o + (10 + k) * B] = (2.0 * uniform(seed, i, e, _D_ANGVEL + k) - 1.0) * cfg[CFG_INIT_W]
+        blocks[o + (dyn.S_ANGULAR_VELOCITY + k) * B] = (
+            2.0 * uniform(seed, i, e, _D_ANGVEL + k) - 1.0) * cfg[CFG_INIT_W]
     if not guided and cfg[CFG_INIT_ANGLE] > 0.0:
         # Uniform rotation (Shoemake), rejected until within the maximum angle of level.
         cos_half_max = math.cos(0.5 * cfg[CFG_INIT_ANGLE])
@@ -250,15 +252,15 @@ def _reset_env(i, blocks, cfg, seed, episode, target_p, target_v):
                     cw, cx, cy, cz = -cw, -cx, -cy, -cz
                 qw, qx, qy, qz = cw, cx, cy, cz
                 break
-    blocks[o + 3 * B] = qw
-    blocks[o + 4 * B] = qx
-    blocks[o + 5 * B] = qy
-    blocks[o + 6 * B] = qz
+    blocks[o + dyn.S_QUATERNION * B] = qw
+    blocks[o + (dyn.S_QUATERNION + 1) * B] = qx
+    blocks[o + (dyn.S_QUATERNION + 2) * B] = qy
+    blocks[o + (dyn.S_QUATERNION + 3) * B] = qz
     smin = cfg[CFG_SMIN]
     smax = cfg[CFG_SMAX]
     rotor = smin + (cfg[CFG_INIT_ROTOR] + 1.0) * 0.5 * (smax - smin)
     for k in range(4):
-        blocks[o + (13 + k) * B] = rotor
+        blocks[o + (dyn.S_ROTOR_SPEED + k) * B] = rotor
         blocks[o + (dyn.ROW_ACTION + k) * B] = cfg[CFG_INIT_ROTOR]
     # Vehicle parameters for this episode (domain randomization factors are 1 when off).
     f_mass = 1.0 + cfg[CFG_DR_MASS] * (2.0 * uniform(seed, i, e, _D_DR) - 1.0)
@@ -300,19 +302,23 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
     (pos error^2, 1 - qw^2, vel error^2, angvel^2, out of bounds) for reward and termination."""
     B = dyn.BLOCK
     o = (i // B) * (dyn.BLOCK_ROWS * B) + (i % B)
-    px = blocks[o] - target_p[i, 0]
-    py = blocks[o + B] - target_p[i, 1]
-    pz = blocks[o + 2 * B] - target_p[i, 2]
-    qw = blocks[o + 3 * B]
-    qx = blocks[o + 4 * B]
-    qy = blocks[o + 5 * B]
-    qz = blocks[o + 6 * B]
-    vx = blocks[o + 7 * B] - target_v[i, 0]
-    vy = blocks[o + 8 * B] - target_v[i, 1]
-    vz = blocks[o + 9 * B] - target_v[i, 2]
-    wx = blocks[o + 10 * B]
-    wy = blocks[o + 11 * B]
-    wz = blocks[o + 12 * B]
+    row_p = o + dyn.S_POSITION * B
+    px = blocks[row_p] - target_p[i, 0]
+    py = blocks[row_p + B] - target_p[i, 1]
+    pz = blocks[row_p + 2 * B] - target_p[i, 2]
+    row_q = o + dyn.S_QUATERNION * B
+    qw = blocks[row_q]
+    qx = blocks[row_q + B]
+    qy = blocks[row_q + 2 * B]
+    qz = blocks[row_q + 3 * B]
+    row_v = o + dyn.S_VELOCITY * B
+    vx = blocks[row_v] - target_v[i, 0]
+    vy = blocks[row_v + B] - target_v[i, 1]
+    vz = blocks[row_v + 2 * B] - target_v[i, 2]
+    row_w = o + dyn.S_ANGULAR_VELOCITY * B
+    wx = blocks[row_w]
+    wy = blocks[row_w + B]
+    wz = blocks[row_w + 2 * B]
     one = np.float32(1.0)
     two = np.float32(2.0)
     r00 = one - two * (qy * qy + qz * qz)
@@ -354,7 +360,7 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
     smin = cfg[CFG_SMIN]
     scale = 2.0 / (cfg[CFG_SMAX] - smin)
     for k in range(4):
-        pr[24 + k] = (blocks[o + (13 + k) * B] - smin) * scale - 1.0
+        pr[24 + k] = (blocks[o + (dyn.S_ROTOR_SPEED + k) * B] - smin) * scale - 1.0
     # Actor observation: the same 18 values plus noise from a window of the Gaussian pool at a
     # counter-based random offset (exact Gaussian samples, no transcendental calls per step).
     # (indexed from w, not sliced: a slice is a new array whose reference count numba updates
@@ -612,6 +618,50 @@ def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
     return out
 
 
+class ObservationWindows:
+    """The actor observations of N environments, each a window sliding down a longer row, so
+    that the action history moves by one action per step without being copied.
+
+    Row i of ``storage`` holds env i's observation at columns [base, base + obs_dim): the 18
+    state values, then the past actions, newest first. Each step moves ``base`` one action
+    (4 values) down (``advance``): the previous observation's state values and history are then
+    at [base + 22, ...), where the new observation's history continues, and the step kernels
+    write only the newest action and the 18 state values (``_post_step_range``). Every
+    HISTORY_SLACK steps the windows reach the row start and are moved back to the top
+    (``_rewind_rows``, inside the step kernels). Without a history the window stays put.
+    """
+
+    def __init__(self, num_envs: int, observation_dim: int, history_length: int):
+        slack = HISTORY_SLACK if history_length else 0
+        self.storage = np.zeros((num_envs, observation_dim + dyn.ACTION_DIM * slack), np.float32)
+        self.top = dyn.ACTION_DIM * slack  # where the windows start after a reset or a move back
+        self.base = self.top  # where they start now
+        self._views = {
+            b: np.lib.stride_tricks.as_strided(self.storage[:, b:],
+                                               shape=(num_envs, observation_dim),
+                                               strides=self.storage.strides, writeable=True)
+            for b in range(0, self.top + 1, dyn.ACTION_DIM)}
+
+    @property
+    def current(self) -> np.ndarray:
+        """The (N, obs_dim) observations now (a strided view of ``storage``)."""
+        return self._views[self.base]
+
+    def restart(self) -> None:
+        """Windows at the top again (a reset rewrites every observation)."""
+        self.base = self.top
+
+    def advance(self) -> int:
+        """Slide the windows one action down for the next step. Returns the column the step
+        kernels must first move them back to the top from (``rewind_from``), or -1."""
+        rewind_from = -1
+        if self.top:
+            if self.base == 0:  # the windows reached the row start: back to the top
+                rewind_from, self.base = 0, self.top
+            self.base -= dyn.ACTION_DIM
+        return rewind_from
+
+
 class VecEnv:
     """N quadrotors in the hover MDP (see the module docstring for the spaces).
 
@@ -659,16 +709,7 @@ class VecEnv:
         self.target_position = np.zeros((n, 3), dtype=np.float32)  # m, world; edit in place
         self.target_velocity = np.zeros((n, 3), dtype=np.float32)  # m/s, world
         self._clipped = np.zeros((n, 4), dtype=np.float32)
-        # Observation windows slide down a longer row by one action per step (see
-        # _post_step_range); every HISTORY_SLACK steps the windows are moved back to the top.
-        slack = HISTORY_SLACK if config.history_length else 0
-        self._obs_store = np.zeros((n, self.observation_dim + 4 * slack), dtype=np.float32)
-        self._top = 4 * slack
-        self._base = self._top
-        self._obs_views = {
-            b: np.lib.stride_tricks.as_strided(self._obs_store[:, b:], shape=(n, self.observation_dim),
-                                               strides=self._obs_store.strides, writeable=True)
-            for b in range(0, self._top + 1, 4)}
+        self._windows = ObservationWindows(n, self.observation_dim, config.history_length)
         self._priv = np.zeros((n, PRIVILEGED_DIM), dtype=np.float32)
         self._reward = np.zeros(n, dtype=np.float32)
         self._terminated = np.zeros(n, dtype=bool)
@@ -758,11 +799,12 @@ class VecEnv:
             self._episode[:] = 0
         else:  # no new seed: continue the random streams with new episodes
             self._episode += 1
-        self._base = self._top
+        self._windows.restart()
         self._refresh_noise_pool()
         _reset_all(self._blocks, self._cfg, self._seed, self._step_index, self._episode,
                    self._step_count, self.target_position, self.target_velocity,
-                   self._noise_pool, self._obs_store, self._base, self.observation_dim, self._priv)
+                   self._noise_pool, self._windows.storage, self._windows.base,
+                   self.observation_dim, self._priv)
         self._needs_reset = False
         self._done[:] = False
         self._info = {"privileged_obs": self._priv, "final_obs": self._final_obs,
@@ -772,7 +814,7 @@ class VecEnv:
     @property
     def obs(self) -> np.ndarray:
         """The current (N, obs_dim) actor observation (a strided view of the env's storage)."""
-        return self._obs_views[self._base]
+        return self._windows.current
 
     def step(self, actions: np.ndarray):
         """Advance every environment by one control period with normalized actions (N, 4) in
@@ -795,16 +837,13 @@ class VecEnv:
                        np.float32(self.params.rotor_speed_min),
                        np.float32(self.params.rotor_speed_max), self._clipped)
         self._step_index += 1
-        rewind_from = -1
-        if self._top:
-            if self._base == 0:  # the windows reached the row start: back to the top
-                rewind_from, self._base = 0, self._top
-            self._base -= 4
+        rewind_from = self._windows.advance()
         self._refresh_noise_pool()
         args = (rewind_from, _dynamics_kernel_address(), self._consts, self._blocks, self._cfg,
                 self._weights, self._seed, self._step_index, self._clipped, self._step_count,
                 self._episode, self.target_position, self.target_velocity, self._noise_pool,
-                self._obs_store, self._base, self._priv, self._reward, self._terminated,
+                self._windows.storage, self._windows.base, self._priv, self._reward,
+                self._terminated,
                 self._truncated, self._final_obs, self._final_priv, self._done)
         if self.threads > 1 and self.num_envs >= 2048:
             _step_parallel(self.threads, self.num_envs, *args)
@@ -865,14 +904,15 @@ class VecEnv:
         self.obs[:, STATE_PART:] = np.float32(fill)
         self._step_count[:] = 0
         _observe_all(self._blocks, self._cfg, self._seed, self._step_index, self.target_position,
-                     self.target_velocity, self._noise_pool, self._obs_store, self._base,
+                     self.target_velocity, self._noise_pool, self._windows.storage,
+                     self._windows.base,
                      self.observation_dim, self._priv)
         return self._out(self.obs), self._out_info()
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue this environment exactly (checkpoints)."""
-        return {"blocks": self._blocks.copy(), "obs_store": self._obs_store.copy(),
-                "base": self._base, "step_count": self._step_count.copy(),
+        return {"blocks": self._blocks.copy(), "obs_store": self._windows.storage.copy(),
+                "base": self._windows.base, "step_count": self._step_count.copy(),
                 "episode": self._episode.copy(), "step_index": self._step_index,
                 "seed": self._seed_value, "weights": self._weights.copy(),
                 "target_position": self.target_position.copy(),
@@ -880,12 +920,13 @@ class VecEnv:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore ``get_state()`` output taken from an environment built the same way."""
-        if state["blocks"].shape != self._blocks.shape or state["obs_store"].shape != self._obs_store.shape:
+        if (state["blocks"].shape != self._blocks.shape
+                or state["obs_store"].shape != self._windows.storage.shape):
             raise ValueError("environment state does not match this environment's size/config")
         self.seed(int(state["seed"]))
         self._blocks[:] = state["blocks"]
-        self._obs_store[:] = state["obs_store"]
-        self._base = int(state["base"])
+        self._windows.storage[:] = state["obs_store"]
+        self._windows.base = int(state["base"])
         self._step_count[:] = state["step_count"]
         self._episode[:] = state["episode"]
         self._step_index = int(state["step_index"])
