@@ -22,6 +22,8 @@ _STAGES = (
     "nanofly.export.commands",         # export
     "nanofly.firmware_bridge.commands",  # flash, firmware build|emulate|status
     "nanofly.firmware_bridge.crazyflie_commands",  # crazyflie build
+    "nanofly.view",                    # view (3D replay page: above all stages)
+    "nanofly.sweep",                   # sweep (many trainings on Ray: above all stages)
 )
 
 
