@@ -12,7 +12,8 @@ def register(sub, bench_sub) -> None:
     p = sub.add_parser(
         "export", help="export a policy to ONNX, float32/int8 C model blobs and the C runtime",
         description="Write an export directory: policy.onnx, policy_f32/int8 .bin/.h/.c, the C "
-                    "runtime nanofly_policy.h/.c and manifest.json (docs/model-format.md). "
+                    "runtime (nanofly_policy.h, its sources and kernels/) and manifest.json "
+                    "(docs/model-format.md). "
                     "int8 calibration and the measured errors use simulator observations.")
     p.add_argument("policy", metavar="POLICY", help="policy file (policy.pt)")
     p.add_argument("--out", required=True, metavar="DIR",

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import blob as blobfmt
 from .calibration import CalibrationUnavailable, collect_calibration_observations
-from .runtime import RUNTIME_C, RUNTIME_H, CModel, RuntimeBuildError
+from .runtime import C_DIR, CModel, RuntimeBuildError, runtime_files
 
 EXPORT_FORMAT = "nanofly-export"
 EXPORT_FORMAT_VERSION = 1
@@ -32,9 +32,10 @@ BOUND_INT8 = 0.02
 DEFAULT_CALIBRATION = 8192
 DEFAULT_EVALUATION = 10_000
 
+# The C runtime's files, as paths relative to the export directory (kernels/ is a subfolder).
+RUNTIME_FILES = tuple(p.relative_to(C_DIR).as_posix() for p in runtime_files())
 FILES = ("policy.onnx", "policy_f32.bin", "policy_f32.h", "policy_f32.c", "policy_int8.bin",
-         "policy_int8.h", "policy_int8.c", "nanofly_policy.h", "nanofly_policy.c",
-         "manifest.json")
+         "policy_int8.h", "policy_int8.c", *RUNTIME_FILES, "manifest.json")
 
 
 class ExportError(ValueError):
@@ -284,8 +285,8 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
     for tag, data in (("f32", blob_f32), ("int8", blob_int8)):
         h, c = _c_array_files(f"policy_{tag}", tag, data, sizes)
         files[f"policy_{tag}.h"], files[f"policy_{tag}.c"] = h.encode(), c.encode()
-    files["nanofly_policy.h"] = RUNTIME_H.read_bytes()
-    files["nanofly_policy.c"] = RUNTIME_C.read_bytes()
+    for name in RUNTIME_FILES:
+        files[name] = (C_DIR / name).read_bytes()
 
     def blob_entry(name: str, data: bytes, fmt: str) -> dict[str, Any]:
         return {"file": name, "c_files": [name.replace(".bin", ".h"), name.replace(".bin", ".c")],
@@ -324,8 +325,9 @@ def export_policy(policy_path, out_dir, *, calibration_obs=None, seed: int = 0,
             weight_scales=[[float(v) for v in s] for s in qm.scales],
             hidden_activation_scale=1.0 / 32767.0),
         "errors": errors,
-        "runtime": {"files": ["nanofly_policy.h", "nanofly_policy.c"],
-                    "sha256": _sha256(files["nanofly_policy.c"]),
+        # sha256 over the runtime's files in this order (each file's own is under "files")
+        "runtime": {"files": list(RUNTIME_FILES),
+                    "sha256": _sha256(b"".join(files[name] for name in RUNTIME_FILES)),
                     "limits": {"max_layers": blobfmt.MAX_LAYERS, "max_input": blobfmt.MAX_INPUT,
                                "max_width": blobfmt.MAX_WIDTH}},
         "files": {name: {"bytes": len(data), "sha256": _sha256(data)}
@@ -360,11 +362,13 @@ def write_atomically(out_dir: Path, files: dict[str, bytes]) -> None:
     old = None
     try:
         for name, data in files.items():
+            (tmp / name).parent.mkdir(exist_ok=True)  # the runtime's kernels/ folder
             with open(tmp / name, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        fsync_directory(tmp)
+        for folder in sorted({(tmp / name).parent for name in files}, reverse=True):
+            fsync_directory(folder)
         if out_dir.exists() or out_dir.is_symlink():
             if _exchange(tmp, out_dir):
                 old = tmp  # tmp now holds the previous export

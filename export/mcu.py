@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import blob as blobfmt
+from .runtime import runtime_sources
 
 ARM_CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-O2",
               "-ffunction-sections", "-fdata-sections", "-ffreestanding")
@@ -57,15 +58,19 @@ def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 120) -> str:
 
 
 def compile_objects(export_dir: Path, work: Path) -> dict[str, Path]:
-    """Cross-compile the runtime and both weight files with MCU.md's flags plus the strict
-    warning set; returns the object files by name."""
+    """Cross-compile the runtime's sources and both weight files with MCU.md's flags plus the
+    strict warning set; returns the object files by name (the runtime's by their path relative
+    to ``export_dir``, e.g. ``kernels/nf_dense_s8``). The runtime's objects come with GCC's
+    stack usage and call graph (.ci beside each object)."""
     gcc = tool("arm-none-eabi-gcc")
     export_dir = Path(export_dir).resolve()  # the compiler runs in ``work``
     objs = {}
-    for name in ("nanofly_policy", "policy_f32", "policy_int8"):
-        src = Path(export_dir) / f"{name}.c"
-        obj = work / f"{name}.o"
-        extra = ["-fstack-usage", "-fcallgraph-info=su"] if name == "nanofly_policy" else []
+    runtime = [(src, True) for src in runtime_sources(export_dir)]
+    weights = [(export_dir / f"{name}.c", False) for name in ("policy_f32", "policy_int8")]
+    for src, is_runtime in [*runtime, *weights]:
+        name = src.relative_to(export_dir).with_suffix("").as_posix()
+        obj = work / f"{name.replace('/', '-')}.o"
+        extra = ["-fstack-usage", "-fcallgraph-info=su"] if is_runtime else []
         _run([gcc, *ARM_CFLAGS, *STRICT, *extra, f"-I{export_dir}", "-c", str(src), "-o",
               str(obj)], cwd=work)
         objs[name] = obj
@@ -122,12 +127,18 @@ def naked_stack_bytes(obj: Path) -> dict[str, int]:
     return usage
 
 
-def worst_stack(ci_file: Path, obj: Path | None = None) -> dict[str, Any]:
+def worst_stack(ci_files, objs=()) -> dict[str, Any]:
     """Worst-case stack bytes of each runtime entry point from GCC's call graph (-fcallgraph-info)
-    and -fstack-usage; for the naked assembly kernels (reported as 0) the bytes come from their
-    machine code. Functions outside the runtime (memset, memcmp) count as 0 and are listed."""
-    text = ci_file.read_text()
-    asm = naked_stack_bytes(obj) if obj is not None else {}
+    and -fstack-usage of the runtime's units (``ci_files``: one path or several; calls between
+    units are joined by name); for the naked assembly kernels (reported as 0) the bytes come
+    from the machine code of ``objs``. Functions outside the runtime (memset, memcmp) count as
+    0 and are listed."""
+    ci_files = [ci_files] if isinstance(ci_files, (str, Path)) else list(ci_files)
+    objs = [objs] if isinstance(objs, (str, Path)) else list(objs)
+    text = "\n".join(Path(ci).read_text() for ci in ci_files)
+    asm: dict[str, int] = {}
+    for obj in objs:
+        asm.update(naked_stack_bytes(obj))
     own: dict[str, int] = {}
     qualifier: dict[str, str] = {}
     for title, label in re.findall(r'node: \{ title: "([^"]+)" label: "([^"]*)"', text):
@@ -165,13 +176,16 @@ def size_and_stack_report(export_dir: Path) -> dict[str, Any]:
         work = Path(tmp)
         objs = compile_objects(export_dir, work)
         sizes = {name: object_sizes(obj) for name, obj in objs.items()}
-        stack = worst_stack(work / "nanofly_policy.ci", objs["nanofly_policy"])
+        runtime = [name for name in objs if not name.startswith("policy_")]
+        stack = worst_stack([objs[name].with_suffix(".ci") for name in runtime],
+                            [objs[name] for name in runtime])
         elf = link_firmware(export_dir, work, [FIRMWARE_DIR / "link_check.c"], LINK_NOSYS)
         linked = object_sizes(elf)
+    runtime_sections = {k: sum(sizes[name][k] for name in runtime) for k in sizes[runtime[0]]}
     report = {
-        "runtime_code_bytes": sizes["nanofly_policy"]["flash"],
-        "runtime_sections": sizes["nanofly_policy"],
-        "runtime_ram_bytes": sizes["nanofly_policy"]["data"] + sizes["nanofly_policy"]["bss"],
+        "runtime_code_bytes": runtime_sections["flash"],
+        "runtime_sections": runtime_sections,
+        "runtime_ram_bytes": runtime_sections["data"] + runtime_sections["bss"],
         "int8_weights_bytes": sizes["policy_int8"]["flash"],
         "f32_weights_bytes": sizes["policy_f32"]["flash"],
         "stack": stack,
@@ -193,7 +207,7 @@ def link_firmware(export_dir: Path, work: Path, sources: list[Path], link_flags,
         raise ToolMissing(f"{FIRMWARE_DIR}: the benchmark firmware sources (bench/mcu) are only "
                           f"in a source checkout of nanofly")
     export_dir = Path(export_dir).resolve()  # the compiler runs in ``work``
-    srcs = [*sources, FIRMWARE_DIR / "startup.c", export_dir / "nanofly_policy.c",
+    srcs = [*sources, FIRMWARE_DIR / "startup.c", *runtime_sources(export_dir),
             export_dir / "policy_f32.c", export_dir / "policy_int8.c"]
     elf = work / name
     inc = [f"-I{export_dir}", f"-I{FIRMWARE_DIR}"] + ([f"-I{extra_include}"] if extra_include

@@ -1,8 +1,8 @@
 """The C runtime on the host: compile it with gcc (cached by source hash) and call it via ctypes.
 
-The shared library is built from the very ``nanofly_policy.c`` that ships in every export
-directory, with the portable C kernels (bit-identical to the Cortex-M4 assembly). It is cached
-under ``$NANOFLY_CACHE`` or ``~/.cache/nanofly`` keyed by the SHA-256 of the sources, the
+The shared library is built from the very runtime sources that ship in every export directory
+(``runtime_sources()``), with the plain-C kernels (bit-identical to the Cortex-M4 assembly). It is
+cached under ``$NANOFLY_CACHE`` or ``~/.cache/nanofly`` keyed by the SHA-256 of the sources, the
 compiler version and the flags, and written atomically so concurrent builds are safe.
 """
 from __future__ import annotations
@@ -18,9 +18,37 @@ from pathlib import Path
 import numpy as np
 
 C_DIR = Path(__file__).resolve().parent / "c"
-RUNTIME_C = C_DIR / "nanofly_policy.c"
 RUNTIME_H = C_DIR / "nanofly_policy.h"
+RUNTIME_MK = C_DIR / "nanofly_runtime.mk"
 DRIVER_C = C_DIR / "nanofly_run.c"
+
+
+def runtime_sources(c_dir: Path = C_DIR) -> tuple[Path, ...]:
+    """The runtime's C sources in ``c_dir`` (the package's export/c or an export directory), as
+    its ``nanofly_runtime.mk`` lists them (``NANOFLY_RUNTIME_SOURCES := a.c \\ kernels/b.c``)."""
+    mk = Path(c_dir) / RUNTIME_MK.name
+    try:
+        text = mk.read_text().replace("\\\n", " ")
+    except OSError as exc:
+        raise RuntimeBuildError(f"{mk}: cannot read the runtime's source list ({exc.strerror}); "
+                                f"point at a folder holding the nanofly C runtime") from exc
+    for line in text.splitlines():
+        name, sep, value = line.partition(":=")
+        if sep and name.strip() == "NANOFLY_RUNTIME_SOURCES":
+            return tuple(Path(c_dir) / v for v in value.split())
+    raise RuntimeBuildError(f"{mk}: no NANOFLY_RUNTIME_SOURCES line")
+
+
+def runtime_headers(c_dir: Path = C_DIR) -> tuple[Path, ...]:
+    """The public header and the kernels' internal ones in ``c_dir``."""
+    return (Path(c_dir) / RUNTIME_H.name, *sorted((Path(c_dir) / "kernels").glob("*.h")))
+
+
+def runtime_files(c_dir: Path = C_DIR) -> tuple[Path, ...]:
+    """Every file of the runtime in ``c_dir``: headers, sources and the source list (what an
+    export directory ships)."""
+    return (*runtime_headers(c_dir), *runtime_sources(c_dir), Path(c_dir) / RUNTIME_MK.name)
+
 
 # Strict flags: the runtime must compile cleanly with these (issue: host C hygiene).
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
@@ -57,7 +85,7 @@ def _build(kind: str, sources: list[Path], flags: list[str], cc: str | None = No
     h = hashlib.sha256()
     for part in [_compiler_id(cc), kind, *flags]:
         h.update(part.encode() + b"\0")
-    for src in [*sources, RUNTIME_H]:
+    for src in [*sources, *runtime_headers()]:
         h.update(src.read_bytes())
     digest = h.hexdigest()[:16]
     out_dir = cache_dir()
@@ -140,7 +168,7 @@ def _host_fma_flags() -> list[str]:
 
 def build_shared_library(extra_flags: tuple[str, ...] = (), cc: str | None = None) -> Path:
     """The host runtime as a shared library (strict flags, -O2)."""
-    return _build("so", [RUNTIME_C], [*STRICT_FLAGS, "-O2", "-ffp-contract=off",
+    return _build("so", list(runtime_sources()), [*STRICT_FLAGS, "-O2", "-ffp-contract=off",
                                       *_host_fma_flags(), *extra_flags], cc)
 
 
@@ -148,7 +176,7 @@ def build_driver(sanitize: bool = False, cc: str | None = None) -> Path:
     """The ``nanofly_run`` host driver, optionally with ASan + UBSan."""
     flags = [*STRICT_FLAGS, "-O1" if sanitize else "-O2", "-ffp-contract=off",
              *(SANITIZE_FLAGS if sanitize else ())]
-    return _build("exe", [RUNTIME_C, DRIVER_C], flags, cc)
+    return _build("exe", [*runtime_sources(), DRIVER_C], flags, cc)
 
 
 class _Lib:

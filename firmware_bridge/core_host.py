@@ -26,22 +26,20 @@ STM32F4_SECTOR_BYTES = 128 * 1024  # the sectors the bridge firmware's slots use
 DEFAULT_MAX_MODEL_BYTES = 56 * 1024
 
 
-def _sources(export_c: Path) -> list[Path]:
-    return [CORE_DIR / s for s in CORE_SOURCES] + [export_c / "nanofly_policy.c"]
-
-
 def build_host_core(*, export_c=None) -> Path:
     """The host core's shared library (the shared C core, the NOR-flash emulator and the policy
     runtime), compiled once per set of sources and cached."""
-    from nanofly.export.runtime import RuntimeBuildError, build_cached_library
+    from nanofly.export.runtime import (RuntimeBuildError, build_cached_library, runtime_headers,
+                                        runtime_sources)
 
     export_c = Path(export_c) if export_c else export_c_dir()
     flags = ["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
              f"-I{CORE_DIR}", f"-I{CORE_DIR / 'host'}", f"-I{export_c}"]
-    headers = sorted(CORE_DIR.glob("*.h")) + sorted(CORE_DIR.glob("host/*.h")) + [
-        export_c / "nanofly_policy.h"]
     try:
-        units = [(src, flags) for src in _sources(export_c)]
+        headers = [*sorted(CORE_DIR.glob("*.h")), *sorted(CORE_DIR.glob("host/*.h")),
+                   *runtime_headers(export_c)]
+        sources = [*(CORE_DIR / s for s in CORE_SOURCES), *runtime_sources(export_c)]
+        units = [(src, flags) for src in sources]
         return build_cached_library("libnanofly_core_host", units, depends=headers,
                                     what="the host core")
     except RuntimeBuildError as exc:

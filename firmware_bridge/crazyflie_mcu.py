@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from nanofly.export import backends, mcu
-from nanofly.export.runtime import C_DIR, RUNTIME_C
+from nanofly.export.runtime import C_DIR, runtime_sources
 
 from . import crazyflie_sitl as sitl
 from . import crazyflie_tree as tree
@@ -134,7 +134,7 @@ def run_step_benchmark(policy, *, base=None, num_states: int = 8, seed: int = 0,
         work = Path(tmp)
         write_data_header(work / "cf_step_data.h", vehicle, state, setpoint)
         elf = work / "cf_step.elf"
-        sources = [MAIN_C, mcu.FIRMWARE_DIR / "startup.c", sitl.CONTROLLER_C, RUNTIME_C,
+        sources = [MAIN_C, mcu.FIRMWARE_DIR / "startup.c", sitl.CONTROLLER_C, *runtime_sources(),
                    export_dir / "policy_int8.c"]
         mcu._run([mcu.tool("arm-none-eabi-gcc"), *FIRMWARE_CFLAGS, "-Wall", "-Wextra", "-Werror",
                   f"-DNANOFLY_MAX_INPUT={max_input}u", f"-DNANOFLY_MAX_WIDTH={max_width}u",

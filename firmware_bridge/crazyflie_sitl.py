@@ -1,7 +1,7 @@
 """Software in the loop for the Crazyflie app: ``nanofly eval POLICY --backend cf-sitl``.
 
 The app's controller, the very C files that go into cf2.bin (``crazyflie/src/nanofly_cf.c`` and
-the policy runtime ``export/c/nanofly_policy.c``), is compiled for this host with gcc against
+the policy runtime ``export/c``), is compiled for this host with gcc against
 the firmware's real headers (``$CRAZYFLIE_BASE``, located by ``crazyflie_tree``), together with
 the firmware's own power distribution (``src/modules/src/power_distribution_quadrotor.c``) and
 a small shim (``crazyflie/sitl/nanofly_sitl.c``). The shim takes flat arrays in the firmware's
@@ -78,8 +78,9 @@ import numpy as np
 
 from nanofly.export import backends
 from nanofly.export.backends import BackendError, CBackend
-from nanofly.export.runtime import (C_DIR, RUNTIME_C, RUNTIME_H, RuntimeBuildError,
-                                    _host_fma_flags, build_cached_library, find_compiler)
+from nanofly.export.runtime import (C_DIR, RuntimeBuildError, _host_fma_flags,
+                                    build_cached_library, find_compiler, runtime_headers,
+                                    runtime_sources)
 
 from . import crazyflie_tree as tree
 from .crazyflie_vehicle import controller_vehicle
@@ -124,12 +125,12 @@ def build_library(base: str | os.PathLike | None = None) -> Path:
                 *(base / d for d in EXTRA_INCLUDE_DIRS), C_DIR, CONTROLLER_H.parent]
     common = ["-std=gnu11", "-O2", "-ffp-contract=off", *_host_fma_flags(),
               "-DUNIT_TEST_MODE", *(f"-I{d}" for d in includes)]
-    ours = [RUNTIME_C, CONTROLLER_C, SHIM_C]
+    ours = [*runtime_sources(), CONTROLLER_C, SHIM_C]
     units = [(src, [*common, *NANOFLY_FLAGS]) for src in ours]
     units.append((base / POWER_DISTRIBUTION_C, common))  # the firmware's own file, its warnings
     try:
         return build_cached_library(
-            "libnanofly_cf_sitl", units, depends=[RUNTIME_H, CONTROLLER_H, SHIM_H,
+            "libnanofly_cf_sitl", units, depends=[*runtime_headers(), CONTROLLER_H, SHIM_H,
                                                   autoconf_dir / "autoconf.h"],
             key=(str(base), tree.tree_key(base)), what=f"the Crazyflie SITL against {base}",
             cc=cc, timeout_s=120)

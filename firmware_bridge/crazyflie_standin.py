@@ -23,7 +23,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanofly.export.runtime import C_DIR, RuntimeBuildError, build_cached_library, find_compiler
+from nanofly.export.runtime import (C_DIR, RuntimeBuildError, build_cached_library, find_compiler,
+                                    runtime_headers, runtime_sources)
 
 from .crazyflie_link_sim import CrazyflieLinkPeer
 
@@ -44,12 +45,12 @@ MODEL_SOURCES = ("compiled-in", "flash slot")  # nanofly.modelSource 0, 1
 
 def _sources() -> list[Path]:
     core = sorted(CORE_DIR.glob("*.c")) + [CORE_DIR / "host" / "nor_flash.c"]
-    return [*core, C_DIR / "nanofly_policy.c", LINK_C, SHIM_C]
+    return [*core, *runtime_sources(), LINK_C, SHIM_C]
 
 
 def _headers() -> list[Path]:
-    return sorted(CORE_DIR.glob("*.h")) + sorted((CORE_DIR / "host").glob("*.h")) + [
-        C_DIR / "nanofly_policy.h", APP_SRC / "nanofly_cf_link.h", APP_SRC / "nanofly_cf_flash.h"]
+    return [*sorted(CORE_DIR.glob("*.h")), *sorted((CORE_DIR / "host").glob("*.h")),
+            *runtime_headers(), APP_SRC / "nanofly_cf_link.h", APP_SRC / "nanofly_cf_flash.h"]
 
 
 def build_library() -> Path:

@@ -1,8 +1,8 @@
 """Building the bridge firmware (arm-none-eabi-gcc) and its host fuzzer (clang + libFuzzer).
 
-The firmware compiles the export stage's C policy runtime (``export/c/nanofly_policy.c``)
-straight from the installed ``nanofly.export`` package, so the MCU runs the very code the host
-backend ``c-int8`` runs.
+The firmware compiles the export stage's C policy runtime (the sources
+``export/c/nanofly_runtime.mk`` lists) straight from the installed ``nanofly.export`` package, so
+the MCU runs the very code the host backend ``c-int8`` runs.
 """
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def _run_make(args: list[str], what: str, quiet: bool) -> str:
 
 
 def _check_runtime(export_c: Path) -> None:
-    if not (export_c / "nanofly_policy.c").is_file() or not (export_c / "nanofly_policy.h").is_file():
-        raise FirmwareBuildError(f"{export_c}: nanofly_policy.c/.h not found (the export stage's C "
-                                 "runtime); pass export_c= / --export-c to point at it")
+    if not all((export_c / name).is_file() for name in ("nanofly_policy.h", "nanofly_runtime.mk")):
+        raise FirmwareBuildError(f"{export_c}: nanofly_policy.h/nanofly_runtime.mk not found (the "
+                                 "export stage's C runtime); pass export_c= / --export-c to point "
+                                 "at it")
 
 
 def _prepare_build(build_dir, export_c) -> tuple[Path, Path]:

@@ -155,6 +155,8 @@ def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.
     which raises ``TreeNotFound`` when there is no firmware tree), with ASan + UBSan."""
     from .crazyflie_standin import APP_SRC, CORE_DIR, LINK_C, SITL_DIR
     from .crazyflie_tree import locate_tree
+    from nanofly.export.runtime import runtime_sources
+
     from .firmware import FirmwareBuildError, export_c_dir, fuzzer_missing
 
     missing = fuzzer_missing()
@@ -166,8 +168,8 @@ def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.
         raise FirmwareBuildError(f"{interface / 'app_channel.h'} is missing: is {base} a crazyflie-firmware tree?")
     export_c = export_c_dir()
     sources = [CORE_DIR / "frame.c", CORE_DIR / "nf_store.c", CORE_DIR / "nf_core.c",
-               CORE_DIR / "host" / "nor_flash.c", export_c / "nanofly_policy.c", Path(link_c or LINK_C),
-               SITL_DIR / "fuzz_cf_link.c"]
+               CORE_DIR / "host" / "nor_flash.c", *runtime_sources(export_c),
+               Path(link_c or LINK_C), SITL_DIR / "fuzz_cf_link.c"]
     out = Path(build_dir).resolve() / CF_LINK_FUZZER_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["clang", "-g", "-O1", "-std=gnu11", "-fsanitize=fuzzer,address,undefined",

@@ -30,7 +30,9 @@ def export_dir(tmp_path_factory):
 
 def test_export_writes_every_file(export_dir):
     _, out, _ = export_dir
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    written = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert sorted(written) == sorted(FILES)
+    assert "nanofly_policy.c" in FILES and "kernels/nf_dense_s8.c" in FILES
 
 
 def test_manifest_describes_the_export(export_dir):
@@ -203,7 +205,7 @@ def test_replacing_an_export_is_atomic(tmp_path, monkeypatch):
     p2 = write_policy(tmp_path / "p2.pt", seed=2)
     out = tmp_path / "out"
     first = quick_export(p1, out, num_calibration=512, num_eval=256)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     real_open = open
     written = []
@@ -218,7 +220,7 @@ def test_replacing_an_export_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="No space left"):
         quick_export(p2, out, num_calibration=512, num_eval=256)
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
     # and a successful export does replace it
     second = quick_export(p2, out, num_calibration=512, num_eval=256)

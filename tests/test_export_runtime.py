@@ -115,8 +115,8 @@ def test_tanh_accuracy_and_limits():
 def _compile(cc, out_dir, extra=()):
     exe = out_dir / f"strict_{Path(cc).name}"
     cmd = [cc, *runtime.STRICT_FLAGS, "-O2", *extra, f"-I{out_dir}",
-           str(out_dir / "nanofly_policy.c"), str(runtime.DRIVER_C), str(out_dir / "policy_f32.c"),
-           str(out_dir / "policy_int8.c"), "-o", str(exe), "-lm"]
+           *map(str, runtime.runtime_sources(out_dir)), str(runtime.DRIVER_C),
+           str(out_dir / "policy_f32.c"), str(out_dir / "policy_int8.c"), "-o", str(exe), "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return exe
@@ -193,8 +193,8 @@ def test_tanh_exhaustive_on_1_to_10(tmp_path):
     src.write_text(TANH_SWEEP_C)
     exe = tmp_path / "sweep"
     subprocess.run(["gcc", "-O2", "-std=c99", "-ffp-contract=off", f"-I{runtime.C_DIR}",
-                    str(src), str(runtime.RUNTIME_C), "-o", str(exe), "-lm"], check=True,
-                   timeout=120)
+                    str(src), *map(str, runtime.runtime_sources()), "-o", str(exe), "-lm"],
+                   check=True, timeout=120)
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, "tanh above 1 or not odd"
     assert float(res.stdout) <= 4e-7

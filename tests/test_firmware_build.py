@@ -55,8 +55,9 @@ def test_vector_table(elf, tmp_path):
 
 
 def test_policy_runtime_compiled_from_the_export_package(elf):
-    deps = (elf.parent / "nanofly_policy.d").read_text()
-    assert str(export_c_dir() / "nanofly_policy.c") in deps
+    for unit in ("nanofly_policy.c", "nanofly_validate.c", "kernels/nf_dense_s8.c"):
+        deps = (elf.parent / f"{unit.split('/')[-1][:-2]}.d").read_text()
+        assert str(export_c_dir() / unit) in deps
     symbols = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
     assert " nanofly_model_init" in symbols and " nanofly_policy_act" in symbols
     # fmaf must be the VFMA instruction, not newlib's software routine
@@ -64,7 +65,7 @@ def test_policy_runtime_compiled_from_the_export_package(elf):
 
 
 def test_missing_runtime_is_a_clear_error(tmp_path):
-    with pytest.raises(FirmwareBuildError, match="nanofly_policy.c"):
+    with pytest.raises(FirmwareBuildError, match="nanofly_runtime.mk"):
         build_firmware(tmp_path / "b", export_c=tmp_path)
 
 

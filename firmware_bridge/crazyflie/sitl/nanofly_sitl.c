@@ -1,7 +1,7 @@
 /* Host shim of the nanofly Crazyflie SITL (nanofly.firmware_bridge.crazyflie_sitl).
  *
  * Compiled for the host together with the app's controller (src/nanofly_cf.c), the policy
- * runtime (export/c/nanofly_policy.c) and the firmware's own power distribution
+ * runtime (export/c) and the firmware's own power distribution
  * (src/modules/src/power_distribution_quadrotor.c), all against the firmware's real headers.
  * Python hands over flat float arrays in the firmware's units; this file alone fills the
  * firmware's setpoint_t / state_t / sensorData_t / control_t, so no struct layout is mirrored
