@@ -6,10 +6,10 @@ Two ways in, one kernel:
 * ``step_blocks(blocks, consts)``: the same kernel on the simulator's internal layout, which is
   what ``VecEnv`` uses. Environments are grouped in blocks of ``BLOCK`` (16) lanes stored as
   ``[block][row][lane]`` in one flat array (rows: state, action, per-env parameters), so the
-  lane loop has compile-time strides and LLVM turns it into 16-wide SIMD (PERF_NOTES.md: ~10x
-  faster than an (N, 17) layout).
+  lane loop has compile-time strides and LLVM turns it into 16-wide SIMD (an (N, 17) layout
+  does not vectorize; docs/history.md).
 
-The model (data/golden/README.md): rotor speeds are part of the RK4 state and follow a
+The model (tests/data/README.md, the reference's): rotor speeds are part of the RK4 state and follow a
 first-order lag toward the set point ``min + (a + 1) / 2 * (max - min)``, with the rising or
 falling time constant chosen inside every RK4 stage (written branch-free as
 ``max(e, 0) / tau_rising + min(e, 0) / tau_falling``); thrust ``c0 + c1 w + c2 w^2`` along body
@@ -308,7 +308,7 @@ def step_block_range(blocks, consts):
 @njit(cache=True, parallel=True)
 def _step_blocks_parallel(blocks, consts, num_chunks):
     # Each chunk calls the serial kernel on a block range: inlining the lane loop into the
-    # prange body lost vectorization (PERF_NOTES.md), a call keeps it.
+    # prange body lost vectorization, a call keeps it.
     num_blocks = blocks.shape[0] // (BLOCK_ROWS * BLOCK)
     for c in prange(num_chunks):
         first = (num_blocks * c) // num_chunks
