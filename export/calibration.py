@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from nanofly.policy.observation import STATE_DIM, state_slice
+
 
 class CalibrationUnavailable(RuntimeError):
     """The simulator cannot provide observations for this policy."""
@@ -91,16 +93,16 @@ def synthetic_observations(n: int, dim: int, seed: int) -> np.ndarray:
     unless passed in explicitly, and then labelled "synthetic" in the manifest."""
     rng = np.random.default_rng(seed)
     obs = rng.uniform(-1, 1, (n, dim))
-    if dim >= 18:
-        obs[:, 0:3] = rng.uniform(-0.3, 0.3, (n, 3))
+    if dim >= STATE_DIM:
+        obs[:, state_slice("position_error")] = rng.uniform(-0.3, 0.3, (n, 3))
         q = rng.standard_normal((n, 4))
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         w, x, y, z = q.T
-        obs[:, 3:12] = np.stack([
+        obs[:, state_slice("rotation_matrix")] = np.stack([
             1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
             2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
             2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=1)
-        obs[:, 12:15] = rng.uniform(-1, 1, (n, 3))
-        obs[:, 15:18] = rng.uniform(-2, 2, (n, 3))
-        obs[:, 18:] = np.clip(0.334 + 0.3 * rng.standard_normal((n, dim - 18)), -1, 1)
+        obs[:, state_slice("linear_velocity_error")] = rng.uniform(-1, 1, (n, 3))
+        obs[:, state_slice("angular_velocity")] = rng.uniform(-2, 2, (n, 3))
+        obs[:, STATE_DIM:] = np.clip(0.334 + 0.3 * rng.standard_normal((n, dim - STATE_DIM)), -1, 1)
     return obs.astype(np.float32)

@@ -7,10 +7,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
+
 from .calibration import (CalibrationUnavailable, collect_calibration_observations,
                           synthetic_observations)
 
-HOVER_SIZES = (146, 64, 64, 4)
+HOVER_SIZES = (OBSERVATION_DIM, 64, 64, ACTION_DIM)
 
 
 def write_policy(path, sizes=HOVER_SIZES, seed: int = 0, weight_scale: float = 1.0) -> Path:

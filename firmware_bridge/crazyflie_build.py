@@ -215,24 +215,25 @@ def _header_define(name: str) -> int:
 
 
 def check_layout(layer_sizes: list[int], where: str) -> int:
-    """The action history length of a model whose input is ``18 + 4 * H`` (H up to the
-    controller's NF_CF_MAX_HISTORY) and whose output is 4 rotor commands; ``BuildInputError``
-    for any other layout (the app's C refuses it too, at boot)."""
-    state = _header_define("NF_CF_STATE_DIM")
-    actions = _header_define("NF_CF_ACTION_DIM")
+    """The action history length H of a model whose input is the observation contract's
+    ``STATE_DIM + ACTION_DIM * H`` (H up to the controller's NF_CF_MAX_HISTORY) and whose output
+    is ACTION_DIM rotor commands; ``BuildInputError`` for any other layout (the app's C refuses
+    it too, at boot)."""
+    from nanofly.policy.observation import ACTION_DIM, STATE_DIM, history_length_of
+
     max_history = _header_define("NF_CF_MAX_HISTORY")
     n_in, n_out = int(layer_sizes[0]), int(layer_sizes[-1])
-    history, rest = divmod(n_in - state, actions)
-    if n_out != actions or n_in < state or rest or history > max_history:
+    history = history_length_of(n_in)
+    if n_out != ACTION_DIM or history is None or history > max_history:
         raise BuildInputError(
             f"{where}: model layout {n_in} inputs -> {n_out} outputs is not what the Crazyflie app "
-            f"flies: {state} + {actions} * H inputs (the simulator's observation with an action "
-            f"history of H <= {max_history}) and {actions} rotor commands")
+            f"flies: {STATE_DIM} + {ACTION_DIM} * H inputs (the simulator's observation with an "
+            f"action history of H <= {max_history}) and {ACTION_DIM} rotor commands")
     return history
 
 
 def _check_observation(manifest_obs: Any, history: int, where: str) -> None:
-    from nanofly.sim.env import observation_layout
+    from nanofly.policy.observation import observation_layout
 
     if not isinstance(manifest_obs, dict) or "layout" not in manifest_obs:
         return  # older files: the dimensions were checked

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nanofly.policy.observation import (ACTION_DIM, DEFAULT_HISTORY_LENGTH, OBSERVATION_DIM,
+                                        STATE_DIM)
+
 HOVER_POLICY = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover" / "policy.pt"
 
 
-def random_policy(path: str | os.PathLike, *, layer_sizes=(146, 64, 64, 4), seed: int = 0) -> Path:
+def random_policy(path: str | os.PathLike, *, layer_sizes=(OBSERVATION_DIM, 64, 64, ACTION_DIM),
+                  seed: int = 0) -> Path:
     """A seeded random actor saved as a policy file (stands in for a trained one)."""
     from nanofly.policy.actor import init_actor, save_policy
 
@@ -61,7 +65,7 @@ def f32_blob(layer_sizes, seed: int = 0) -> bytes:
     return pack_f32([l.weight.detach().numpy() for l in layers], [l.bias.detach().numpy() for l in layers])
 
 
-def observations(n: int, dim: int = 146, seed: int = 0) -> np.ndarray:
+def observations(n: int, dim: int = OBSERVATION_DIM, seed: int = 0) -> np.ndarray:
     """Observations in [-1, 1] (float32), seeded."""
     return np.random.default_rng(seed).uniform(-1.0, 1.0, (n, dim)).astype(np.float32)
 
@@ -110,7 +114,8 @@ def truncated(blob: bytes, keep: int) -> bytes:
     return with_crc_fixed(bytes(blob[:keep]) + b"\0\0\0\0")
 
 
-def closed_loop_rollout(policy, n_envs: int, steps: int, *, state_dim: int = 18, history_length: int = 32,
+def closed_loop_rollout(policy, n_envs: int, steps: int, *, state_dim: int = STATE_DIM,
+                        history_length: int = DEFAULT_HISTORY_LENGTH,
                         reset_every: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Feed ``policy`` observations [random state | its own previous actions, clipped to
     [-1, 1], newest first], as the simulator does, without the simulator: returns the

@@ -17,13 +17,14 @@ next call (no allocation per step); copy them if you keep them, or pass ``copy_o
 Do not write into the returned observation: its action-history part is the environment's
 history (kept in place because at large N the step is bound by memory traffic).
 
-Observation (actor), ``18 + 4 * history_length`` values (146 by default)::
+Observation (actor): the contract of ``nanofly.policy.observation``, ``STATE_DIM + ACTION_DIM *
+history_length`` values::
 
     [p - p_target (3) | R(q) row-major (9) | v - v_target (3) | w body (3) | last actions, newest
      first (4 * history_length)]
 
-with Gaussian noise on the first 18 values. Privileged observation (28 values): the same first
-18 values without noise, the disturbance force (world frame) and torque (body frame) in units of
+with Gaussian noise on the state part. Privileged observation (28 values): the same state part
+without noise, the disturbance force (world frame) and torque (body frame) in units of
 their configured standard deviations (so that the critic sees O(1) inputs), and the rotor speeds
 normalized to [-1, 1].
 """
@@ -39,12 +40,15 @@ import numpy as np
 from numba import njit, prange
 from numba import types as nb_types
 
+from nanofly.policy.observation import (DEFAULT_HISTORY_LENGTH, STATE_DIM, STATE_PARTS,
+                                        observation_dim)
+
 from . import dynamics as dyn
 from .cpu import call_kernel, copy_into, kernel_address, prefetch_for_read, prefetch_for_write
 from .presets import VehicleParams, get_preset
 from .rng import hash4, normal, seed_to_uint64, uniform
 
-STATE_PART = 18  # position error, rotation matrix, velocity error, angular velocity
+STATE_PART = STATE_DIM  # the observation's state part: values before the action history
 PRIVILEGED_DIM = STATE_PART + 6 + 4
 NOISE_POOL_SIZE = 1 << 16
 HISTORY_SLACK = 32  # steps between moves of the observation windows (ObservationWindows)
@@ -88,7 +92,8 @@ class MDPConfig:
 
     dt: float = 0.01  # control period and RK4 step, s
     episode_steps: int = 500  # truncation
-    history_length: int = 32  # past actions in the actor observation (0: ablation "no history")
+    # past actions in the actor observation (0: ablation "no history")
+    history_length: int = DEFAULT_HISTORY_LENGTH
     # Initial state distribution.
     guidance_probability: float = 0.1  # start exactly on target, level
     init_max_position: float = 0.2  # uniform per axis around the target, m
@@ -150,25 +155,17 @@ class MDPConfig:
 
     @property
     def observation_dim(self) -> int:
-        return STATE_PART + 4 * int(self.history_length)
+        return observation_dim(self.history_length)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def observation_layout(history_length: int) -> list[tuple[str, int]]:
-    """(name, size) of each part of the actor observation, in order."""
-    layout = [("position_error", 3), ("rotation_matrix", 9), ("linear_velocity_error", 3),
-              ("angular_velocity", 3)]
-    if history_length:
-        layout.append(("action_history_newest_first", 4 * history_length))
-    return layout
-
-
-PRIVILEGED_LAYOUT = [("position_error", 3), ("rotation_matrix", 9),
-                     ("linear_velocity_error", 3), ("angular_velocity", 3),
-                     ("disturbance_force_in_std", 3),
-                     ("disturbance_torque_in_std", 3), ("rotor_speed_normalized", 4)]
+# The critic's observation: the actor's state part without noise, then what only the simulator
+# knows. (``observation_layout``: the actor's, from nanofly.policy.observation.)
+PRIVILEGED_LAYOUT = [(part.name, part.size) for part in STATE_PARTS] + [
+    ("disturbance_force_in_std", 3), ("disturbance_torque_in_std", 3),
+    ("rotor_speed_normalized", 4)]
 
 
 # Indices into the float64 ``cfg`` array the kernels take (one array instead of 30 arguments).

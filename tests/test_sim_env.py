@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
+from nanofly.policy.observation import observation_layout
 from nanofly.sim import MDPConfig, RewardWeights, VecEnv
 from nanofly.sim import dynamics as dyn
-from nanofly.sim.env import PRIVILEGED_LAYOUT, observation_layout, recompute_rewards
+from nanofly.sim.env import PRIVILEGED_LAYOUT, recompute_rewards
 from nanofly.sim.presets import crazyflie_paper
 
 

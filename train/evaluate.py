@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from nanofly.policy.observation import DEFAULT_HISTORY_LENGTH, state_slice
 from nanofly.sim.env import TARGET_REWARD_WEIGHTS, MDPConfig, VecEnv
 from nanofly.sim.targets import figure_eight
 
@@ -125,7 +126,7 @@ def policy_mdp(payload: dict[str, Any]):
     if not isinstance(mdp, dict) or not isinstance(observation, dict):
         raise PolicyFileError("the policy file's mdp / observation entries are not tables; "
                               "re-save the policy with nanofly train")
-    history = mdp.get("history_length", observation.get("history_length", 32))
+    history = mdp.get("history_length", observation.get("history_length", DEFAULT_HISTORY_LENGTH))
     if (isinstance(history, bool) or not isinstance(history, (int, float))
             or not math.isfinite(history) or history != int(history) or history < 0):
         raise PolicyFileError(f"the policy file's history_length is {history!r}, not a "
@@ -143,7 +144,8 @@ def policy_mdp(payload: dict[str, Any]):
 # -- hover --------------------------------------------------------------------------------------
 # Privileged-observation values the hover suite keeps per step: position error (0:3), R22 (the
 # cosine of the tilt; 3), linear velocity (4:7) and angular velocity (7:10) in that order.
-_RECORDED_COLUMNS = np.r_[0:3, 11:18]
+_RECORDED_COLUMNS = np.r_[state_slice("position_error"), state_slice("rotation_matrix").stop - 1,
+                          state_slice("linear_velocity_error"), state_slice("angular_velocity")]
 
 
 def _norm3(v: np.ndarray) -> np.ndarray:

@@ -12,13 +12,14 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
+from nanofly.policy.observation import STATE_DIM
 from nanofly.sim.cpu import copy_into
 
-STATE_PART = 18  # observation values before the action history
+STATE_PART = STATE_DIM  # observation values before the action history
 
 # Stored per row. The next actor observation is not stored whole: its action history is the
 # action just taken followed by the current observation's history minus its oldest action, so
-# only its first 18 values are kept (a 904-byte row instead of 1 416).
+# only its state part is kept (a 904-byte row instead of 1 416 with the default history).
 FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs_state", "next_critic_obs",
           "terminated")
 BATCH_FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_critic_obs",

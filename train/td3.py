@@ -23,7 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, observation_layout, recompute_rewards
+from nanofly.policy.observation import (ACTION_DIM, ACTION_MAPPING, DEFAULT_HISTORY_LENGTH,
+                                        observation_record, state_slice)
+from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, recompute_rewards
 
 from .compile_cache import start_if_cold
 from .replay import ReplayBuffer
@@ -122,7 +124,7 @@ class TrainConfig:
     rotor_delay: bool = True
     action_history: bool = True  # False: no past actions in the observation
     curriculum: bool = True
-    history_length: int = 32  # past actions in the observation when action_history is on
+    history_length: int = DEFAULT_HISTORY_LENGTH  # past actions observed (action_history on)
     guidance_probability: float = 0.1  # training episodes that start on target (paper: 0.1)
     # Start the actor's output layer at the hover action (bias atanh(hover action)), so the
     # untrained policy already roughly holds altitude instead of dropping from the sky.
@@ -554,11 +556,7 @@ class Trainer:
         rows = np.linspace(max(0, n - INT8_GRID_ROWS), n - 1, min(n, 16384)).astype(np.int64)
         first_layer = core._actor_views(kept)[0][0]
         min_span = np.zeros(self.obs_dim)
-        start = 0
-        for name, size in observation_layout(self.env.config.history_length):
-            if name == "angular_velocity":
-                min_span[start:start + size] = INT8_MIN_ANGULAR_VELOCITY_SPAN
-            start += size
+        min_span[state_slice("angular_velocity")] = INT8_MIN_ANGULAR_VELOCITY_SPAN
         # search_octaves=0: the finest input grid that covers each range. The exporter's search
         # trades input against weight resolution for post-training rounding; here the weights
         # are trained on their grid, and a coarser input grid only adds input rounding error.
@@ -680,10 +678,9 @@ class Trainer:
 
         mdp = self.env.config
         return {
-            "observation": {"dim": self.obs_dim, "history_length": mdp.history_length,
-                            "layout": [list(x) for x in observation_layout(mdp.history_length)]},
-            "action": {"dim": 4, "hover_action": self.env.hover_action,
-                       "mapping": "rotor set point = min + (a + 1) / 2 * (max - min), a in [-1, 1]",
+            "observation": observation_record(mdp.history_length),
+            "action": {"dim": ACTION_DIM, "hover_action": self.env.hover_action,
+                       "mapping": ACTION_MAPPING,
                        "rotor_speed_unit": self.env.params.rotor_speed_unit},
             "vehicle": {"preset": self.env.params.name, "params": self.env.params.to_dict()},
             "mdp": mdp.to_dict(),
