@@ -1,8 +1,8 @@
-"""The runtime on the target: cross-compile with arm-none-eabi-gcc (MCU.md's flags), check flash
-size and worst-case stack, and run a semihosting benchmark firmware on QEMU netduinoplus2.
+"""The runtime on the target: cross-compile with arm-none-eabi-gcc (``ARM_CFLAGS``: Cortex-M4F,
+hard float, -O2), check flash size and worst-case stack, and run a semihosting benchmark firmware on QEMU netduinoplus2.
 
-Instruction counts come from TIM2 under ``-icount shift=0`` (one count per executed instruction,
-MCU.md). The firmware (bench/mcu/) runs the float32 and int8 runtime and the naive baseline
+Instruction counts come from TIM2 under ``-icount shift=0`` (one count per executed instruction:
+exact and repeatable, not cycles). The firmware (bench/mcu/) runs the float32 and int8 runtime and the naive baseline
 (plain loops + newlib tanhf) on the same observations in the same run and prints every action's
 bits, so the host runtime's outputs can be compared exactly.
 """
@@ -30,7 +30,7 @@ FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "bench" / "mcu"
 C_DIR = Path(__file__).resolve().parent / "c"
 
 
-# Limits from the export issue.
+# Budgets of the target: the int8 weights, the runtime's code and its stack (bytes).
 LIMIT_INT8_WEIGHTS = 16 * 1024
 LIMIT_RUNTIME_CODE = 4 * 1024
 LIMIT_STACK = 2 * 1024
@@ -58,7 +58,7 @@ def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 120) -> str:
 
 
 def compile_objects(export_dir: Path, work: Path) -> dict[str, Path]:
-    """Cross-compile the runtime's sources and both weight files with MCU.md's flags plus the
+    """Cross-compile the runtime's sources and both weight files with ``ARM_CFLAGS`` plus the
     strict warning set; returns the object files by name (the runtime's by their path relative
     to ``export_dir``, e.g. ``kernels/nf_dense_s8``). The runtime's objects come with GCC's
     stack usage and call graph (.ci beside each object)."""
@@ -170,7 +170,7 @@ def worst_stack(ci_files, objs=()) -> dict[str, Any]:
 
 def size_and_stack_report(export_dir: Path) -> dict[str, Any]:
     """Compile, measure flash and worst-case stack, and link a minimal firmware (proves the
-    runtime and both weight files link with MCU.md's flags)."""
+    runtime and both weight files link with ``ARM_CFLAGS``)."""
     export_dir = Path(export_dir)
     with tempfile.TemporaryDirectory(prefix="nanofly-arm-") as tmp:
         work = Path(tmp)
