@@ -26,7 +26,7 @@ from .runtime import C_DIR, CModel, RuntimeBuildError, runtime_files
 
 EXPORT_FORMAT = "nanofly-export"
 EXPORT_FORMAT_VERSION = 1
-# Accuracy bounds from the export issue, recorded next to the measured errors.
+# Accuracy bounds (largest |action - torch action|), recorded next to the measured errors.
 BOUND_F32 = 1e-5
 BOUND_INT8 = 0.02
 DEFAULT_CALIBRATION = 8192
