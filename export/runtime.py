@@ -50,7 +50,7 @@ def runtime_files(c_dir: Path = C_DIR) -> tuple[Path, ...]:
     return (*runtime_headers(c_dir), *runtime_sources(c_dir), Path(c_dir) / RUNTIME_MK.name)
 
 
-# Strict flags: the runtime must compile cleanly with these (issue: host C hygiene).
+# Strict flags: the runtime must compile cleanly with these.
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                   "-fno-omit-frame-pointer", "-g")
@@ -156,7 +156,7 @@ def build_cached_library(stem: str, units: list[tuple[Path, list[str]]], *,
 
 def _host_fma_flags() -> list[str]:
     """-mfma where the x86 CPU has FMA: fmaf becomes one instruction instead of a libm call
-    (about 5x faster c-f32 here). Results do not change: the runtime only fuses where it calls
+    (several times faster c-f32). Results do not change: the runtime only fuses where it calls
     fmaf explicitly, and -ffp-contract=off stops the compiler fusing anything else."""
     try:
         with open("/proc/cpuinfo") as f:
