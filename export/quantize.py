@@ -2,9 +2,9 @@
 
 Weights: symmetric int8 per output channel. Activations: int16 (observations times a
 power-of-two multiplier per channel, chosen on calibration observations together with the first
-layer's weights; hidden layers Q15 since tanh is bounded). MCU.md measured that int16 activations cost nothing extra with SMLAD and are
-far more accurate than int8 ones (2.8e-2 vs 1.2e-2 max error), nearly all of which is weight
-rounding, so the work goes into the weights:
+layer's weights; hidden layers Q15 since tanh is bounded). int16 activations cost nothing extra
+with SMLAD (16-bit lanes) and are far more accurate than int8 ones; what error is left is nearly
+all weight rounding, so the work goes into the weights:
 
 - ``rounding="gptq"`` (default): columns are rounded one at a time (largest input energy
   first) and each rounding error is pushed onto the not-yet-rounded columns through the inverse
