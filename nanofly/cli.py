@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-# One BLAS thread: at these matrix sizes a second one only adds synchronization (PERF_NOTES.md).
+# One BLAS thread: at these matrix sizes a second one only adds synchronization.
 # Must be set before NumPy is first imported; a user's explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
