@@ -23,7 +23,7 @@ def register(sub, bench_sub) -> None:
     p = sub.add_parser(
         "train", help="train a hover policy (TD3, asymmetric actor-critic)",
         description="Train a policy (defaults: the paper's TD3 setup with the changes measured "
-                    "in docs/benchmarks.md) and save it to a run directory (policy.pt, "
+                    "in docs/history.md) and save it to a run directory (policy.pt, "
                     "metrics.jsonl, config.toml, plots). Ctrl-C (or SIGTERM, SIGHUP) saves a "
                     "checkpoint (checkpoint.npz: data only) that --resume continues from. Exit "
                     "status: 0 done; 1 the run diverged or could not write its results (a "
