@@ -1,10 +1,11 @@
 """The runtime on the target: cross-compile with arm-none-eabi-gcc (``ARM_CFLAGS``: Cortex-M4F,
-hard float, -O2), check flash size and worst-case stack, and run a semihosting benchmark firmware on QEMU netduinoplus2.
+hard float, -O2), check flash size and worst-case stack, and run a semihosting benchmark
+firmware on QEMU netduinoplus2.
 
 Instruction counts come from TIM2 under ``-icount shift=0`` (one count per executed instruction:
-exact and repeatable, not cycles). The firmware (bench/mcu/) runs the float32 and int8 runtime and the naive baseline
-(plain loops + newlib tanhf) on the same observations in the same run and prints every action's
-bits, so the host runtime's outputs can be compared exactly.
+exact and repeatable, not cycles). The firmware (bench/mcu/) runs the float32 and int8 runtime
+and the naive baseline (plain loops + newlib tanhf) on the same observations in the same run and
+prints every action's bits, so the host runtime's outputs can be compared exactly.
 """
 from __future__ import annotations
 
