@@ -5,7 +5,7 @@
         [--actor-weight-decay X] [--int8]
 
 ``--set`` takes TrainConfig keys (JSON values). Three knobs are not TrainConfig options (tried
-as variants, not adopted; docs/benchmarks.md): ``--actor-lr`` / ``--critic-lr`` make the Adam
+as variants, not adopted; docs/history.md): ``--actor-lr`` / ``--critic-lr`` make the Adam
 learning rate piecewise linear in the env step (``150000:1e-3 400000:1e-4``: 1e-3 until 150 k,
 then down to 1e-4 at 400 k and after), and ``--actor-weight-decay`` gives the actor its own L2
 weight decay (the critics keep ``weight_decay``).
