@@ -1,6 +1,6 @@
 """``VecEnv``: N quadrotors in the reference hover MDP, stepped together.
 
-The MDP is the one of "Learning to Fly in Seconds" (REFERENCE.md): random initial states with
+The MDP is the one of "Learning to Fly in Seconds" (docs/mdp.md): random initial states with
 "guidance", a constant random disturbance force and torque per episode, Gaussian observation
 noise, an action history in the observation, the squared reward with weights that can change
 while running (curriculum), termination when the position error leaves a 0.6 m box, truncation
@@ -195,7 +195,7 @@ def _first_non_finite(actions):
 @njit(cache=True)
 def _write_actions(actions, blocks, rotor_delay, smin, smax, clipped):
     """Clip (N, 4) actions to [-1, 1] and write them into the blocks. (A pass of its own:
-    done per piece inside the step kernel it measured slower, 12.0 vs 12.8 M env steps/s.)"""
+    done per piece inside the step kernel it was slower.)"""
     half_span = (smax - smin) * 0.5
     for i in range(actions.shape[0]):
         o = (i // dyn.BLOCK) * (dyn.BLOCK_ROWS * dyn.BLOCK) + (i % dyn.BLOCK)
@@ -464,7 +464,7 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
         done[i] = term or trunc
         if term or trunc:
             # copy loops, not slice assignments: numba compiles a formatted shape-mismatch
-            # error into every slice assignment (~2 s of cold compile here)
+            # error into every slice assignment, seconds of cold compile)
             copy_into(final_obs[i], ob)
             copy_into(final_priv[i], pr)
             episode[i] += 1
