@@ -464,7 +464,7 @@ def _post_step_range(first, last, blocks, cfg, weights, seed, step_index, clippe
         done[i] = term or trunc
         if term or trunc:
             # copy loops, not slice assignments: numba compiles a formatted shape-mismatch
-            # error into every slice assignment, seconds of cold compile)
+            # error into every slice assignment (seconds of cold compile)
             copy_into(final_obs[i], ob)
             copy_into(final_priv[i], pr)
             episode[i] += 1
