@@ -5,7 +5,7 @@ runs the loop: act with exploration noise in ``num_envs`` parallel simulators, s
 update the twin critics every ``critic_update_interval`` environment steps and the actor and the
 targets every ``actor_update_interval`` steps (after their warm-ups), and apply the curriculum,
 recomputing the rewards already stored. The updates themselves are the numba kernels of
-``TD3Core`` (hand-written forward/backward/Adam, PERF_NOTES.md); the saved actor is a torch
+``TD3Core`` (hand-written forward/backward/Adam); the saved actor is a torch
 module (``nanofly.policy.actor.Actor``).
 
 The actor sees the noisy observation (146 values by default); the critics see the privileged
@@ -46,7 +46,7 @@ MAX_HIDDEN_WIDTH = 2048
 @dataclass
 class TrainConfig:
     """Hyperparameters. Defaults are the paper's except where a comment says otherwise, each
-    with its measured reason (docs/benchmarks.md, "What made hover precise")."""
+    with its measured reason (docs/history.md, "What made hover precise")."""
 
     seed: int = 0  # seeds the simulator, the network initialization and all sampling
     preset: str = "crazyflie_paper"  # vehicle: preset name or .toml path
@@ -62,8 +62,8 @@ class TrainConfig:
     actor_update_interval: int = 20  # one actor + target update per 20 steps
     # Target critics take their Polyak step after every critic update at a multiple of this
     # many steps (the reference code's CRITIC_TARGET_UPDATE_INTERVAL: 10); the target actor
-    # after each actor update. 0: all targets together after each actor update (our reading of
-    # REFERENCE.md before; half the value propagation, and with it chattering policies).
+    # after each actor update. 0: all targets together after each actor update (half the value
+    # propagation, and with it chattering policies; docs/history.md).
     critic_target_update_interval: int = 10
     critic_warmup_steps: int = 15_000  # no critic updates before this many steps
     actor_warmup_steps: int = 30_000  # no actor updates before this many steps
@@ -78,7 +78,7 @@ class TrainConfig:
     # LayerNorm (with gain and offset) on the critics' hidden layers, before each tanh; the
     # actor is unchanged. The paper's critics have none. With it the hover precision no longer
     # collapses mid-run (the critic drove those collapses) and 5 of 5 seeds stop early at
-    # 360-460 k steps instead of 520-700 k (docs/benchmarks.md, "LayerNorm critics").
+    # 360-460 k steps instead of 520-700 k (docs/history.md, "The mid-run collapses").
     critic_layer_norm: bool = True
     learning_rate: float = 1e-3  # Adam, actor and critics
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -138,7 +138,7 @@ class TrainConfig:
     # `selection_seed`, not the evaluation suite's) and the best one is saved, not the last
     # (0: off). 1000 episodes (~0.4 s per check), not 256: snapshots 20 k steps apart differ
     # by a few points, as much as the noise of 256 episodes (10 seeds, curriculum every 50 k:
-    # 5 -> 6 passing the 1000-episode suite, and early stops fire; docs/benchmarks.md).
+    # 5 -> 6 passing the 1000-episode suite, and early stops fire; docs/history.md).
     selection_interval: int = 20_000
     selection_start: int = 300_000
     selection_episodes: int = 1000
