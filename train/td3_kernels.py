@@ -980,10 +980,9 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
                 gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows],
                             action[:rows], reward[:rows], next_obs_a[:rows],
                             next_obs_c[:rows], terminated[:rows])
-                reward_scale = scalars[SCALAR_REWARD_SCALE]
-                if reward_scale != _ONE:
+                if scalars[SCALAR_REWARD_SCALE] != _ONE:
                     for i in range(rows):
-                        reward[i] = reward[i] * reward_scale
+                        reward[i] = reward[i] * scalars[SCALAR_REWARD_SCALE]
         if phases & CRITIC_JOB:
             if ok:
                 for half in range(part, last_half):
