@@ -114,6 +114,34 @@ def test_policy_file_alone_says_there_is_no_curve():
     assert len(curve["env_steps"]) == len(curve["mean_return"]) > 10
 
 
+def test_recorded_rollouts_are_the_suites_own_and_end_at_termination():
+    from nanofly.evaluate import open_for_eval
+    from nanofly.train.evaluate import hover_suite
+    from nanofly.view import RecordingPolicy
+
+    policy, vehicle, mdp = open_for_eval(RUN_DIR, "torch")
+    recorder = RecordingPolicy(policy, 2)
+    result = hover_suite(recorder, preset=vehicle, mdp=mdp, episodes=2, record=2)
+    suite_positions = result["_trajectories"]["positions"]  # (T + 1, 2, 3), target at 0
+    for k, ep in enumerate(recorder.episodes()):
+        assert ep["terminated_at_step"] is None and ep["length"] == mdp.episode_steps
+        np.testing.assert_array_equal(ep["position_m"], suite_positions[:-1, k])
+
+    # rotors at their slowest: every vehicle falls out of the box, and its recording ends there
+    def slowest(obs):
+        return np.full((obs.shape[0], 4), -1.0, np.float32)
+
+    recorder = RecordingPolicy(slowest, 3)
+    result = hover_suite(recorder, preset=vehicle, mdp=mdp, episodes=3)
+    assert result["termination_rate"] == 1.0
+    for ep in recorder.episodes():
+        end = ep["terminated_at_step"]
+        assert end is not None and 0 < end == ep["length"] < mdp.episode_steps
+        # inside the box until the step that left it
+        assert np.abs(ep["position_m"] - ep["target_m"]).max() < mdp.termination_position
+        assert ep["rotor_command_normalized"].min() == -1.0
+
+
 class DevTools:
     """A headless Chromium driven over the DevTools protocol on a pipe."""
 
@@ -250,7 +278,7 @@ def test_replay_runs_in_headless_chromium(replay_page, tmp_path):
         hover = [ep for ep in data["episodes"] if ep["kind"] == "hover"]
         farthest = max(range(len(hover)), key=lambda k: np.linalg.norm(
             np.subtract(hover[k]["position_m"][:3], hover[k]["target_m"][:3])))
-        step = min(250, hover[farthest]["steps"] - 1)
+        step = min(55, hover[farthest]["steps"] - 1)  # still correcting: tilted, rotors apart
         next_frames = "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
         for name, episode, step in (("view_hover.png", farthest, step),
                                     ("view_figure_eight.png", len(hover), 900)):
