@@ -14,7 +14,7 @@ import json
 import pstats
 import time
 
-WATCH = ("update_kernel", "critic_update_sampled", "actor_update_sampled",
+WATCH = ("update_kernel", "update_sampled", "actor_update_sampled",
          "spin_until_at_least", "polyak_kernel", "actor_forward_kernel", "step", "_update",
          "hover_suite")
 

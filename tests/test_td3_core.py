@@ -557,7 +557,7 @@ def test_layer_norm_critics_round_trip_and_errors():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
-    """critic_update_sampled / actor_update_sampled (rows gathered inside the kernels, Polyak
+    """update_sampled / actor_update_sampled (rows gathered inside the kernels, Polyak
     steps fused into the update) compute exactly what the array API computes on
     ReplayBuffer.get(idx) followed by the separate Polyak steps."""
     from nanofly.train.replay import ReplayBuffer
@@ -579,15 +579,17 @@ def test_sampled_updates_match_updates_on_the_gathered_batch(threads):
                                                critic_targets=critic_targets,
                                                actor_targets=which)
         else:
-            loss_a = a.critic_update_sampled(replay, idx, noise, reward_scale=scale,
-                                             update_targets=critic_targets)
+            loss_a, none = a.update_sampled(replay, idx, noise, reward_scale=scale,
+                                            critic_targets=critic_targets)
+            assert none is None
             actor_a = a.actor_update_sampled(which)
         batch = replay.get(idx)
         loss_b = b.critic_update(batch["critic_obs"], batch["action"],
                                  batch["reward"] * np.float32(scale), batch["next_critic_obs"],
                                  batch["next_obs"], batch["terminated"], noise)
-        if critic_targets:
-            b.update_critic_targets()
+        if critic_targets:  # the two target critics' Polyak step alone
+            n = b.n_actor_params
+            td3_kernels.polyak_kernel(b.params[n:], b.targets[n:], np.float32(b.polyak))
         assert loss_a == loss_b
         actor_b = b.actor_update(batch["obs"], batch["critic_obs"], update_targets=which == "all")
         if which == "actor":
@@ -623,7 +625,7 @@ def test_adaptive_threads_switching_changes_no_bit():
         noise = rng.standard_normal((idx.size, fixed.action_dim)).astype(np.float32)
         for core in (fixed, adaptive):
             if step % 2:
-                core.critic_update_sampled(replay, idx, noise, update_targets=True)
+                core.update_sampled(replay, idx, noise, critic_targets=True)
                 core.actor_update_sampled("actor")
             else:
                 core.update_sampled(replay, idx, noise, critic_targets=True, actor_targets="all")
@@ -687,7 +689,7 @@ def test_sampled_update_errors():
     replay.data[:] = 0.0
     replay.rows(10)
     noise = np.zeros((4, core.action_dim), np.float32)
-    with pytest.raises(RuntimeError, match="critic_update_sampled"):
+    with pytest.raises(RuntimeError, match="needs an update_sampled"):
         core.actor_update_sampled()
     state = {k: v.copy() for k, v in core.state_dict().items() if isinstance(v, np.ndarray)}
     for bad in ([0, 1, 2, 10], [10, 1, 2, 3], [-1, 0, 0, 0]):  # a row not stored yet, in
@@ -697,11 +699,11 @@ def test_sampled_update_errors():
         np.testing.assert_array_equal(core.state_dict()[key], value)
     assert core.critic_steps == core.actor_steps == 0
     with pytest.raises(ValueError, match="int64"):
-        core.critic_update_sampled(replay, np.array([0, 1, 2, 3], np.int32), noise)
+        core.update_sampled(replay, np.array([0, 1, 2, 3], np.int32), noise)
     with pytest.raises(ValueError, match="noise"):
-        core.critic_update_sampled(replay, np.array([0, 1, 2]), noise)
+        core.update_sampled(replay, np.array([0, 1, 2]), noise)
     before = core.params.copy()
-    core.critic_update_sampled(replay, np.array([0, 1, 2, 3]), noise)
+    core.update_sampled(replay, np.array([0, 1, 2, 3]), noise)
     assert not np.array_equal(before, core.params)
     with pytest.raises(ValueError, match="update_targets"):
         core.actor_update_sampled("critic")

@@ -4,7 +4,7 @@ Each row holds the actor observation, the privileged (critic) observation, the a
 reward, the next actor and privileged observations, and whether the step *terminated* (a
 time-limit truncation is stored as 0: it is still bootstrapped). ``gather_rows`` copies rows
 into contiguous batch arrays (the trainer's updates call it inside their kernels:
-``TD3Core.critic_update_sampled``).
+``TD3Core.update_sampled``).
 """
 from __future__ import annotations
 

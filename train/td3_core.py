@@ -73,8 +73,9 @@ From a replay buffer (what the trainer uses; the same numbers as the calls above
 critic_targets=False, actor_targets=None)`` gathers the rows ``idx`` inside the update (each
 thread its own half: no batch is built in Python), can take the target critics' Polyak step,
 and with ``actor_targets`` ("none" | "actor" | "all") runs the actor update on the same batch
-in the same call; ``critic_update_sampled`` / ``actor_update_sampled`` are its two halves as
-separate calls (for code that changes the actor's weights in between).
+in the same call; without ``actor_targets`` it is the critic half alone, and
+``actor_update_sampled`` then runs the actor update on the same batch as a separate call (for
+code that changes the actor's weights in between).
 
 Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
 workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
@@ -252,15 +253,20 @@ class TD3Core:
         ha1, ha2 = self.actor_hidden
         hc1, hc2 = self.critic_hidden
         cin = self.critic_in_dim
-        self.dims = np.array([oa, oc, na, ha1, ha2, hc1, hc2, int(self.critic_layer_norm)],
-                             dtype=np.int64)
+        self.dims = np.zeros(_k.NUM_DIMS, dtype=np.int64)
+        self.dims[_k.DIM_ACTOR_OBS] = oa
+        self.dims[_k.DIM_CRITIC_OBS] = oc
+        self.dims[_k.DIM_ACTION] = na
+        self.dims[_k.DIM_ACTOR_H1], self.dims[_k.DIM_ACTOR_H2] = ha1, ha2
+        self.dims[_k.DIM_CRITIC_H1], self.dims[_k.DIM_CRITIC_H2] = hc1, hc2
+        self.dims[_k.DIM_LAYER_NORM] = int(self.critic_layer_norm)
         actor_sizes = [ha1 * oa, ha1, ha2 * ha1, ha2, na * ha2, na]
         offs = np.concatenate([[0], np.cumsum(actor_sizes)]).astype(np.int64)
         self.n_actor_params = int(offs[-1])
         self.n_critic_params = 2 * (hc1 * cin + hc1 + hc2 * hc1 + hc2 + hc2 + 1)
         if self.critic_layer_norm:  # a gain and an offset per hidden unit
             self.n_critic_params += 2 * 2 * (hc1 + hc2)
-        # offs: start of actor W1, b1, W2, b2, W3, b3, critics, end
+        # offs: start of actor W1, b1, W2, b2, W3, b3, critics, end (td3_kernels.OFF_)
         self.offs = np.append(offs, self.n_actor_params + self.n_critic_params).astype(np.int64)
         n = self.n_actor_params + self.n_critic_params
 
@@ -286,12 +292,12 @@ class TD3Core:
         self.batch_size = int(batch_size)
         self._ws2 = np.zeros((self.threads, 0), dtype=_F32)
         self._batch: tuple[np.ndarray, ...] = ()
-        # rows of the batch the last critic_update_sampled gathered, which
+        # rows of the batch the last update_sampled gathered, which
         # actor_update_sampled reuses; None when there is none
         self._sampled_batch: int | None = None
         # update_kernel's job and counters when there is no helper thread; and the replay
         # arguments of updates that do not gather
-        self._scalars = np.zeros(2, dtype=_F32)  # [1 / B, reward scale] of this thread's half
+        self._scalars = np.zeros(_k.NUM_SCALARS, dtype=_F32)  # td3_kernels.SCALAR_ fields
         # parameter ranges whose targets take a Polyak step (update_targets / critic_targets)
         self._polyak_ranges = {"none": (0, 0), "actor": (0, self.n_actor_params),
                                "critics": (self.n_actor_params, n), "all": (0, n)}
@@ -303,13 +309,14 @@ class TD3Core:
         self._fwd_ws = np.zeros(0, dtype=_F32)
         self._fwd_rows = 0  # rows the forward workspace holds
         self._ensure_forward_workspace(1)
-        # hp: gamma, smoothing std, smoothing clip, step size, 1/sqrt(bias corr 2), beta1,
-        # beta2, eps, weight decay, polyak (float64, read once per call by the kernels)
-        self._hp_critic = np.zeros(10, dtype=np.float64)
-        self._hp_actor = np.zeros(10, dtype=np.float64)
-        self._stats2 = np.zeros((2, 10), dtype=_F32)  # per half, as the gradients
-        self._actor_stats2 = np.zeros((2, 2), dtype=_F32)
-        self.critic_stats = self._stats2[0, :5]  # [loss_q1, loss_q2, mean_q1, mean_q2, mean_y]
+        # the td3_kernels.HP_ fields of each optimizer (float64, read once per call)
+        self._hp_critic = np.zeros(_k.NUM_HP, dtype=np.float64)
+        self._hp_actor = np.zeros(_k.NUM_HP, dtype=np.float64)
+        # statistics per half, as the gradients (td3_kernels.CSTAT_ / ASTAT_ fields)
+        self._stats2 = np.zeros((2, _k.NUM_CSTATS), dtype=_F32)
+        self._actor_stats2 = np.zeros((2, _k.NUM_ASTATS), dtype=_F32)
+        # [loss_q1, loss_q2, mean_q1, mean_q2, mean_y] of the last critic update
+        self.critic_stats = self._stats2[0, :_k.CSTAT_SUMS]
 
     # -------------------------------------------------------------------------------- layout
     def _actor_views(self, buf: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -321,7 +328,7 @@ class TD3Core:
     def _critic_views(self, buf: np.ndarray, which: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(W, b), ...] views of critic ``which`` (0 = Q1, 1 = Q2) inside ``buf``."""
         cin, (c1, c2) = self.critic_in_dim, self.critic_hidden
-        o = int(self.offs[6])
+        o = int(self.offs[_k.OFF_CRITICS])
         w1 = buf[o:o + 2 * c1 * cin].reshape(2, c1, cin)
         o += 2 * c1 * cin
         b1 = buf[o:o + 2 * c1].reshape(2, c1)
@@ -341,7 +348,7 @@ class TD3Core:
         if not self.critic_layer_norm:
             return []
         c1, c2 = self.critic_hidden
-        o = int(self.offs[7]) - 2 * 2 * (c1 + c2)
+        o = int(self.offs[_k.OFF_END]) - 2 * 2 * (c1 + c2)
         g1 = buf[o:o + 2 * c1].reshape(2, c1)
         beta1 = buf[o + 2 * c1:o + 4 * c1].reshape(2, c1)
         o += 4 * c1
@@ -375,15 +382,15 @@ class TD3Core:
         need = rows * max(_k.critic_ws_per_row(self.dims), _k.actor_ws_per_row(self.dims))
         if need > self._ws2.shape[1]:
             self._ws2 = np.zeros((self.threads, need), dtype=_F32)
-            # this thread's rows of a batch that critic_update_sampled gathers: all of them
+            # this thread's rows of a batch that update_sampled gathers: all of them
             # when it may compute both halves itself
             self._batch = self._batch_arrays(batch if self._adaptive is not None else rows)
             self.close()  # the helper thread is bound to the old buffers
 
     def _batch_arrays(self, rows: int) -> tuple[np.ndarray, ...]:
-        """Arrays for ``rows`` rows of an update's inputs, in update_kernel's order:
-        critic obs, action, reward, next critic obs, next actor obs, terminated, noise, actor
-        obs."""
+        """Arrays for ``rows`` rows of an update's inputs, in update_kernel's order (the
+        td3_kernels.BATCH_ slots): critic obs, action, reward, next critic obs, next actor obs,
+        terminated, noise, actor obs."""
         oa, oc, na = self.actor_obs_dim, self.critic_obs_dim, self.action_dim
         return tuple(np.zeros(shape, dtype=_F32) for shape in (
             (rows, oc), (rows, na), (rows,), (rows, oc), (rows, oa), (rows,), (rows, na),
@@ -426,16 +433,16 @@ class TD3Core:
 
     def _adam_hp(self, hp: np.ndarray, lr: float, step: int) -> None:
         beta1, beta2 = self.betas
-        hp[0] = self.gamma
-        hp[1] = self.smoothing_std
-        hp[2] = self.smoothing_clip
-        hp[3] = lr / (1.0 - beta1 ** step)  # torch: step_size = lr / bias_correction1
-        hp[4] = 1.0 / math.sqrt(1.0 - beta2 ** step)
-        hp[5] = beta1
-        hp[6] = beta2
-        hp[7] = self.eps
-        hp[8] = self.weight_decay
-        hp[9] = self.polyak
+        hp[_k.HP_GAMMA] = self.gamma
+        hp[_k.HP_SMOOTHING_STD] = self.smoothing_std
+        hp[_k.HP_SMOOTHING_CLIP] = self.smoothing_clip
+        hp[_k.HP_STEP_SIZE] = lr / (1.0 - beta1 ** step)  # torch: lr / bias_correction1
+        hp[_k.HP_INV_SQRT_BIAS_CORRECTION2] = 1.0 / math.sqrt(1.0 - beta2 ** step)
+        hp[_k.HP_BETA1] = beta1
+        hp[_k.HP_BETA2] = beta2
+        hp[_k.HP_EPS] = self.eps
+        hp[_k.HP_WEIGHT_DECAY] = self.weight_decay
+        hp[_k.HP_POLYAK] = self.polyak
 
     # ------------------------------------------------------------------------------- updates
     def critic_update(self, critic_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
@@ -452,11 +459,18 @@ class TD3Core:
         noise = self._check("noise", noise, b, self.action_dim)
         self._grow(b)
         inputs = (critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated, noise,
-                  self._batch[7])
+                  self._batch[_k.BATCH_ACTOR_OBS])
         self._sampled_batch = None  # the mailbox gets these rows
-        self._run_update(_k.CRITIC_JOB, inputs, b, dict(enumerate(inputs[:7])), None,
-                         _F32(1.0))
-        return float(self._stats2[0, 0] + self._stats2[0, 1])
+        self._run_update(_k.CRITIC_JOB, inputs, b, dict(enumerate(inputs[:_k.BATCH_ACTOR_OBS])),
+                         None, _F32(1.0))
+        return self._critic_loss()
+
+    def _critic_loss(self) -> float:
+        stats = self._stats2[0]
+        return float(stats[_k.CSTAT_LOSS_Q1] + stats[_k.CSTAT_LOSS_Q2])
+
+    def _actor_loss(self) -> float:
+        return float(self._actor_stats2[0, _k.ASTAT_LOSS])
 
     def update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
                        reward_scale: float = 1.0, critic_targets: bool = False,
@@ -476,7 +490,9 @@ class TD3Core:
         self._grow(b)
         self._sampled_batch = None
         phases = _k.CRITIC_JOB | (_k.ACTOR_JOB if actor_targets is not None else 0)
-        ok = self._run_update(phases, (*self._batch[:6], noise, self._batch[7]), b, None,
+        inputs = list(self._batch)
+        inputs[_k.BATCH_NOISE] = noise
+        ok = self._run_update(phases, tuple(inputs), b, None,
                               (replay.data, replay.offsets, idx, replay.size),
                               _F32(reward_scale),
                               critic_polyak="critics" if critic_targets else "none",
@@ -484,14 +500,7 @@ class TD3Core:
         if not ok:
             raise ValueError(f"idx: row indices must be in [0, {replay.size}) (the rows stored)")
         self._sampled_batch = b
-        return (float(self._stats2[0, 0] + self._stats2[0, 1]),
-                None if actor_targets is None else float(self._actor_stats2[0, 0]))
-
-    def critic_update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
-                              reward_scale: float = 1.0, update_targets: bool = False) -> float:
-        """``update_sampled`` without the actor update; ``actor_update_sampled`` may follow on
-        the same batch. Returns the critic loss."""
-        return self.update_sampled(replay, idx, noise, reward_scale, update_targets)[0]
+        return self._critic_loss(), None if actor_targets is None else self._actor_loss()
 
     def actor_update(self, actor_obs: np.ndarray, critic_obs: np.ndarray,
                      update_targets: bool = True) -> float:
@@ -501,21 +510,24 @@ class TD3Core:
         critic_obs = self._check("critic_obs", critic_obs, b, self.critic_obs_dim)
         self._grow(b)
         self._sampled_batch = None
-        inputs = (critic_obs, *self._batch[1:7], actor_obs)
-        self._run_update(_k.ACTOR_JOB, inputs, b, {0: critic_obs, 7: actor_obs}, None,
+        inputs = list(self._batch)
+        inputs[_k.BATCH_CRITIC_OBS] = critic_obs
+        inputs[_k.BATCH_ACTOR_OBS] = actor_obs
+        self._run_update(_k.ACTOR_JOB, tuple(inputs), b,
+                         {_k.BATCH_CRITIC_OBS: critic_obs, _k.BATCH_ACTOR_OBS: actor_obs}, None,
                          _F32(1.0), actor_polyak="all" if update_targets else "none")
-        return float(self._actor_stats2[0, 0])
+        return self._actor_loss()
 
     def actor_update_sampled(self, update_targets: str = "none") -> float:
-        """``actor_update`` on the batch of the last ``critic_update_sampled``; then the Polyak
+        """``actor_update`` on the batch of the last ``update_sampled``; then the Polyak
         step of ``update_targets``: "none", "actor" (the target actor) or "all" (all three
         targets). Returns the loss."""
         if self._sampled_batch is None:
-            raise RuntimeError("actor_update_sampled needs a critic_update_sampled before it "
+            raise RuntimeError("actor_update_sampled needs an update_sampled before it "
                                "(and no critic_update / actor_update in between)")
         self._run_update(_k.ACTOR_JOB, self._batch, self._sampled_batch, None, None, _F32(1.0),
                          actor_polyak=update_targets, helper=self._sampled_helper)
-        return float(self._actor_stats2[0, 0])
+        return self._actor_loss()
 
     def _grow(self, b: int) -> None:
         if b > self.batch_size:
@@ -570,19 +582,20 @@ class TD3Core:
             worker = self._half_worker(data if gather else None, offsets)
             job, counters = worker.job, worker.counters
             if gather:
-                worker.fill(6, inputs[6][rows[0]:])  # the helper's noise rows
+                worker.fill(_k.BATCH_NOISE, inputs[_k.BATCH_NOISE][rows[0]:])  # its noise rows
                 worker.fill_index(idx[rows[0]:])
             for slot, array in (mailbox_inputs or {}).items():
                 worker.fill(slot, array[rows[0]:])
-            worker.scalars[0] = inv_batch
-            worker.scalars[1] = reward_scale
+            worker.scalars[_k.SCALAR_INV_BATCH] = inv_batch
+            worker.scalars[_k.SCALAR_REWARD_SCALE] = reward_scale
         scalars = self._scalars
-        scalars[0] = inv_batch
-        scalars[1] = reward_scale
-        job[:] = (phases, rows[1], rows[0], gather, stored, *critic_ranges, *actor_ranges,
-                  worker is None)
+        scalars[_k.SCALAR_INV_BATCH] = inv_batch
+        scalars[_k.SCALAR_REWARD_SCALE] = reward_scale
+        job[:] = _k.pack_job(phases, helper_rows=rows[1], caller_rows=rows[0], gather=gather,
+                             stored_rows=stored, critic_ranges=critic_ranges,
+                             actor_ranges=actor_ranges, solo=worker is None)
         started = time.perf_counter()
-        counters[0] += 1
+        counters[_k.COUNTER_POSTED] += 1
         if worker is not None:
             worker.wake()
         try:
@@ -592,7 +605,7 @@ class TD3Core:
                                   self._actor_stats2, *inputs, scalars, idx, data, offsets)
         except BaseException:
             if worker is not None:  # the helper must not finish a half-done update
-                counters[4] = counters[0]
+                counters[_k.COUNTER_CANCELLED] = counters[_k.COUNTER_POSTED]
                 worker.wait()
             raise
         if worker is not None:
@@ -614,8 +627,8 @@ class TD3Core:
             if data is None:
                 data, offsets = self._no_replay[:2]
             rows = self.batch_size - (self.batch_size + 1) // 2  # the second half's rows
-            mailbox = [*self._batch_arrays(rows), np.zeros(2, dtype=_F32),
-                       np.zeros(rows, dtype=np.int64)]
+            mailbox = [*self._batch_arrays(rows), np.zeros(_k.NUM_SCALARS, dtype=_F32),
+                       np.zeros(rows, dtype=np.int64)]  # td3_kernels.MAILBOX_SLOTS
             buffers = (self.params, self.targets, self._grads2, self.adam_m, self.adam_v,
                        self.dims, self.offs, self._hp_critic, self._hp_actor, self._ws2,
                        self._stats2, self._actor_stats2, *mailbox, data, offsets)
@@ -662,11 +675,6 @@ class TD3Core:
     def update_targets(self) -> None:
         """Polyak: target = polyak * target + (1 - polyak) * online, all three networks."""
         _k.polyak_kernel(self.params, self.targets, _F32(self.polyak))
-
-    def update_critic_targets(self) -> None:
-        """Polyak on the two target critics only."""
-        c0 = self.n_actor_params
-        _k.polyak_kernel(self.params[c0:], self.targets[c0:], _F32(self.polyak))
 
     def update_actor_target(self) -> None:
         """Polyak on the target actor only."""
@@ -851,7 +859,7 @@ class _HalfWorker:
     job waited ~30 us for the GIL (the trainer's thread holds it between kernels) and then
     spent ~15 us unpacking the kernel's arguments, so the first half's thread waited for it at
     the end of every update. The second half's inputs are in the loop's own arrays (the
-    "mailbox"; ~64 rows): gathered by the loop from the replay buffer (``critic_update_sampled``)
+    "mailbox"; ~64 rows): gathered by the loop from the replay buffer (``update_sampled``)
     or copied in by the caller (``fill``). The two threads meet inside the kernel when both
     halves' gradients are ready (then each takes half of the Adam and Polyak steps), and once
     more between a critic and an actor update that run in the same job.
@@ -869,16 +877,15 @@ class _HalfWorker:
 
     def __init__(self, buffers: tuple, mailbox: list[np.ndarray], data: np.ndarray):
         """``buffers``: ``update_kernel``'s arguments after ``idle_turns``; ``mailbox``: the
-        ten of them from obs_c to idx (obs_c, action, reward, next_obs_c, next_obs_a,
-        terminated, noise, obs_a, scalars = [1 / B, reward scale], idx); ``data``: the replay
-        data it gathers from."""
+        ten of them from obs_c to idx (the td3_kernels.MAILBOX_SLOTS: the eight batch arrays,
+        the scalars and the replay row indices); ``data``: the replay data it gathers from."""
         self.counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
         self.job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
         self.data = data
         self._buffers = buffers
         self._mailbox = mailbox
-        self.scalars = mailbox[8]
-        self._index = mailbox[9]
+        self.scalars = mailbox[_k.MAILBOX_SCALARS]
+        self._index = mailbox[_k.MAILBOX_INDEX]
         self._wake = threading.Event()
         self._sleeping = False  # read and written with the GIL held (see _loop)
         self._error: BaseException | None = None
@@ -895,14 +902,14 @@ class _HalfWorker:
                     return  # told to stop
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc
-                self.counters[1] = self.counters[0]
+                self.counters[_k.COUNTER_DONE] = self.counters[_k.COUNTER_POSTED]
                 continue
             # Idle: block. Python code from here on runs with the GIL, as wake() does: the flag
             # and the counters are never read by one side between the other side's two steps.
             self._sleeping = True
-            while self.counters[0] <= self.counters[1]:
+            while self.counters[_k.COUNTER_POSTED] <= self.counters[_k.COUNTER_DONE]:
                 self._wake.clear()
-                if self.counters[0] > self.counters[1]:
+                if self.counters[_k.COUNTER_POSTED] > self.counters[_k.COUNTER_DONE]:
                     break
                 self._wake.wait(0.1)
             self._sleeping = False
@@ -915,25 +922,25 @@ class _HalfWorker:
         self._index[:idx.shape[0]] = idx
 
     def wake(self) -> None:
-        """Call after posting a job (``counters[0] += 1``)."""
+        """Call after posting a job (``counters[COUNTER_POSTED] += 1``)."""
         if self._sleeping:
             self._wake.set()
 
     def post(self, job: tuple[int, ...]) -> None:
         """Post a job (the fields of ``td3_kernels.JOB_FIELDS``) and wake the thread."""
         self.job[:len(job)] = job
-        self.counters[0] += 1
+        self.counters[_k.COUNTER_POSTED] += 1
         self.wake()
 
     def _spin(self, value: int, bursts: int) -> bool:
         for _ in range(bursts):
-            if _k.spin_until_at_least(self.counters, 1, value, self.SPIN_BURST_TURNS):
+            if _k.spin_until_at_least(self.counters, _k.COUNTER_DONE, value, self.SPIN_BURST_TURNS):
                 return True
             os.sched_yield()
-        return bool(self.counters[1] >= value)
+        return bool(self.counters[_k.COUNTER_DONE] >= value)
 
     def wait(self) -> None:
-        number = self.counters[0]
+        number = self.counters[_k.COUNTER_POSTED]
         while not self._spin(number, 20):
             if not self._thread.is_alive():
                 raise RuntimeError("the second update thread has died")
