@@ -11,12 +11,12 @@ show); by default they go to the test's temporary folder.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -69,11 +69,16 @@ def test_bad_episode_count_is_one_line_error(capsys):
 @pytest.fixture(scope="module")
 def replay_page(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("view") / "replay.html"
-    done = subprocess.run([sys.executable, "-m", "nanofly", "view", "models/crazyflie_hover",
-                           "--out", str(out), "--episodes", "3"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "hover" in done.stderr  # progress while the rollouts run
+    progress = io.StringIO()
+    here = os.getcwd()
+    os.chdir(REPO)  # a relative path, as a user types it, is the page's title
+    try:
+        with contextlib.redirect_stderr(progress), contextlib.redirect_stdout(io.StringIO()):
+            status = main(["view", "models/crazyflie_hover", "--out", str(out), "--episodes", "3"])
+    finally:
+        os.chdir(here)
+    assert status == 0, progress.getvalue()
+    assert "hover: 3 x 500 steps" in progress.getvalue()  # progress while the rollouts run
     return out
 
 
