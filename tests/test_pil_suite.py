@@ -1,6 +1,11 @@
 """Processor in the loop, end to end: the shipped model's int8 export runs on the emulated
-STM32F405 for the hover suite (50 episodes x 500 steps), through `nanofly eval --backend
-pil:emulate`, and must match the host int8 C runtime on the same seeds (~2 min)."""
+STM32F405 for the hover suite through `nanofly eval --backend pil:emulate`, and must give the
+host int8 C runtime's results on the same seeds to the last bit.
+
+The board computes the host runtime's bits, so the closed loops are the same trajectories, and
+a few episodes prove that: 4 episodes x 500 steps, one of which is terminated and reset (the
+board then gets a full INFER to reload that vehicle's action history). The 50-episode run is
+bench/bench_pil_suite.py."""
 from __future__ import annotations
 
 import json
@@ -14,28 +19,36 @@ from nanofly.firmware_bridge.emulator import qemu_missing
 from nanofly.firmware_bridge.firmware import toolchain_missing
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover" / "policy.pt"
+EPISODES = 4  # the 4th episode of the hover suite's seed is terminated (asserted below)
 
 pytestmark = pytest.mark.skipif(bool(toolchain_missing() or qemu_missing()),
                                 reason=f"{toolchain_missing() or qemu_missing()}")
 
 
-def _eval(backend: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "nanofly", "eval", str(MODEL), "--suite", "hover",
-                          "--episodes", "50", "--backend", backend, "--json"],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode in (0, 1), out.stderr  # 1: the model misses the 95 % gate
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanofly", *argv], capture_output=True,
+                          text=True, timeout=600)
+
+
+def _eval(export_dir: Path, backend: str) -> dict:
+    out = _run("eval", str(export_dir), "--suite", "hover", "--episodes", str(EPISODES),
+               "--backend", backend, "--json")
+    assert out.returncode in (0, 1), out.stderr  # 1: a terminated episode misses the gate
     return json.loads(out.stdout)
 
 
-def test_pil_hover_suite_matches_host_int8_runtime():
-    host = _eval("c-int8")
-    pil = _eval("pil:emulate")
+def test_pil_hover_suite_matches_host_int8_runtime(tmp_path):
+    export_dir = tmp_path / "export"  # one export, run by both backends
+    out = _run("export", str(MODEL), "--out", str(export_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    host = _eval(export_dir, "c-int8")
+    pil = _eval(export_dir, "pil:emulate")
     h, p = host["suites"]["hover"], pil["suites"]["hover"]
-    assert h["episodes"] == p["episodes"] == 50
-    assert abs(h["success_rate"] - p["success_rate"]) <= 0.02
-    # the board computes the host runtime's bits, so the closed loop is the same trajectory
-    assert p["mean_return_target_weights"] == pytest.approx(h["mean_return_target_weights"], abs=1e-3)
+    assert h["episodes"] == EPISODES and h["termination_rate"] > 0  # the reset path ran
+    timing = {"wall_time_s"}
+    assert {k: v for k, v in p.items() if k not in timing} == {
+        k: v for k, v in h.items() if k not in timing}  # every figure, to the last bit
     info = pil["backend_info"]
-    assert info["steps"] == 50 * 500
+    assert info["steps"] == EPISODES * 500
     assert 10_000 < info["instructions_per_inference"]["median"] <= 20_000
     assert info["round_trip_s"]["median"] > 0
