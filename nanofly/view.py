@@ -59,8 +59,12 @@ def _view(args) -> int:
         policy_path, run_dir = _resolve_input(Path(args.policy))
     except ValueError as exc:
         return _fail(str(exc))
-    out = Path(args.out) if args.out else (
-        run_dir / "replay.html" if run_dir else policy_path.with_name(policy_path.stem + "_replay.html"))
+    if args.out:
+        out = Path(args.out)
+    elif run_dir:
+        out = run_dir / "replay.html"
+    else:
+        out = policy_path.with_name(policy_path.stem + "_replay.html")
     if out.is_dir():
         return _fail(f"--out {out} is a directory; name the HTML file to write, e.g. "
                      f"{out / 'replay.html'}")
@@ -88,8 +92,10 @@ def _view(args) -> int:
         "learning_curve": curve, "learning_curve_note": curve_note,
     }
     page = render_page(data, title=f"nanofly replay: {policy_path}")
+    from nanofly.policy.file import atomic_write_bytes
+
     try:
-        _write_text_atomically(out, page)
+        atomic_write_bytes(out, page.encode("utf-8"))  # a page whole or none
     except OSError as exc:
         return _fail(f"could not write {out}: {exc.strerror or exc}")
     seconds = time.perf_counter() - started
@@ -162,7 +168,8 @@ class RecordingPolicy:
         import numpy as np
 
         steps = np.stack(self.steps)  # (T, n) steps taken in the current episode at each call
-        arrays = [np.stack(a) for a in (self.positions, self.quaternions, self.commands, self.targets)]
+        positions, quaternions, commands, targets = (
+            np.stack(a) for a in (self.positions, self.quaternions, self.commands, self.targets))
         out = []
         for k in range(self.count):
             # a new episode began where the episode's step count fell back to 0
@@ -170,9 +177,10 @@ class RecordingPolicy:
             length = int(restarts[0]) + 1 if restarts.size else steps.shape[0]
             terminated = length if restarts.size else None
             out.append({"length": length, "terminated_at_step": terminated,
-                        "position_m": arrays[0][:length, k], "quaternion_wxyz": arrays[1][:length, k],
-                        "rotor_command_normalized": arrays[2][:length, k],
-                        "target_m": arrays[3][:length, k]})
+                        "position_m": positions[:length, k],
+                        "quaternion_wxyz": quaternions[:length, k],
+                        "rotor_command_normalized": commands[:length, k],
+                        "target_m": targets[:length, k]})
         return out
 
 
@@ -281,23 +289,19 @@ def _script_json(value: Any) -> str:
 def render_page(data: dict[str, Any], *, title: str) -> str:
     """The replay page for ``data`` (the format ``nanofly view`` writes), three.js inlined."""
     import html
+    import re
 
-    template = (ASSETS / "replay.html").read_text(encoding="utf-8")
+    def asset(name: str) -> str:
+        return (ASSETS / name).read_text(encoding="utf-8")
+
+    template = asset("replay.html")
     parts = {
         "__TITLE__": html.escape(title),
         "__DATA__": _script_json(data),
-        "__THREE_LICENSE__": _script_json((ASSETS / "three.LICENSE").read_text(encoding="utf-8")),
-        "__THREE_CORE__": _script_json((ASSETS / "three.core.min.js").read_text(encoding="utf-8")),
-        "__THREE_MODULE__": _script_json((ASSETS / "three.module.min.js").read_text(encoding="utf-8")),
-        "__REPLAY_JS__": (ASSETS / "replay.js").read_text(encoding="utf-8"),
+        "__THREE_LICENSE__": _script_json(asset("three.LICENSE")),
+        "__THREE_CORE__": _script_json(asset("three.core.min.js")),
+        "__THREE_MODULE__": _script_json(asset("three.module.min.js")),
+        "__REPLAY_JS__": asset("replay.js"),
     }
     # one pass, so that text inside an inserted part is never taken for a placeholder
-    import re
-
     return re.sub("|".join(map(re.escape, parts)), lambda m: parts[m.group(0)], template)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    from nanofly.policy.file import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))

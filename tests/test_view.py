@@ -160,10 +160,11 @@ class DevTools:
             os.dup2(b, 4)
 
         self.proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--remote-debugging-pipe",
-             f"--user-data-dir={profile}", "--no-first-run", "--no-default-browser-check",
-             "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--mute-audio",
-             "about:blank"],
+            [chromium, "--headless", "--no-sandbox", "--disable-dev-shm-usage",
+             "--remote-debugging-pipe", f"--user-data-dir={profile}", "--no-first-run",
+             "--no-default-browser-check", "--mute-audio",
+             # WebGL without a GPU: SwiftShader, which Chromium no longer picks by itself
+             "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "about:blank"],
             close_fds=False, preexec_fn=child_pipes,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
@@ -257,7 +258,8 @@ def test_replay_runs_in_headless_chromium(replay_page, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     devtools = DevTools(CHROMIUM, tmp_path / "profile")
     try:
-        pages = [t for t in devtools.send("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+        targets = devtools.send("Target.getTargets")["targetInfos"]
+        pages = [t for t in targets if t["type"] == "page"]
         devtools.session = devtools.send("Target.attachToTarget", targetId=pages[0]["targetId"],
                                          flatten=True)["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
@@ -275,7 +277,8 @@ def test_replay_runs_in_headless_chromium(replay_page, tmp_path):
         time.sleep(1.0)
         frames_after = devtools.evaluate("window.nanoflyFrames")
         assert frames_after > frames_before
-        assert devtools.evaluate("document.getElementById('frame-counter').textContent") != counter_before
+        counter_after = devtools.evaluate("document.getElementById('frame-counter').textContent")
+        assert counter_after != counter_before
         assert devtools.evaluate("nanoflyView.episodes.length") == 4
 
         # the hover episode that starts farthest from its target (the longest trail to show)
