@@ -328,7 +328,11 @@ function setPlaying(on) {
 document.getElementById("speed").addEventListener("change", (e) => { player.speed = Number(e.target.value); });
 timeSlider.addEventListener("input", () => { player.step = Number(timeSlider.value); setPlaying(false); });
 window.addEventListener("keydown", (e) => {
-  if (e.code === "Space") { e.preventDefault(); setPlaying(!player.playing); }
+  // (on a focused control, Space is that control's own key)
+  if (e.code === "Space" && !e.target.closest("button, input, select")) {
+    e.preventDefault();
+    setPlaying(!player.playing);
+  }
 });
 
 // For tests and for linking a moment: select an episode and a step, pause or play.
