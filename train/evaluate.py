@@ -155,13 +155,23 @@ def _norm3(v: np.ndarray) -> np.ndarray:
     return np.sqrt(x * x + y * y + z * z)
 
 
+def _recorder(steps: int, record: int):
+    """Arrays for ``record`` recorded episodes over ``steps`` steps: positions (T + 1, K, 3),
+    and (T + 1, K) flags for the samples that end an episode (the simulator reset after them)
+    and for those that end it by termination (train/plots.py splits and marks with them)."""
+    return (np.zeros((steps + 1, record, 3), np.float32), np.zeros((steps + 1, record), bool),
+            np.zeros((steps + 1, record), bool))
+
+
 def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | None = None,
                 episodes: int = 1000, seed: int = 12345, record: int = 0,
-                thresholds: HoverThresholds = HoverThresholds()) -> dict[str, Any]:
+                thresholds: HoverThresholds = HoverThresholds(),
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """``episodes`` episodes of 500 steps from the paper's initial-state distribution, with
     observation noise and disturbances. An episode succeeds when it never terminates and,
     throughout its last 100 steps, the position error stays below 0.1 m and the tilt below 10
-    degrees. ``record`` > 0 keeps the first ``record`` trajectories (positions, time) for plots."""
+    degrees. ``record`` > 0 keeps the first ``record`` trajectories (positions, time, where
+    episodes ended) for plots. ``progress(steps done, steps)`` is called after every step."""
     mdp = mdp or MDPConfig()
     steps = mdp.episode_steps
     # rewards under the curriculum's target weights: the reference's evaluation metric
@@ -180,7 +190,7 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
     alive_at = np.empty((steps, n), dtype=bool)
     smooth_sum = np.zeros(n)
     prev_action = None
-    positions = np.zeros((steps + 1, min(record, n), 3), np.float32)
+    positions, episode_end, crashed = _recorder(steps, min(record, n))
     positions[0] = info["privileged_obs"][:record, 0:3]
     for t in range(steps):
         action = np.asarray(policy(obs), dtype=np.float32)
@@ -196,9 +206,13 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
             row[done] = info["final_privileged_obs"][done][:, _RECORDED_COLUMNS]
         if record:
             positions[t + 1] = row[:record, 0:3]
+            episode_end[t + 1] = done[:record]
+            crashed[t + 1] = terminated[:record]
         alive &= ~terminated
         survived_steps += alive
         alive_at[t] = alive
+        if progress is not None:
+            progress(t + 1, steps)
     pos_err = _norm3(recorded[:, :, 0:3])
     tilt = np.arccos(np.clip(recorded[:, :, 3], -1.0, 1.0))
     lin_vel = _norm3(recorded[:, :, 4:7])
@@ -229,7 +243,8 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
     result["thresholds"] = {"min_success_rate": thresholds.min_success_rate}
     result["passed"] = bool(result["success_rate"] >= thresholds.min_success_rate)
     if record:
-        result["_trajectories"] = {"positions": positions, "dt": mdp.dt}
+        result["_trajectories"] = {"positions": positions, "episode_end": episode_end,
+                                   "terminated": crashed, "dt": mdp.dt}
     return result
 
 
@@ -237,10 +252,12 @@ def hover_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | 
 def figure8_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig | None = None,
                   episodes: int = 16, laps: int = 3, scale: float = 0.5, period: float = 5.5,
                   seed: int = 54321, record: int = 0,
-                  thresholds: Figure8Thresholds = Figure8Thresholds()) -> dict[str, Any]:
+                  thresholds: Figure8Thresholds = Figure8Thresholds(),
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Track the figure-eight reference for ``laps`` laps, starting on the path at rest-free
     path velocity, with the paper's noise and disturbances. Reports position RMSE and max error
-    over all episodes and steps (an episode that leaves the 0.6 m box counts as failed)."""
+    over all episodes and steps (an episode that leaves the 0.6 m box counts as failed).
+    ``record``, ``progress``: as in ``hover_suite``."""
     base = mdp or MDPConfig()
     steps = int(round(laps * period / base.dt))
     cfg = MDPConfig(**{**base.to_dict(), "episode_steps": steps + 1})
@@ -258,7 +275,7 @@ def figure8_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig 
     _bind_env(policy, env)
     errors = np.zeros((steps, episodes))
     alive = np.ones(episodes, dtype=bool)
-    track = np.zeros((steps + 1, min(record, episodes), 3), np.float32)
+    track, episode_end, crashed = _recorder(steps, min(record, episodes))
     refs = np.zeros((steps + 1, 3), np.float32)
     track[0] = p0
     refs[0] = p0
@@ -275,6 +292,10 @@ def figure8_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig 
         if record:
             track[t + 1] = priv[:record, 0:3] + p_ref
             refs[t + 1] = p_ref
+            episode_end[t + 1] = info["_final_obs"][:record]
+            crashed[t + 1] = terminated[:record]
+        if progress is not None:
+            progress(t + 1, steps)
     valid = errors[:, alive]
     result: dict[str, Any] = {
         "suite": "figure8", "episodes": episodes, "laps": laps, "scale_m": scale, "period_s": period,
@@ -288,7 +309,8 @@ def figure8_suite(policy: PolicyFn, *, preset="crazyflie_paper", mdp: MDPConfig 
                             and result["position_rmse_m"] <= thresholds.max_position_rmse_m
                             and result["max_position_error_m"] <= thresholds.max_position_error_m)
     if record:
-        result["_trajectories"] = {"positions": track, "reference": refs, "dt": cfg.dt}
+        result["_trajectories"] = {"positions": track, "reference": refs, "dt": cfg.dt,
+                                   "episode_end": episode_end, "terminated": crashed}
     return result
 
 
