@@ -132,10 +132,9 @@ class AdaptiveThreads:
     batch (``TD3Core(threads=2, adaptive_threads=True)``). Either way the halves are computed
     and added the same way, so the choice changes the speed only, never a bit.
 
-    Why: on an idle machine two threads are ~1.5x faster per update, but when another process
-    keeps a core busy the helper is queued behind it and every update waits a scheduler time
-    slice for it (measured, 100 k steps: 5.2-5.5 s beside one busy process and 39-46 s beside
-    two, against 3.7-3.9 s and 5.5-6.1 s on one thread; `bench/bench_busy_machine.py`,
+    Why: on an idle machine two threads are faster per update, but when another process keeps a
+    core busy the helper is queued behind it and every update waits a scheduler time slice for
+    it, several times what the update itself costs (`bench/bench_busy_machine.py`,
     docs/benchmarks.md). So: run in the current mode,
     keep a moving average of its seconds per update (per kind of update: critic, or critic
     and actor), and every ``PROBE_INTERVAL`` updates run two in the other mode, the first
@@ -863,7 +862,7 @@ class _HalfWorker:
     or copied in by the caller (``fill``). The two threads meet inside the kernel when both
     halves' gradients are ready (then each takes half of the Adam and Polyak steps), and once
     more between a critic and an actor update that run in the same job.
-    Waking a sleeping thread took 50-150 us in this VM, so both sides spin; a worker with
+    Waking a sleeping thread costs a large part of an update, so both sides spin; a worker with
     nothing to do for ~2 ms returns to Python and blocks on an Event instead, so an idle
     trainer does not burn a core. Errors in the thread are re-raised by ``wait``.
     """
