@@ -4,8 +4,8 @@ Tolerances: both sides compute in float32 but sum in different orders (BLAS bloc
 torch's kernels) and the kernels use a rational tanh approximation (max error ~3 float32 ulps,
 tested below). Gradients then agree to ~1e-6 relative to their scale (asserted at 1e-4
 relative to the largest |grad| of the network). Adam normalises each step to about
-lr = 1e-3 per parameter, so after a few steps parameters agree to ~1e-7..1e-6 absolute;
-PERF_NOTES saw 7e-6 for the same comparison, and we assert 2e-5 absolute. A real bug (wrong
+lr = 1e-3 per parameter, so after a few steps parameters agree to ~1e-7..1e-6 absolute
+(up to ~7e-6 seen), and we assert 2e-5 absolute. A real bug (wrong
 sign, missing term, wrong target) moves parameters by ~1e-3 per step, 50x above that.
 """
 from __future__ import annotations
