@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
+
 
 def register(sub, bench_sub) -> None:
     p = sub.add_parser(
@@ -38,7 +40,8 @@ def register(sub, bench_sub) -> None:
                     "per inference of the float32 and int8 runtime and of the naive baseline on "
                     "QEMU netduinoplus2 with -icount shift=0 (TIM2).")
     b.add_argument("--policy", metavar="POLICY",
-                   help="policy.pt or export directory (default: a random 146-64-64-4 actor)")
+                   help=f"policy.pt or export directory (default: a random "
+                        f"{OBSERVATION_DIM}-64-64-{ACTION_DIM} actor)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true", help="print only the JSON object")
     b.set_defaults(handler=_bench)

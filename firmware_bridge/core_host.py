@@ -17,6 +17,8 @@ import os
 import struct
 from pathlib import Path
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
+
 from . import protocol as P
 from .firmware import FIRMWARE_DIR, FirmwareBuildError, export_c_dir
 
@@ -84,7 +86,8 @@ class HostCore:
 
     def __init__(self, flash_path: str | os.PathLike, *, sector_bytes: int = STM32F4_SECTOR_BYTES,
                  sectors_per_slot: int = 1, max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-                 obs_dim: int = 146, act_dim: int = 4, lib_path: str | os.PathLike | None = None):
+                 obs_dim: int = OBSERVATION_DIM, act_dim: int = ACTION_DIM,
+                 lib_path: str | os.PathLike | None = None):
         path = Path(lib_path) if lib_path else build_host_core()
         if path not in _LIBS:
             _LIBS[path] = _load(path)

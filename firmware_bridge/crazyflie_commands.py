@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
+
 
 def _add_build(actions) -> None:
     b = actions.add_parser(
@@ -81,8 +83,8 @@ def _add_sitl(actions) -> None:
     s.add_argument("--default", default=None, metavar="EXPORT_DIR",
                    help="an export directory whose int8 model plays the compiled-in model (runs "
                         "when no flash slot holds a valid one; default: none) and sets the "
-                        "observation/action sizes uploads must have (default 146 -> 4, the "
-                        "shipped model's)")
+                        "observation/action sizes uploads must have (default "
+                        f"{OBSERVATION_DIM} -> {ACTION_DIM}, the shipped model's)")
     s.add_argument("--port", type=int, default=0, help="UDP port (default: a free one)")
     s.set_defaults(handler=cmd_sitl)
 

@@ -76,6 +76,8 @@ from typing import Any
 
 import numpy as np
 
+from nanofly.policy.observation import ACTION_DIM, STATE_DIM
+
 from nanofly.export import backends
 from nanofly.export.backends import BackendError, CBackend
 from nanofly.export.runtime import (C_DIR, RuntimeBuildError, _host_fma_flags,
@@ -184,7 +186,8 @@ class SitlLibrary:
 
     def error_text(self, code: int) -> str:
         if code == ERR_LAYOUT:
-            return "observation/action layout is not the controller's (18 + 4 * H inputs, 4 outputs)"
+            return (f"observation/action layout is not the controller's ({STATE_DIM} + "
+                    f"{ACTION_DIM} * H inputs, {ACTION_DIM} outputs)")
         if code == ERR_CONFIG:
             return "vehicle configuration invalid"
         return self.lib.nanofly_strerror(code).decode()
@@ -201,7 +204,7 @@ class SitlLibrary:
     def state_observation(self, state: np.ndarray, setpoint: np.ndarray,
                           position_error_limit_m: float = 0.0) -> np.ndarray:
         """``nf_cf_state_observation`` for (n, 13) states and (n, 6) setpoints (firmware
-        units, the shim's layout): (n, 18)."""
+        units, the shim's layout): (n, STATE_DIM)."""
         state = np.ascontiguousarray(state, np.float32)
         setpoint = np.ascontiguousarray(setpoint, np.float32)
         n = state.shape[0]

@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
+
 from nanofly.export.runtime import (C_DIR, RuntimeBuildError, build_cached_library, find_compiler,
                                     runtime_headers, runtime_sources)
 
@@ -38,7 +40,7 @@ FLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror")
 
 # The shipped model's interface (18 state values + 32 actions of history, 4 motors): what the
 # app built by default accepts; --default EXPORT_DIR sets it from that export instead.
-DEFAULT_OBS_DIM, DEFAULT_ACT_DIM = 146, 4
+DEFAULT_OBS_DIM, DEFAULT_ACT_DIM = OBSERVATION_DIM, ACTION_DIM
 NF_BUSY_ARMED = 1  # core/protocol.h
 MODEL_SOURCES = ("compiled-in", "flash slot")  # nanofly.modelSource 0, 1
 

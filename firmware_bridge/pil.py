@@ -2,17 +2,18 @@
 
     backend = make_backend("emulate", "models/crazyflie_hover/policy.pt")   # starts QEMU
     backend = make_backend("socket://127.0.0.1:4444", export_dir)           # a running board
-    actions = backend(observations)          # (N, 146) float32 -> (N, 4) float32
+    actions = backend(observations)          # (N, obs_dim) float32 -> (N, 4) float32
     backend.info()                           # round trip per step, instructions per inference
     backend.close()
 
 The model is uploaded (and activated) unless the board already runs the same blob (same
 CRC-32). Same call signature as ``nanofly.export.backends.make_backend``.
 
-Observations are ``[state (18) | action history (H actions, newest first)]`` and the history
-part is the policy's own previous actions, clipped to [-1, 1]. So the board keeps one history
-per environment row (as the real deployment does) and the backend sends only the state part
-(INFER_STATE, 72 instead of 584 bytes per row, many rows per frame). Per row the backend keeps
+Observations are ``[state (STATE_DIM) | action history (H actions, newest first)]`` (the
+contract of ``nanofly.policy.observation``, which the firmware's NF_STATE_DIM follows) and the
+history part is the policy's own previous actions, clipped to [-1, 1]. So the board keeps one
+history per environment row (as the real deployment does) and the backend sends only the state
+part (INFER_STATE, 72 instead of 584 bytes per row, many rows per frame). Per row the backend keeps
 the history it expects (its previous actions, clipped like the simulator); a row whose incoming
 history differs bit for bit (new episode, ``set_states``, first call, another batch size) gets
 a full INFER, which also reloads that row's history on the board. Both paths give the same

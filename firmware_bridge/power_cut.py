@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
+
 from . import protocol as P
 from .core_host import HostCore
 
@@ -42,7 +44,8 @@ def _slot_blob(image: bytes, slot: int, slot_stride: int, size: int) -> bytes:
 
 def run_power_cut_bench(old_blob: bytes, old_fmt: int, new_blob: bytes, new_fmt: int, *,
                         chunk: int = 2044, tears_per_op: int = 48, recover_every: int = 10,
-                        work_dir: str | Path | None = None, obs_dim: int = 146, act_dim: int = 4) -> dict:
+                        work_dir: str | Path | None = None, obs_dim: int = OBSERVATION_DIM,
+                        act_dim: int = ACTION_DIM) -> dict:
     t0 = time.perf_counter()
     old_crc, new_crc = P.model_crc(old_blob), P.model_crc(new_blob)
     if old_crc == new_crc:

@@ -16,7 +16,7 @@ PROTOCOL_VERSION = 1
 FRAME_HEADER_BYTES = 4
 FRAME_CRC_BYTES = 4
 MAX_PAYLOAD = 2048          # the firmware's limit; HELLO negotiates the one in use
-MIN_PAYLOAD = 640           # INFER needs 4 * 146 + 4 bytes
+MIN_PAYLOAD = 640           # INFER needs 4 * OBSERVATION_DIM + 4 bytes (nanofly.policy.observation)
 MIN_MODEL_BYTES = 24
 
 CMD_HELLO = 0x01

@@ -352,13 +352,13 @@ def _observe(i, blocks, cfg, seed, step_index, stream, target_p, target_v, noise
         f_scale = 0.0 if cfg[CFG_DIST_F_STD] == 0.0 else 1.0 / (cfg[CFG_DIST_F_STD] * blocks[p + dyn.P_INV_MASS * B])
         t_scale = 0.0 if cfg[CFG_DIST_T_STD] == 0.0 else 1.0 / cfg[CFG_DIST_T_STD]
         for k in range(3):
-            pr[18 + k] = blocks[p + (dyn.P_DIST_ACC + k) * B] * f_scale
-            pr[21 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B] * blocks[p + (dyn.P_JXX + k) * B] * t_scale
+            pr[STATE_PART + k] = blocks[p + (dyn.P_DIST_ACC + k) * B] * f_scale
+            pr[STATE_PART + 3 + k] = blocks[p + (dyn.P_DIST_ANG_ACC + k) * B] * blocks[p + (dyn.P_JXX + k) * B] * t_scale
     smin = cfg[CFG_SMIN]
     scale = 2.0 / (cfg[CFG_SMAX] - smin)
     for k in range(4):
-        pr[24 + k] = (blocks[o + (dyn.S_ROTOR_SPEED + k) * B] - smin) * scale - 1.0
-    # Actor observation: the same 18 values plus noise from a window of the Gaussian pool at a
+        pr[STATE_PART + 6 + k] = (blocks[o + (dyn.S_ROTOR_SPEED + k) * B] - smin) * scale - 1.0
+    # Actor observation: the same state part plus noise from a window of the Gaussian pool at a
     # counter-based random offset (exact Gaussian samples, no transcendental calls per step).
     # (indexed from w, not sliced: a slice is a new array whose reference count numba updates
     # with an atomic call per env, which cost more than the rest of this function)
@@ -602,7 +602,7 @@ def recompute_rewards(next_privileged_obs: np.ndarray, actions: np.ndarray,
     actions = np.asarray(actions, dtype=np.float32)
     terminated = np.asarray(terminated, dtype=np.float32)
     n = p.shape[0]
-    if p.ndim != 2 or p.shape[1] < 18 or actions.shape != (n, 4) or terminated.shape != (n,):
+    if p.ndim != 2 or p.shape[1] < STATE_PART or actions.shape != (n, 4) or terminated.shape != (n,):
         raise ValueError(f"recompute_rewards: shapes {p.shape}, {actions.shape}, "
                          f"{terminated.shape}; expected (n, 28), (n, 4), (n,)")
     if out is None:

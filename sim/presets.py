@@ -249,19 +249,27 @@ def dumps_toml(data: dict[str, Any], _prefix: str = "") -> str:
     return out
 
 
+def read_toml(path: str | Path, error: type[Exception] = PresetError,
+              prefix: str = "") -> dict[str, Any]:
+    """The tables of a TOML file, or ``error("<prefix><path>: why")`` when it cannot be read
+    (missing, not UTF-8 text, malformed TOML, a directory, no permission)."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{prefix}{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{prefix}{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"{prefix}{path}: not a TOML file (not UTF-8 text)") from None
+    except OSError as exc:  # a directory, no permission, ...
+        raise error(f"{prefix}{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def load_toml(path: str | Path) -> VehicleParams:
     """Read a vehicle from a TOML file with a ``[vehicle]`` table (as ``save_toml`` writes)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise PresetError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PresetError(f"{path}: malformed TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise PresetError(f"{path}: not a TOML file (not UTF-8 text)") from None
-    except OSError as exc:  # a directory, no permission, ...
-        raise PresetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    data = read_toml(path)
     if "vehicle" not in data or not isinstance(data["vehicle"], dict):
         raise PresetError(f"{path}: expected a [vehicle] table")
     return VehicleParams.from_dict(data["vehicle"], source=str(path))

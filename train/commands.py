@@ -9,7 +9,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +100,10 @@ def load_train_config(args):
 
     data: dict[str, Any] = {}
     if args.config:
+        from nanofly.sim.presets import read_toml
+
         path = Path(args.config)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"--config {path}: malformed TOML: {exc}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"--config {path}: not a TOML file (not UTF-8 text)") from None
-        except OSError as exc:  # a directory, no permission, ...
-            raise ValueError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+        raw = read_toml(path, ValueError, prefix="--config ")
         table = raw.get("train", raw)
         if not isinstance(table, dict):
             raise ValueError(f"--config {path}: 'train' must be a [train] table of training "

@@ -8,9 +8,9 @@ recomputing the rewards already stored. The updates themselves are the numba ker
 ``TD3Core`` (hand-written forward/backward/Adam); the saved actor is a torch
 module (``nanofly.policy.actor.Actor``).
 
-The actor sees the noisy observation (146 values by default); the critics see the privileged
-one (noise-free state, disturbance, rotor speeds; 28 values) plus the action. Every ablation of
-the paper is a switch.
+The actor sees the noisy observation (``nanofly.policy.observation``); the critics see the
+privileged one (noise-free state, disturbance, rotor speeds; 28 values) plus the action. Every
+ablation of the paper is a switch.
 """
 from __future__ import annotations
 
