@@ -117,6 +117,14 @@ def render_frame(position_error_m: np.ndarray, rotation: np.ndarray, rotor_posit
     return img
 
 
+def render_frames(privileged_obs: np.ndarray, env: VecEnv) -> list[np.ndarray]:
+    """``render_frame`` of each row of (N, 28) privileged observations of ``env`` (their first
+    values are the noise-free position error and rotation matrix)."""
+    rotors = np.asarray(env.params.rotor_positions)
+    return [render_frame(row[0:3], row[3:12].reshape(3, 3), rotors, env.config.termination_position)
+            for row in np.reshape(privileged_obs, (-1, privileged_obs.shape[-1]))]
+
+
 def _check_render_mode(render_mode, metadata) -> None:
     if render_mode is not None and render_mode not in metadata["render_modes"]:
         raise ValueError(f"render_mode must be one of {metadata['render_modes']} or None, "
@@ -175,9 +183,7 @@ class HoverEnv(gymnasium.Env):
             return None
         if self._privileged_obs is None:
             raise RuntimeError("nothing to render before reset()")
-        frame = render_frame(self._privileged_obs[0:3], self._privileged_obs[3:12].reshape(3, 3),
-                             np.asarray(self._env.params.rotor_positions),
-                             self._env.config.termination_position)
+        frame = render_frames(self._privileged_obs, self._env)[0]
         if self.render_mode == "rgb_array":
             return frame
         self._show(frame)
@@ -250,10 +256,7 @@ class HoverVectorEnv(VectorEnv):
             return None
         if self._privileged_obs is None:
             raise RuntimeError("nothing to render before reset()")
-        rotors = np.asarray(self._env.params.rotor_positions)
-        half_extent = self._env.config.termination_position
-        return tuple(render_frame(row[0:3], row[3:12].reshape(3, 3), rotors, half_extent)
-                     for row in self._privileged_obs)
+        return tuple(render_frames(self._privileged_obs, self._env))
 
     @property
     def vec_env(self) -> VecEnv:
