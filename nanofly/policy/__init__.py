@@ -9,6 +9,9 @@ Everything a trained policy *is*, independent of how it was made or where it run
 - ``nanofly.policy.int8_grid``: the int8 weight grid of the exported C model (per-row int8
   steps, power-of-two input multipliers), which quantization-aware training snaps to and the
   exporter quantizes onto.
+- ``nanofly.policy.observation``: the observation/action contract (state parts with units,
+  history length, action mapping), defined once: the simulator builds its observations from
+  it, ``policy.pt`` records it, and the C side's compile-time sizes are checked against it.
 
 Data flows one way: ``nanofly.policy`` <- ``nanofly.sim`` <- ``nanofly.train`` <-
 ``nanofly.export`` <- ``nanofly.firmware_bridge`` <- the top-level commands (``nanofly.cli``,

@@ -122,8 +122,9 @@ def save_policy(path: str | os.PathLike, actor: Any, *, observation: dict[str, A
     """Write a self-describing policy file atomically (temp file + rename).
 
     ``actor``: an ``ActorWeights`` or a torch ``nanofly.policy.actor.Actor``.
-    ``observation``: the actor observation layout, e.g. ``{"dim": 146, "history_length": 32,
-    "layout": [["position_error", 3], ["rotation_matrix", 9], ...]}``.
+    ``observation``: the actor observation layout, as
+    ``nanofly.policy.observation.observation_record(history_length)`` gives it (dim,
+    history_length, layout: [[part name, size], ...]).
     ``action``: the action mapping, e.g. ``{"dim": 4, "mapping": "...", "hover_action": 0.334}``.
     ``vehicle``: ``{"preset": name, "params": {...}}`` (the preset as plain data).
     """
