@@ -4,7 +4,8 @@ The order: ``nanofly.policy`` (the policy artifact) < ``nanofly.sim`` < ``nanofl
 ``nanofly.export`` < ``nanofly.firmware_bridge`` < the top-level modules (``nanofly.cli``,
 ``nanofly.evaluate``, ...), which may import every stage. Every ``import`` and ``from ...
 import`` statement of every module is checked (absolute and relative, at module level and in
-functions); ``from nanofly import __version__`` (the package root) is allowed everywhere.
+functions), and ``importlib.import_module("...")`` with a literal name; ``from nanofly import
+__version__`` (the package root) is allowed everywhere.
 """
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def imported_modules(source: str, package: str) -> list[tuple[int, str]]:
                            else "nanofly") for alias in node.names]
             else:
                 found.append((node.lineno, module))
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__")):
+            found.append((node.lineno, node.args[0].value))  # importlib.import_module("...")
     return found
 
 
@@ -96,6 +102,7 @@ def test_no_stage_imports_a_later_one(rank, package, path):
     "from ..export import quantize\n",
     "from .. import evaluate\n",
     "from nanofly import cli\n",
+    "import importlib\ndef f():\n    importlib.import_module('nanofly.export.exporter')\n",
 ])
 def test_the_check_finds_a_later_stage_anywhere(source):
     assert backward_imports(source, "nanofly.train", 2)
