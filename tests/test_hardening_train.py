@@ -1,4 +1,4 @@
-"""Training-side hardening (issue 19): files from others never run code or allocate what they
+"""Training-side hardening: files from others never run code or allocate what they
 claim, diverging runs end cleanly, late failures keep the run, run directories are not reused.
 
 Each crafted file here would create a marker directory if anything unpickled it; the tests
