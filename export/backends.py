@@ -29,11 +29,14 @@ class BackendError(ValueError):
     """Unknown backend spec or an unusable policy / export directory."""
 
 
-def reusable_export(export_dir: Path, policy: Path, seed: int, export_options: dict) -> bool:
-    """Whether ``export_dir`` holds an export of this very policy file (SHA-256) made with
-    this calibration seed and these options (counts, rounding): what ``export_policy`` would
-    write again. Exports from given observations (tests) are never reused."""
+def reusable_export(export_dir: Path, policy: Path, seed: int | None = None,
+                    export_options: dict | None = None) -> bool:
+    """Whether ``export_dir`` holds an export of this very policy file (SHA-256) and, unless
+    ``seed`` and ``export_options`` are None, one made with this calibration seed and these
+    options (counts, rounding): what ``export_policy`` would write again. With given
+    observations (tests) it is never reused."""
     from .exporter import DEFAULT_CALIBRATION, DEFAULT_EVALUATION
+    export_options = export_options or {}
     if "calibration_obs" in export_options or "eval_obs" in export_options:
         return False
     try:
@@ -43,7 +46,10 @@ def reusable_export(export_dir: Path, policy: Path, seed: int, export_options: d
                 manifest["quantization"]["weight_rounding"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    want = (hashlib.sha256(policy.read_bytes()).hexdigest(),
+    sha256 = hashlib.sha256(Path(policy).read_bytes()).hexdigest()
+    if seed is None:
+        return have[0] == sha256
+    want = (sha256,
             {"source": "simulator", "count": export_options.get("num_calibration",
                                                                  DEFAULT_CALIBRATION),
              "seed": seed},

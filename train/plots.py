@@ -128,7 +128,7 @@ def plot_hover_rollouts(trajectories: dict, out_dir: Path, prefix: str = "eval_"
         axes[i].axhline(0, color="k", lw=0.5)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle("hover rollouts: position error vs time"
-                 + (" (x: terminated; dashed: next episode after the reset)" if crash else ""))
+                 + ("\n(x: terminated; dashed: the next episode after the reset)" if crash else ""))
     out.append(_save(fig, Path(out_dir) / f"{prefix}position_vs_time.png"))
     return out
 
