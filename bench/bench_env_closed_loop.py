@@ -1,10 +1,10 @@
-"""`VecEnv.step` when a trained policy flies the vehicles, next to `nanofly bench sim`'s open-loop
+"""`VecEnv.step` when a trained policy flies the vehicles, next to bench_sim.py's open-loop
 actions in the same run.
 
     python bench/bench_env_closed_loop.py [--policy models/crazyflie_hover/policy.pt]
                                           [--envs 65536] [--steps 500] [--repeats 2]
 
-`nanofly bench sim` steps every environment with a fixed hover action plus 0.05 N(0, 1) noise,
+bench_sim.py steps every environment with a fixed hover action plus 0.05 N(0, 1) noise,
 open loop: most episodes crash within ~1 s, so ~2.2 % of the environments reset in every step,
 and a reset costs ~0.8 us (docs/benchmarks.md). Under a hovering policy most episodes run their
 500 steps, so far fewer reset. This bench times only `VecEnv.step` (the policy's forward pass,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanofly.sim.bench import bench_actions
+from bench_sim import bench_actions
 from nanofly.sim.env import VecEnv
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover" / "policy.pt"

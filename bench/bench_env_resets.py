@@ -1,6 +1,6 @@
 """Where a `VecEnv.step` spends its time as episodes end: each step's wall time per env next to
 the fraction of envs that terminated or truncated in it, from a fresh reset, with the actions of
-`nanofly bench sim` (``nanofly.sim.bench.bench_actions``: hover action + 0.05 N(0, 1), open loop,
+bench_sim.py (``bench_actions``: hover action + 0.05 N(0, 1), open loop,
 so most episodes crash within ~1 s).
 
     python bench/bench_env_resets.py [--envs 65536] [--steps 120] [--seed 0]
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from nanofly.sim.bench import bench_actions
+from bench_sim import bench_actions
 from nanofly.sim.env import VecEnv
 
 

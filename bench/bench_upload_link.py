@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.client import BridgeClient, LinkError, read_export_blob, upload_model
 from nanofly.firmware_bridge.emulator import EmulatedBoard
 from nanofly.firmware_bridge.faultproxy import Damage, FaultProxy
 from nanofly.firmware_bridge.firmware import build_firmware
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' helpers
+from helpers import bridge as T  # noqa: E402
 
 SHIPPED_INT8 = T.HOVER_POLICY.parents[1] / "crazyflie_hover_int8" / "policy.pt"
 

@@ -1,4 +1,5 @@
-"""CLI: ``nanofly export POLICY --out DIR [--json]`` and ``nanofly bench export``.
+"""CLI: ``nanofly export POLICY --out DIR [--json] [--mcu]`` (the export benchmark is
+bench/bench_export.py).
 
 Light on purpose: torch, onnx and numpy load inside the handlers.
 """
@@ -7,10 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
-from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
 
-
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser(
         "export", help="export a policy to ONNX, float32/int8 C model blobs and the C runtime",
         description="Write an export directory: policy.onnx, policy_f32/int8 .bin/.h/.c, the C "
@@ -34,17 +33,6 @@ def register(sub, bench_sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(handler=_export)
 
-    b = bench_sub.add_parser(
-        "export", help="instructions per inference on the emulated STM32F405 (JSON)",
-        description="Build the semihosting benchmark firmware (bench/mcu) and count instructions "
-                    "per inference of the float32 and int8 runtime and of the naive baseline on "
-                    "QEMU netduinoplus2 with -icount shift=0 (TIM2).")
-    b.add_argument("--policy", metavar="POLICY",
-                   help=f"policy.pt or export directory (default: a random "
-                        f"{OBSERVATION_DIM}-64-64-{ACTION_DIM} actor)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--json", action="store_true", help="print only the JSON object")
-    b.set_defaults(handler=_bench)
 
 
 def _summary(manifest: dict) -> dict:
@@ -65,7 +53,7 @@ def _export(args) -> int:
         return 2
     result = {"out": str(args.out), **_summary(manifest)}
     if args.mcu:
-        from .bench import mcu_figures
+        from .mcu import mcu_figures
         result["mcu"] = mcu_figures(args.out)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -93,11 +81,4 @@ def _export(args) -> int:
               f"nanofly eval POLICY --backend c-int8", file=sys.stderr)
     if args.mcu:
         print(json.dumps(result["mcu"], indent=2))
-    return 0
-
-
-def _bench(args) -> int:
-    from .bench import run_bench
-    result = run_bench(policy=args.policy, seed=args.seed)
-    print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -304,3 +305,51 @@ def run_benchmark(export_dir: Path, obs: np.ndarray, timeout: float = 120) -> di
                             LINK_SEMIHOSTING, extra_include=work, name="bench.elf")
         text = run_qemu(elf, timeout)
     return parse_bench_output(text, blobfmt.read_blob(f32_blob).widths[-1])
+
+
+def _stress_rows(obs: np.ndarray) -> np.ndarray:
+    """Rows that exercise saturation paths: huge values and a NaN."""
+    big = np.full_like(obs[:1], 1e6)
+    big[0, ::2] = -1e6
+    nan = obs[:1].copy()
+    nan[0, 0] = np.nan
+    return np.concatenate([big, nan])
+
+
+def mcu_figures(export_dir, obs: np.ndarray | None = None, *, seed: int = 0) -> dict[str, Any]:
+    """Flash, stack and instructions per inference of an export directory on the target, and
+    whether the firmware's actions equal the host C runtime's bit for bit."""
+    from .runtime import CModel
+    export_dir = Path(export_dir)
+    report = size_and_stack_report(export_dir)
+    f32_blob = (export_dir / "policy_f32.bin").read_bytes()
+    int8_blob = (export_dir / "policy_int8.bin").read_bytes()
+    source = "given"
+    if obs is None:
+        from .calibration import synthetic_observations
+        dim = CModel(f32_blob).input_dim
+        obs, source = synthetic_observations(6, dim, seed), "synthetic"
+    rows = np.concatenate([obs, _stress_rows(obs)]).astype(np.float32)
+    run = run_benchmark(export_dir, rows)
+    equal = {}
+    for tag, blob in (("f32", f32_blob), ("int8", int8_blob)):
+        host = CModel(blob)(rows)
+        target = run[tag]["actions"]
+        same = (host.view(np.uint32) == target.view(np.uint32)) | (np.isnan(host) & np.isnan(target))
+        equal[tag] = bool(same.all())
+    counts = {k: int(statistics.median(run[k]["instructions"][:len(obs)]))
+              for k in ("f32", "int8", "baseline")}
+    return {
+        "instructions_per_inference": counts,
+        "instructions_spread": {k: [min(run[k]["instructions"]), max(run[k]["instructions"])]
+                                for k in ("f32", "int8", "baseline")},
+        "speedup_vs_baseline_same_run": {k: round(counts["baseline"] / counts[k], 2)
+                                         for k in ("f32", "int8")},
+        "init_instructions": {k: v["instructions"] for k, v in run["init"].items()},
+        "tanh_instructions_per_call": run["tanh_instructions_per_call"],
+        "stack_measured_bytes": run["stack_measured"],
+        "target_equals_host_bitwise": equal,
+        "size_and_stack": report,
+        "observations": int(len(rows)),
+        "observations_source": f"{source} + 2 stress rows (+-1e6, NaN)",
+    }

@@ -1,4 +1,5 @@
-"""CLI: ``nanofly flash``, ``nanofly firmware build|emulate|status``, ``nanofly bench bridge``.
+"""CLI: ``nanofly flash``, ``nanofly firmware build|emulate|status`` (the bridge benchmark is
+bench/bench_bridge.py).
 
 Kept light: pyserial, numpy and the rest are imported inside the handlers."""
 from __future__ import annotations
@@ -7,7 +8,7 @@ import json
 import sys
 
 
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("flash", help="upload an exported policy to a board, verify and activate it",
                        description="Upload EXPORT_DIR/policy_<format>.bin over the serial bridge "
                                    "(--port: any pyserial URL) or a Crazyflie's radio/USB link "
@@ -50,13 +51,6 @@ def register(sub, bench_sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(handler=cmd_status)
 
-    bb = bench_sub.add_parser("bridge", help="upload overhead, upload time and INFER round trip on QEMU")
-    bb.add_argument("--repeats", type=int, default=3)
-    bb.add_argument("--infer-steps", type=int, default=200)
-    bb.add_argument("--seed", type=int, default=0)
-    bb.add_argument("--policy", default=None, help="policy.pt (default: a seeded random actor)")
-    bb.add_argument("--json", action="store_true")
-    bb.set_defaults(handler=cmd_bench)
 
 
 def _add_link_arguments(parser) -> None:
@@ -282,13 +276,4 @@ def cmd_status(args) -> int:
           f"uptime {status.uptime_ms} ms, frames ok {status.frames_ok}, bad {status.frames_bad}, "
           f"too long {status.frames_too_long}, rx overflows {status.rx_overflows}, errors sent "
           f"{status.errors_sent}, inferences {status.inferences} (last {status.last_inference_ticks} ticks)")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from .benchmark import run_bridge_bench
-
-    result = run_bridge_bench(policy=args.policy, repeats=args.repeats,
-                              infer_steps=args.infer_steps, seed=args.seed)
-    print(json.dumps(result, indent=None if args.json else 2))
     return 0

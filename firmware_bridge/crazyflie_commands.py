@@ -92,7 +92,7 @@ def _add_sitl(actions) -> None:
 ACTIONS = (_add_build, _add_fly, _add_sitl)
 
 
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     cf = sub.add_parser("crazyflie", help="the nanofly app in the stock Crazyflie firmware",
                         description="Fly nanofly policies on a real Crazyflie 2.x inside the "
                                     "stock firmware (out-of-tree controller app).")

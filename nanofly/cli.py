@@ -16,7 +16,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # (module, what it registers); order is the order in --help.
 _STAGES = (
-    "nanofly.sim.commands",            # bench sim
     "nanofly.train.commands",          # train
     "nanofly.evaluate",                # eval (every backend: above all stages)
     "nanofly.export.commands",         # export
@@ -36,8 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "fly them on an (emulated) STM32F405.")
     parser.add_argument("--version", action="version", version=f"nanofly {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench = sub.add_parser("bench", help="benchmarks (JSON with --json)")
-    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     for name in _STAGES:
         try:
             module = importlib.import_module(name)
@@ -45,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != name:
                 raise
             continue  # stage not built yet
-        module.register(sub, bench_sub)
+        module.register(sub)
     return parser
 
 

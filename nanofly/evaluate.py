@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     e = sub.add_parser(
         "eval", help="evaluate a policy in simulation (exit 1 when it misses the thresholds)",
         description="Run evaluation suites with the paper's observation noise and disturbances. "

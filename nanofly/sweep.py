@@ -766,7 +766,7 @@ def _sort_key(text: str):
 # --------------------------------------------------------------------------------------------
 # The command line
 # --------------------------------------------------------------------------------------------
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser(
         "sweep", help="many training runs (seeds x options) on Ray, locally or on a cluster",
         description="Run `nanofly train` for every seed x option combination as Ray tasks "

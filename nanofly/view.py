@@ -25,7 +25,7 @@ DEFAULT_HOVER_EPISODES = 6
 DRAW_SCALE = 3.0
 
 
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     v = sub.add_parser(
         "view", help="write a 3D replay of evaluation rollouts (one HTML file, no network)",
         description="Fly the hover suite's first episodes and one figure-eight episode with the "

@@ -1,9 +1,14 @@
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# The fuzzing drivers live with the long fuzz runs in bench/fuzz (out of the installed package);
+# the fuzz tests import them from there as ``fuzzing``. (tests/helpers is importable as
+# ``helpers``: pytest puts this folder on sys.path.)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "fuzz"))
 
 
 @pytest.fixture(scope="session")

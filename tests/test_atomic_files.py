@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from nanofly.export import exporter
-from nanofly.export.testing import quick_export, write_policy
 from nanofly.train.checkpoint_file import save_checkpoint
 from nanofly.policy.actor import init_actor, save_policy
+
+from helpers.exports import quick_export, write_policy
 
 
 @pytest.fixture

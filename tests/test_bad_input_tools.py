@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from nanofly.export.testing import quick_export, write_tampered_policy
 from nanofly.sim.presets import PRESETS
 from nanofly.policy.actor import init_actor, save_policy
+
+from helpers.exports import quick_export, write_tampered_policy
 
 UNUSED_PORT = "socket://127.0.0.1:9"  # never reached: every case fails before connecting
 

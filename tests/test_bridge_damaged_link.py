@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.client import (BridgeClient, LinkError, NoReplyError,
                                             read_export_blob, upload_model)
 from nanofly.firmware_bridge.emulator import EmulatedBoard, qemu_missing
 from nanofly.firmware_bridge.faultproxy import Damage, FaultProxy
 from nanofly.firmware_bridge.firmware import build_firmware, toolchain_missing
+
+from helpers import bridge as T
 
 pytestmark = pytest.mark.skipif(bool(toolchain_missing() or qemu_missing()),
                                 reason=f"{toolchain_missing() or qemu_missing()}")

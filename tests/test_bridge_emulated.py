@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.emulator import EmulatedBoard, qemu_missing
 from nanofly.firmware_bridge.firmware import build_firmware, toolchain_missing
+
+from helpers import bridge as T
 
 pytestmark = pytest.mark.skipif(bool(toolchain_missing() or qemu_missing()),
                                 reason=f"{toolchain_missing() or qemu_missing()}")
@@ -382,7 +383,7 @@ def test_flash_warns_when_the_format_exceeds_its_error_bound(board, tmp_path, ca
     """An export whose int8 error exceeds its bound (large weights saturate the int8 grid):
     `flash --format int8` says so and what to do (it still flashes: the closed loop may be
     fine); `--format f32` of the same export, within its bound, flashes without a word."""
-    from nanofly.export.testing import quick_export, write_policy
+    from helpers.exports import quick_export, write_policy
 
     policy = write_policy(tmp_path / "big.pt", sizes=(146, 16, 4), seed=0, weight_scale=6.0)
     manifest = quick_export(policy, tmp_path / "export", num_calibration=256, num_eval=128)

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.client import BridgeClient, LinkError, read_export_blob, upload_model
 from nanofly.firmware_bridge.emulator import EmulatedBoard, qemu_missing
 from nanofly.firmware_bridge.faultproxy import (Blackhole, Corrupt, Disconnect, Drop,
                                                 DuplicateFrames, FaultProxy)
 from nanofly.firmware_bridge.firmware import build_firmware, toolchain_missing
+
+from helpers import bridge as T
 
 
 OBS = T.observations(6, seed=3)

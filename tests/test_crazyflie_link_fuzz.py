@@ -11,9 +11,10 @@ import subprocess
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.firmware import fuzzer_missing
-from nanofly.firmware_bridge.fuzzing import build_cf_link_fuzzer, write_cf_link_seed_corpus
+
+from fuzzing import build_cf_link_fuzzer, fuzz_against_garbage, write_cf_link_seed_corpus
+from helpers import bridge as T
 
 pytestmark = pytest.mark.skipif(bool(fuzzer_missing()), reason=str(fuzzer_missing()))
 
@@ -43,7 +44,7 @@ def test_seeds_pass_the_harness_checks(fuzzer, blobs, tmp_path):
 
 def test_fuzz_crazyflie_link_20s(fuzzer, blobs, tmp_path):
     write_cf_link_seed_corpus(tmp_path / "corpus", blobs)
-    result, shallow = T.fuzz_against_garbage(fuzzer, tmp_path / "corpus", tmp_path, seconds=20,
+    result, shallow = fuzz_against_garbage(fuzzer, tmp_path / "corpus", tmp_path, seconds=20,
                                              seed=7, max_len=32768)
     assert result["crashes"] == 0 and result["hangs"] == 0, result
     assert result["exit_code"] == 0, result["log_tail"]

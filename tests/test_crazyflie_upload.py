@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.client import BridgeClient, LinkError, read_export_blob, upload_model
 from nanofly.firmware_bridge.crtp_link import APP_CHANNEL_MTU
 from nanofly.firmware_bridge.crazyflie_standin import CrazyflieStandIn
+
+from helpers import bridge as T
 
 pytest.importorskip("cflib")
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from nanofly.export.backends import make_backend
 from nanofly.export.calibration import synthetic_observations
-from nanofly.export.testing import write_policy
+
+from helpers.exports import write_policy
 
 SMALL = {"num_calibration": 256, "num_eval": 256}  # simulator observations, kept cheap
 

@@ -7,8 +7,9 @@ import torch
 
 from nanofly.export.backends import BackendError, make_backend
 from nanofly.export.calibration import CalibrationUnavailable, synthetic_observations
-from nanofly.export.testing import quick_export, write_policy
 from nanofly.policy.actor import load_policy
+
+from helpers.exports import quick_export, write_policy
 
 BOUNDS = {"onnx": 1e-5, "c-f32": 1e-5, "c-int8": 0.02}
 

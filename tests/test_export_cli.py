@@ -16,8 +16,9 @@ from nanofly.export import blob as B
 from nanofly.export.calibration import synthetic_observations
 from nanofly.export.exporter import FILES, ExportError, export_policy
 from nanofly.export.onnx_export import OnnxRunner
-from nanofly.export.testing import quick_export, write_policy, write_tampered_policy
 from nanofly.policy.actor import load_policy
+
+from helpers.exports import quick_export, write_policy, write_tampered_policy
 
 
 @pytest.fixture(scope="module")

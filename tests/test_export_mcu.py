@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from nanofly.export import mcu
-from nanofly.export.bench import mcu_figures
+from nanofly.export.mcu import mcu_figures
 from nanofly.export.calibration import synthetic_observations
-from nanofly.export.testing import quick_export, write_policy
+
+from helpers.exports import quick_export, write_policy
 
 needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
                                reason="arm-none-eabi-gcc not installed")

@@ -13,8 +13,9 @@ from nanofly.export import runtime
 from nanofly.export.quantize import simulate_int8, quantize_mlp
 from nanofly.export.runtime import CModel, c_tanh
 from nanofly.export.exporter import export_policy
-from nanofly.export.testing import observations_for, write_policy
 from nanofly.policy.actor import load_policy
+
+from helpers.exports import observations_for, write_policy
 
 
 @pytest.fixture(scope="module")

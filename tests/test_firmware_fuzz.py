@@ -8,10 +8,11 @@ import subprocess
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.firmware import build_fuzzer, fuzzer_missing
-from nanofly.firmware_bridge.fuzzing import (arm_after_failsafe_input, session_records,
-                                             write_seed_corpus)
+
+from fuzzing import (arm_after_failsafe_input, fuzz_against_garbage, session_records,
+                     write_seed_corpus)
+from helpers import bridge as T
 
 pytestmark = pytest.mark.skipif(bool(fuzzer_missing()), reason=str(fuzzer_missing()))
 
@@ -39,7 +40,7 @@ def test_fuzz_parser_and_command_handler_20s(fuzzer, tmp_path):
     blobs = {P.FORMAT_INT8: (export_dir / "policy_int8.bin").read_bytes(),
              P.FORMAT_F32: (export_dir / "policy_f32.bin").read_bytes()}
     write_seed_corpus(tmp_path / "corpus", blobs)
-    result, shallow = T.fuzz_against_garbage(binary, tmp_path / "corpus", tmp_path, seconds=20,
+    result, shallow = fuzz_against_garbage(binary, tmp_path / "corpus", tmp_path, seconds=20,
                                              seed=7, max_len=16384)
     assert result["crashes"] == 0 and result["hangs"] == 0, result
     assert result["exit_code"] == 0, result["log_tail"]

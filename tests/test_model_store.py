@@ -13,9 +13,10 @@ import zlib
 import pytest
 
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
 from nanofly.firmware_bridge.core_host import HostCore
 from nanofly.firmware_bridge.power_cut import run_power_cut_bench
+
+from helpers import bridge as T
 
 SECTOR = 4096  # small sectors keep the images small; two sectors per slot
 

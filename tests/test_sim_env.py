@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,15 +321,23 @@ def test_non_negative_reward_clips_at_zero_in_simulator_and_recomputation():
 
 
 def test_bench_sim_reports_speeds_and_the_reference():
-    # `nanofly bench sim --json`'s object: speeds keyed by env count, the thread count, and the
+    # bench/bench_sim.py's object: speeds keyed by env count, the thread count, and the
     # reference simulator either measured in the same run (l2f installed) or quoted and labelled.
-    from nanofly.sim.bench import reference_installed, run
+    import importlib.util
+    import json
+    import subprocess
+    import sys
 
-    result = run((1, 16), threads=1, compile_times=False)
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_sim.py"
+    out = subprocess.run([sys.executable, str(script), "--envs", "1", "--envs", "16",
+                          "--threads", "1", "--no-compile-times"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
     assert result["threads"] == 1
     for key in ("dynamics_steps_per_s", "env_steps_per_s"):
         assert set(result[key]) == {"1", "16"} and all(v > 0 for v in result[key].values())
-    if reference_installed():
+    if importlib.util.find_spec("l2f") is not None:
         assert "measured in this run" in result["reference"], result["reference"]
         assert set(result["ratio_vs_reference"]["env"]) == {"1", "16"}
     else:

@@ -18,7 +18,7 @@ ABLATIONS = ("disturbance", "observation_noise", "asymmetric_critic", "rotor_del
              "action_history", "curriculum")
 
 
-def register(sub, bench_sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a hover policy (TD3, asymmetric actor-critic)",
         description="Train a policy (defaults: the paper's TD3 setup with the changes measured "

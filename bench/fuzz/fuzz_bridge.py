@@ -24,12 +24,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fuzzing import build_cf_link_fuzzer, run_fuzzer, write_cf_link_seed_corpus, write_seed_corpus
+
 from nanofly.firmware_bridge import protocol as P
-from nanofly.firmware_bridge import testing as T
-from nanofly.firmware_bridge.firmware import build_fuzzer
 from nanofly.firmware_bridge.crazyflie_tree import TreeError, TreeNotFound
-from nanofly.firmware_bridge.fuzzing import (build_cf_link_fuzzer, run_fuzzer, write_cf_link_seed_corpus,
-                                             write_seed_corpus)
+from nanofly.firmware_bridge.firmware import build_fuzzer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the tests' helpers
+from helpers import bridge as T  # noqa: E402
 
 HARNESSES = {  # name: (build, seed corpus, max input bytes, harness source)
     "bridge": (build_fuzzer, write_seed_corpus, 16384, "firmware_bridge/firmware/host/fuzz_bridge.c"),

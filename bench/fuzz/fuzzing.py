@@ -1,5 +1,7 @@
 """libFuzzer runs of the shared protocol core (framing, commands, the two-slot model store over
-the host NOR-flash emulator) and the bridge firmware's target commands (host build).
+the host NOR-flash emulator), the bridge firmware's target commands and the Crazyflie app's link
+(host builds): the one fuzzing module, used by bench/fuzz/fuzz_bridge.py and the fuzz tests
+(tests/conftest.py puts this folder on sys.path). Not part of the installed package.
 
 The harness is ``firmware/host/fuzz_bridge.c``; its input format (a mode byte, then raw bytes
 or framed records) is described there. Seeds: whole valid sessions (HELLO, an upload of a
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import protocol as P
+from nanofly.policy.observation import OBSERVATION_DIM
+
+from nanofly.firmware_bridge import protocol as P
 
 TICK = 0xFE  # harness record: advance the clock by 4 * arg ms
 MODE_RAW, MODE_SLOT_HEADERS, MODE_POWER_CUT, MODE_REBOOT = 1, 2, 4, 8  # harness mode bits
@@ -36,7 +40,7 @@ def _record(ftype: int, seq: int, payload: bytes = b"") -> bytes:
 
 
 def session_records(blob: bytes, fmt: int, *, chunk: int = 512, seed: int = 0,
-                    obs_dim: int = 146) -> list[tuple[int, int, bytes]]:
+                    obs_dim: int = OBSERVATION_DIM) -> list[tuple[int, int, bytes]]:
     """(type, seq, payload) of a complete upload + use of ``blob``."""
     rng = np.random.default_rng(seed)
     crc = P.model_crc(blob)
@@ -153,11 +157,11 @@ def build_cf_link_fuzzer(build_dir: str | os.PathLike, crazyflie_base: str | os.
     the harness catches a broken link), the shared core and the NOR-flash emulator, against the
     firmware's ``app_channel.h`` (``crazyflie_base``, default: ``crazyflie_tree.locate_tree()``,
     which raises ``TreeNotFound`` when there is no firmware tree), with ASan + UBSan."""
-    from .crazyflie_standin import APP_SRC, CORE_DIR, LINK_C, SITL_DIR
-    from .crazyflie_tree import locate_tree
+    from nanofly.firmware_bridge.crazyflie_standin import APP_SRC, CORE_DIR, LINK_C, SITL_DIR
+    from nanofly.firmware_bridge.crazyflie_tree import locate_tree
     from nanofly.export.runtime import runtime_sources
 
-    from .firmware import FirmwareBuildError, export_c_dir, fuzzer_missing
+    from nanofly.firmware_bridge.firmware import FirmwareBuildError, export_c_dir, fuzzer_missing
 
     missing = fuzzer_missing()
     if missing:
@@ -256,3 +260,18 @@ def write_cf_link_seed_corpus(corpus_dir: str | os.PathLike, blobs: dict[int, by
             for o in range(0, len(raw), APP_CHANNEL_MTU)))
     put("garbage", bytes([CF_MODE_RAW_PACKETS]) + b"".join(bytes([30]) + bytes(range(i, i + 30)) for i in range(0, 200, 30)))
     return n
+
+
+def fuzz_against_garbage(binary, corpus_dir: Path, work: Path, *, seconds: float, seed: int,
+                         max_len: int) -> tuple[dict, dict]:
+    """A libFuzzer run of ``seconds`` from ``corpus_dir``, and a 1 s run from its ``garbage``
+    seed alone: the second's coverage is the baseline that session seeds must beat (they
+    should reach far more of the code than bytes at random)."""
+    result = run_fuzzer(binary, corpus_dir, seconds=seconds, artifacts_dir=work / "artifacts",
+                        seed=seed, max_len=max_len)
+    garbage_only = work / "garbage_corpus"
+    garbage_only.mkdir()
+    (garbage_only / "garbage").write_bytes((Path(corpus_dir) / "garbage").read_bytes())
+    shallow = run_fuzzer(binary, garbage_only, seconds=1, artifacts_dir=work / "artifacts2",
+                         seed=seed, max_len=max_len)
+    return result, shallow

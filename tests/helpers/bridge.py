@@ -12,7 +12,7 @@ import numpy as np
 from nanofly.policy.observation import (ACTION_DIM, DEFAULT_HISTORY_LENGTH, OBSERVATION_DIM,
                                         STATE_DIM)
 
-HOVER_POLICY = Path(__file__).resolve().parents[1] / "models" / "crazyflie_hover" / "policy.pt"
+HOVER_POLICY = Path(__file__).resolve().parents[2] / "models" / "crazyflie_hover" / "policy.pt"
 
 
 def random_policy(path: str | os.PathLike, *, layer_sizes=(OBSERVATION_DIM, 64, 64, ACTION_DIM),
@@ -215,20 +215,3 @@ def elf_symbols(elf: str | os.PathLike) -> dict[str, int]:
         if len(parts) == 3:
             symbols[parts[2]] = int(parts[0], 16)
     return symbols
-
-
-def fuzz_against_garbage(binary, corpus_dir: Path, work: Path, *, seconds: float, seed: int,
-                         max_len: int) -> tuple[dict, dict]:
-    """A libFuzzer run of ``seconds`` from ``corpus_dir``, and a 1 s run from its ``garbage``
-    seed alone: the second's coverage is the baseline that session seeds must beat (they
-    should reach far more of the code than bytes at random)."""
-    from .fuzzing import run_fuzzer
-
-    result = run_fuzzer(binary, corpus_dir, seconds=seconds, artifacts_dir=work / "artifacts",
-                        seed=seed, max_len=max_len)
-    garbage_only = work / "garbage_corpus"
-    garbage_only.mkdir()
-    (garbage_only / "garbage").write_bytes((Path(corpus_dir) / "garbage").read_bytes())
-    shallow = run_fuzzer(binary, garbage_only, seconds=1, artifacts_dir=work / "artifacts2",
-                         seed=seed, max_len=max_len)
-    return result, shallow

@@ -9,8 +9,8 @@ import numpy as np
 
 from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
 
-from .calibration import (CalibrationUnavailable, collect_calibration_observations,
-                          synthetic_observations)
+from nanofly.export.calibration import (CalibrationUnavailable, collect_calibration_observations,
+                                       synthetic_observations)
 
 HOVER_SIZES = (OBSERVATION_DIM, 64, 64, ACTION_DIM)
 
@@ -42,7 +42,7 @@ def write_tampered_policy(path, base: Path, edit: Callable[[dict], Any]) -> Path
 def quick_export(policy, out, *, seed: int = 0, num_calibration: int = 2048,
                  num_eval: int = 2000, dim: int | None = None) -> dict:
     """export_policy on synthetic observations (labelled "synthetic"), no simulator needed."""
-    from .exporter import export_policy
+    from nanofly.export.exporter import export_policy
     if dim is None:
         from nanofly.policy.actor import load_policy
         dim = load_policy(policy)[0].layer_sizes[0]
