@@ -125,6 +125,19 @@ def render_frames(privileged_obs: np.ndarray, env: VecEnv) -> list[np.ndarray]:
             for row in np.reshape(privileged_obs, (-1, privileged_obs.shape[-1]))]
 
 
+def frames_to_render(render_mode: str | None, privileged_obs: np.ndarray | None,
+                     env: VecEnv) -> list[np.ndarray] | None:
+    """What ``render()`` shows: ``render_frames`` of the latest privileged observations, or None
+    (with a warning) without a render mode."""
+    if render_mode is None:
+        gymnasium.logger.warn("render() called without a render_mode: pass "
+                              "render_mode='rgb_array' when making the environment")
+        return None
+    if privileged_obs is None:
+        raise RuntimeError("nothing to render before reset()")
+    return render_frames(privileged_obs, env)
+
+
 def _check_render_mode(render_mode, metadata) -> None:
     if render_mode is not None and render_mode not in metadata["render_modes"]:
         raise ValueError(f"render_mode must be one of {metadata['render_modes']} or None, "
@@ -177,16 +190,12 @@ class HoverEnv(gymnasium.Env):
 
     def render(self):
         """The current frame (``rgb_array``), or draw it in a matplotlib window (``human``)."""
-        if self.render_mode is None:
-            gymnasium.logger.warn("render() called without a render_mode: "
-                                  "gym.make(..., render_mode='rgb_array')")
+        frames = frames_to_render(self.render_mode, self._privileged_obs, self._env)
+        if frames is None:
             return None
-        if self._privileged_obs is None:
-            raise RuntimeError("nothing to render before reset()")
-        frame = render_frames(self._privileged_obs, self._env)[0]
         if self.render_mode == "rgb_array":
-            return frame
-        self._show(frame)
+            return frames[0]
+        self._show(frames[0])
         return None
 
     def _show(self, frame: np.ndarray) -> None:
@@ -250,13 +259,8 @@ class HoverVectorEnv(VectorEnv):
         return result
 
     def render(self):
-        if self.render_mode is None:
-            gymnasium.logger.warn("render() called without a render_mode: "
-                                  "gym.make_vec(..., render_mode='rgb_array')")
-            return None
-        if self._privileged_obs is None:
-            raise RuntimeError("nothing to render before reset()")
-        return tuple(render_frames(self._privileged_obs, self._env))
+        frames = frames_to_render(self.render_mode, self._privileged_obs, self._env)
+        return None if frames is None else tuple(frames)
 
     @property
     def vec_env(self) -> VecEnv:

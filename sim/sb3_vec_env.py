@@ -33,7 +33,7 @@ except ImportError as error:  # the core package does not depend on SB3
         "pip install 'nanofly[sb3]' (or pip install 'stable-baselines3>=2.3')") from error
 
 from .env import VecEnv
-from .gym_env import render_frames, single_spaces
+from .gym_env import frames_to_render, single_spaces
 
 
 class HoverSB3VecEnv(_SB3VecEnv):
@@ -121,6 +121,4 @@ class HoverSB3VecEnv(_SB3VecEnv):
         return [False for _ in self._get_indices(indices)]  # no gymnasium wrappers inside
 
     def get_images(self) -> list[np.ndarray]:
-        if self._privileged_obs is None:
-            raise RuntimeError("nothing to render before reset()")
-        return render_frames(self._privileged_obs, self.vec_env)
+        return frames_to_render(self.render_mode, self._privileged_obs, self.vec_env)
