@@ -1,4 +1,5 @@
-"""TD3Core (numba kernels) against a plain-PyTorch TD3 reference written here.
+"""TD3Core (numba kernels) against the plain-PyTorch TD3 it implements
+(``nanofly.train.td3_reference``): on the same batches, the same parameters.
 
 Tolerances: both sides compute in float32 but sum in different orders (BLAS blocking vs
 torch's kernels) and the kernels use a rational tanh approximation (max error ~3 float32 ulps,
@@ -10,8 +11,6 @@ sign, missing term, wrong target) moves parameters by ~1e-3 per step, 50x above 
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -20,65 +19,36 @@ from torch import nn
 from nanofly.train import td3_kernels
 from nanofly.policy.actor import Actor
 from nanofly.train.td3_core import TD3Core
+from nanofly.train.td3_reference import ReferenceTD3
 
 PARAM_ATOL = 2e-5
 GRAD_RTOL = 1e-4
 
 
 # ------------------------------------------------------------------------------ reference
-class TorchTD3:
-    """Plain TD3 in PyTorch (CleanRL style), initialised from a TD3Core's weights."""
+# The array API's batches (make_batch) as the reference's: one dict of tensors and the noise.
+def reference_batch(batch):
+    keys = {"critic_obs": "critic_obs", "action": "action", "reward": "reward",
+            "next_critic_obs": "next_critic_obs", "next_obs": "next_actor_obs",
+            "terminated": "terminated"}
+    tensors = {k: torch.from_numpy(batch[v]) for k, v in keys.items()}
+    return tensors, torch.from_numpy(batch["noise"])
 
-    def __init__(self, core: TD3Core):
-        self.core = core
-        self.actor = core.to_actor()
-        self.q1, self.q2 = core.to_critics()
-        self.actor_target = copy.deepcopy(self.actor)
-        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
-        kw = dict(lr=core.actor_lr, betas=core.betas, eps=core.eps,
-                  weight_decay=core.weight_decay)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), **kw)
-        self.critic_opt = torch.optim.Adam(list(self.q1.parameters()) + list(self.q2.parameters()),
-                                           **kw)
 
-    def critic_update(self, critic_obs, action, reward, next_critic_obs, next_actor_obs,
-                      terminated, noise):
-        t = [torch.from_numpy(a) for a in (critic_obs, action, reward.reshape(-1),
-                                           next_critic_obs, next_actor_obs,
-                                           terminated.reshape(-1), noise)]
-        obs_c, act, rew, next_obs_c, next_obs_a, term, noise = t
-        c = self.core
-        with torch.no_grad():
-            smoothing = (noise * c.smoothing_std).clamp(-c.smoothing_clip, c.smoothing_clip)
-            next_act = (self.actor_target(next_obs_a) + smoothing).clamp(-1.0, 1.0)
-            x_next = torch.cat([next_obs_c, next_act], 1)
-            q_next = torch.min(self.q1_target(x_next), self.q2_target(x_next)).view(-1)
-            y = rew + c.gamma * (1.0 - term) * q_next
-        x = torch.cat([obs_c, act], 1)
-        mse = nn.MSELoss()
-        loss = mse(self.q1(x).view(-1), y) + mse(self.q2(x).view(-1), y)
-        self.critic_opt.zero_grad()
-        loss.backward()
-        self.critic_opt.step()
-        return loss.item(), y
+def reference_critic_update(ref, batch):
+    """ReferenceTD3.critic_update on a make_batch batch; returns (loss, TD target)."""
+    tensors, noise = reference_batch(batch)
+    target = ref.td_target(tensors, noise)
+    return ref.critic_update(tensors, noise), target
 
-    def actor_update(self, obs_a, obs_c, update_targets=True):
-        obs_a, obs_c = torch.from_numpy(obs_a), torch.from_numpy(obs_c)
-        loss = -self.q1(torch.cat([obs_c, self.actor(obs_a)], 1)).mean()
-        self.actor_opt.zero_grad()
-        loss.backward()
-        self.actor_opt.step()
-        if update_targets:
-            self.update_targets()
-        return loss.item()
 
-    def update_targets(self):
-        p = self.core.polyak
-        with torch.no_grad():
-            for net, tgt in ((self.actor, self.actor_target), (self.q1, self.q1_target),
-                             (self.q2, self.q2_target)):
-                for w, tw in zip(net.parameters(), tgt.parameters()):
-                    tw.mul_(p).add_(w, alpha=1.0 - p)
+def reference_actor_update(ref, actor_obs, critic_obs, update_targets=True):
+    """ReferenceTD3's actor step, then (as TD3Core.actor_update) Polyak on all targets."""
+    loss = ref.actor_update({"obs": torch.from_numpy(actor_obs),
+                             "critic_obs": torch.from_numpy(critic_obs)})
+    if update_targets:
+        ref.update_targets("all")
+    return loss
 
 
 def torch_params(module: nn.Module) -> np.ndarray:
@@ -126,12 +96,33 @@ def small_core(**kw):
     return TD3Core(**args)
 
 
+def assert_agree(mine, theirs, what):
+    """Parameters after many updates: all but 0.1 % within 1e-5, none beyond 5e-5. Adam
+    divides each step by the gradient's size, so a parameter whose gradient is the sum of
+    terms that almost cancel (|g| ~1e-6 against a median ~1e-4) takes a step whose rounding
+    differs by up to ~2e-5 between two summation orders; a wrong term moves every parameter
+    by ~1e-3 per step."""
+    err = np.abs(np.asarray(mine) - np.asarray(theirs))
+    assert np.quantile(err, 0.999) <= 1e-5 and err.max() <= 5e-5, (
+        f"{what}: 99.9 % quantile of |diff| {np.quantile(err, 0.999):.3g}, max {err.max():.3g}")
+
+
 def assert_close(a, b, atol=PARAM_ATOL, what=""):
     err = float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
     assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol:.3g}"
 
 
 # --------------------------------------------------------------------------------- tests
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The reference's matrices are tiny: on a busy machine torch's threads only wait for
+    each other (a test took 10x longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_tanh_approximation_error():
     x = np.linspace(-10, 10, 400_001, dtype=np.float32)
     out = np.empty_like(x)
@@ -151,30 +142,31 @@ def test_tanh_approximation_error():
 def test_updates_match_torch_reference(dims):
     """A few interleaved critic/actor steps: gradients, parameters, targets and losses."""
     core = small_core(**dims)
-    ref = TorchTD3(core)
+    ref = ReferenceTD3.from_core(core)
     rng = np.random.default_rng(0)
     for step in range(4):
         batch = make_batch(rng, core)
         loss = core.critic_update(**batch)
-        ref_loss, _ = ref.critic_update(**batch)
+        ref_loss, _ = reference_critic_update(ref, batch)
         assert loss == pytest.approx(ref_loss, rel=1e-5)
         _, g1, g2 = core_grads(core)
-        for g, net in ((g1, ref.q1), (g2, ref.q2)):
+        for g, net in ((g1, ref.critic1), (g2, ref.critic2)):
             rg = torch_grads(net)
             assert_close(g, rg, GRAD_RTOL * np.abs(rg).max(), f"critic grads step {step}")
         if step % 2 == 1:
             a_loss = core.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
-            ref_a_loss = ref.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
+            ref_a_loss = reference_actor_update(ref, batch["next_actor_obs"],
+                                                batch["next_critic_obs"])
             assert a_loss == pytest.approx(ref_a_loss, rel=1e-5, abs=1e-6)
             ga, _, _ = core_grads(core)
             rg = torch_grads(ref.actor)
             assert_close(ga, rg, GRAD_RTOL * np.abs(rg).max(), f"actor grads step {step}")
     assert_close(core_actor_params(core), torch_params(ref.actor), what="actor")
     assert_close(core_actor_params(core, True), torch_params(ref.actor_target), what="actor tgt")
-    for mine, theirs, name in zip(core_critic_params(core), (ref.q1, ref.q2), ("Q1", "Q2")):
+    for mine, theirs, name in zip(core_critic_params(core), (ref.critic1, ref.critic2), ("Q1", "Q2")):
         assert_close(mine, torch_params(theirs), what=name)
     for mine, theirs, name in zip(core_critic_params(core, True),
-                                  (ref.q1_target, ref.q2_target), ("Q1 tgt", "Q2 tgt")):
+                                  (ref.critic1_target, ref.critic2_target), ("Q1 tgt", "Q2 tgt")):
         assert_close(mine, torch_params(theirs), what=name)
     # the updates did move the parameters (so the comparison above is not vacuous)
     assert np.abs(core_actor_params(core) - core_actor_params(small_core(**dims))).max() > 1e-3
@@ -185,16 +177,16 @@ def test_updates_match_torch_reference(dims):
 def test_paper_sizes_match_torch_reference(threads, layer_norm):
     # 146 / 28 / 4, 64-64, batch 256
     core = TD3Core(seed=5, threads=threads, critic_layer_norm=layer_norm)
-    ref = TorchTD3(core)
+    ref = ReferenceTD3.from_core(core)
     rng = np.random.default_rng(1)
     for _ in range(2):
         batch = make_batch(rng, core, b=256)
         core.critic_update(**batch)
-        ref.critic_update(**batch)
+        reference_critic_update(ref, batch)
         core.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
-        ref.actor_update(batch["next_actor_obs"], batch["next_critic_obs"])
+        reference_actor_update(ref, batch["next_actor_obs"], batch["next_critic_obs"])
     assert_close(core_actor_params(core), torch_params(ref.actor), what="actor")
-    for mine, theirs in zip(core_critic_params(core), (ref.q1, ref.q2)):
+    for mine, theirs in zip(core_critic_params(core), (ref.critic1, ref.critic2)):
         assert_close(mine, torch_params(theirs), what="critic")
     obs = rng.standard_normal((5, 146)).astype(np.float32)
     with torch.no_grad():
@@ -212,7 +204,7 @@ def _hand_td_target(ref, batch, next_action_fn, gamma):
     with torch.no_grad():
         mu = ref.actor_target(torch.from_numpy(batch["next_actor_obs"]))
         x_next = torch.cat([torch.from_numpy(batch["next_critic_obs"]), next_action_fn(mu)], 1)
-        q_next = torch.min(ref.q1_target(x_next), ref.q2_target(x_next)).view(-1)
+        q_next = torch.min(ref.critic1_target(x_next), ref.critic2_target(x_next)).view(-1)
         return torch.from_numpy(batch["reward"]) + gamma * (
             1 - torch.from_numpy(batch["terminated"])) * q_next
 
@@ -225,9 +217,9 @@ def test_target_smoothing_noise_and_action_clipping():
         batch["noise"] = np.full_like(batch["noise"], sign * 1e3)
         # noise clipped at 0.5: a' = clip(mu' + 0.5 sign, -1, 1)
         core = small_core(smoothing_std=0.2, smoothing_clip=0.5)
-        ref = TorchTD3(core)
+        ref = ReferenceTD3.from_core(core)
         y_hand = _hand_td_target(ref, batch, lambda mu: (mu + 0.5 * sign).clamp(-1, 1), core.gamma)
-        _, y_ref = ref.critic_update(**batch)
+        _, y_ref = reference_critic_update(ref, batch)
         assert torch.allclose(y_ref, y_hand, atol=1e-6)
         assert _mean_td_target(core, batch) == pytest.approx(y_hand.mean().item(), abs=1e-5)
         # noise clip out of the way: only the action clip bounds a' (= +-1 everywhere)
@@ -715,3 +707,87 @@ def test_sampled_update_errors():
     with pytest.raises(RuntimeError):  # the array API replaced the sampled batch
         core.actor_update_sampled()
     core.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_trainer_updates_match_the_reference_schedule(threads):
+    """The trainer's path (Trainer._update: update_sampled with the target critics' Polyak step
+    every critic_target_update_interval steps and the actor update and target actor step
+    fused in after the warm-up) against ReferenceTD3.update on the same replay rows and noise,
+    paper sizes with LayerNorm critics: the same parameters after 40 updates (assert_agree)."""
+    from nanofly.train.replay import ReplayBuffer
+    from nanofly.train.td3 import TrainConfig
+
+    cfg = TrainConfig(critic_update_interval=10, actor_update_interval=20,
+                      critic_target_update_interval=20, actor_warmup_steps=100,
+                      reward_scale=0.5)
+    core = TD3Core(seed=7, threads=threads, critic_layer_norm=True, batch_size=cfg.batch_size)
+    ref = ReferenceTD3.from_core(core)
+    rng = np.random.default_rng(12)
+    replay = ReplayBuffer(1000, core.actor_obs_dim, core.critic_obs_dim, core.action_dim)
+    replay.data[:] = rng.standard_normal(replay.data.shape).astype(np.float32)
+    replay.terminated[:] = rng.random(1000) < 0.1
+    replay.rows(1000)
+    for at_step in range(0, 400, cfg.critic_update_interval):
+        idx = rng.integers(0, replay.size, size=cfg.batch_size)
+        noise = rng.standard_normal((cfg.batch_size, 4), dtype=np.float32)
+        actor = at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0
+        core.update_sampled(replay, idx, noise, reward_scale=cfg.reward_scale,
+                            critic_targets=at_step % cfg.critic_target_update_interval == 0,
+                            actor_targets="actor" if actor else None)
+        batch = {k: torch.from_numpy(v) for k, v in replay.get(idx).items()}
+        batch["reward"] = batch["reward"] * cfg.reward_scale
+        ref.update(batch, torch.from_numpy(noise), at_step, cfg)
+    assert (core.critic_steps, core.actor_steps) == (40, 15)
+    assert_agree(core_actor_params(core), torch_params(ref.actor), "actor")
+    assert_agree(core_actor_params(core, True), torch_params(ref.actor_target), "actor tgt")
+    for mine, theirs in zip(core_critic_params(core), (ref.critic1, ref.critic2)):
+        assert_agree(mine, torch_params(theirs), "critic")
+    for mine, theirs in zip(core_critic_params(core, True),
+                            (ref.critic1_target, ref.critic2_target)):
+        assert_agree(mine, torch_params(theirs), "critic tgt")
+    assert np.abs(core_actor_params(core) - core_actor_params(
+        TD3Core(seed=7, critic_layer_norm=True))).max() > 1e-3  # they did train
+    core.close()
+
+
+def test_reference_reward_is_the_simulators():
+    from nanofly.sim.env import RewardWeights, recompute_rewards
+    from nanofly.train.td3_reference import reward
+
+    rng = np.random.default_rng(3)
+    priv = (0.1 * rng.standard_normal((500, 28))).astype(np.float32)
+    priv[:, [3, 7, 11]] += 1  # the rotation matrix's diagonal: about level
+    action = np.clip(0.3 + 0.3 * rng.standard_normal((500, 4)), -1, 1).astype(np.float32)
+    terminated = (rng.random(500) < 0.1).astype(np.float32)
+    for weights in (RewardWeights(), RewardWeights(position=80.0, linear_velocity=1.0, action=1.0,
+                                                   non_negative=True, termination_penalty=-3.0)):
+        fast = recompute_rewards(priv, action, terminated, weights, 0.3)
+        mine = reward(*map(torch.from_numpy, (priv, action, terminated)), weights, 0.3).numpy()
+        np.testing.assert_allclose(mine, fast, rtol=1e-5, atol=1e-5)
+        assert len(set(np.round(fast, 3))) > 100  # not a constant
+        assert np.all(fast[terminated == 1] == weights.termination_penalty)
+    assert (fast == 0).any() and (fast > 0).any()  # clipped at 0, and not everywhere
+
+
+def test_reference_trainer_follows_the_trainer():
+    """ReferenceTrainer (plain torch, plain arrays) and Trainer (numba core) from the same
+    weights and seed make the same random draws and the same updates, with the curriculum:
+    after 2 400 env steps their actors still agree to 1e-4."""
+    from nanofly.train.td3 import TrainConfig, Trainer
+    from nanofly.train.td3_reference import ReferenceTrainer
+
+    cfg = TrainConfig(total_env_steps=2400, critic_warmup_steps=800, actor_warmup_steps=1200,
+                      curriculum_interval=800, selection_interval=0, update_threads=1,
+                      adapt_update_threads=False)
+    fast = Trainer(cfg)
+    ref = ReferenceTrainer(cfg, networks=(fast.core.to_actor(), *fast.core.to_critics()))
+    for _ in range(cfg.total_env_steps // cfg.num_envs):
+        fast.step()
+        ref.step()
+    assert ref.weights == fast.weights and fast.weights.position > 30  # 3 curriculum stages
+    assert (fast.state.actor_updates, fast.core.critic_steps) == (61, 161)
+    assert_close(core_actor_params(fast.core), torch_params(ref.td3.actor), 1e-4, "actor")
+    assert np.abs(core_actor_params(fast.core) - torch_params(fast.core.to_actor(target=True))
+                  ).max() > 1e-3  # it trained (the target lags the online actor)
+

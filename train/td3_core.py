@@ -739,16 +739,11 @@ class TD3Core:
         with ``critic_layer_norm`` ``(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh,
         Linear)``; and the state_dict key prefixes of its layers with parameters, in the order
         of ``_critic_layers``."""
-        from torch import nn
+        from .td3_reference import critic_network
 
-        c_in, (c1, c2) = self.critic_in_dim, self.critic_hidden
-        if self.critic_layer_norm:
-            net = nn.Sequential(nn.Linear(c_in, c1), nn.LayerNorm(c1), nn.Tanh(),
-                                nn.Linear(c1, c2), nn.LayerNorm(c2), nn.Tanh(), nn.Linear(c2, 1))
-            return net, ["0.", "1.", "3.", "4.", "6."]
-        net = nn.Sequential(nn.Linear(c_in, c1), nn.Tanh(), nn.Linear(c1, c2), nn.Tanh(),
-                            nn.Linear(c2, 1))
-        return net, ["0.", "2.", "4."]
+        net = critic_network(self.critic_in_dim, self.critic_hidden, self.critic_layer_norm)
+        return net, (["0.", "1.", "3.", "4.", "6."] if self.critic_layer_norm
+                     else ["0.", "2.", "4."])
 
     def to_critics(self, target: bool = False):
         """(Q1, Q2) as torch modules (copied weights): ``nn.Sequential(Linear, Tanh, Linear,
