@@ -1,12 +1,15 @@
 """TD3 with an asymmetric actor-critic and the reward curriculum of "Learning to Fly in Seconds".
 
-Readable top to bottom (CleanRL style): ``TrainConfig`` holds every hyperparameter; ``train``
-runs the loop: act with exploration noise in ``num_envs`` parallel simulators, store transitions,
-update the twin critics every ``critic_update_interval`` environment steps and the actor and the
-targets every ``actor_update_interval`` steps (after their warm-ups), and apply the curriculum,
-recomputing the rewards already stored. The updates themselves are the numba kernels of
-``TD3Core`` (hand-written forward/backward/Adam); the saved actor is a torch
-module (``nanofly.policy.actor.Actor``).
+The algorithm, in plain PyTorch to be read: ``nanofly.train.td3_reference`` (the update in
+``ReferenceTD3``, the loop in ``ReferenceTrainer``). This module runs the same loop fast:
+``TrainConfig`` holds every hyperparameter (the reasons behind its non-paper defaults:
+docs/training.md); ``train`` acts with exploration noise in ``num_envs`` parallel simulators,
+stores transitions, updates the twin critics every ``critic_update_interval`` environment steps
+and the actor and the targets every ``actor_update_interval`` steps (after their warm-ups), and
+applies the curriculum, recomputing the rewards already stored. The updates run in the numba
+kernels of ``TD3Core``; around the reference's loop it adds checkpoint selection, early stop,
+int8-aware fine-tuning and checkpoints. The saved actor is a torch module
+(``nanofly.policy.actor.Actor``).
 
 The actor sees the noisy observation (``nanofly.policy.observation``); the critics see the
 privileged one (noise-free state, disturbance, rotor speeds; 28 values) plus the action. Every
@@ -45,133 +48,64 @@ MAX_HIDDEN_WIDTH = 2048
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters. Defaults are the paper's except where a comment says otherwise, each
-    with its measured reason (docs/history.md, "What made hover precise")."""
+    """Every hyperparameter of a training run, one line each. Defaults are the paper's unless
+    the line says "paper: ..."; docs/training.md gives the reason for each such default."""
 
     seed: int = 0  # seeds the simulator, the network initialization and all sampling
     preset: str = "crazyflie_paper"  # vehicle: preset name or .toml path
-    # Environment steps (summed over the parallel envs). The paper: 300 000. Here policies
-    # learn to fly by ~200 k steps but only hold the target within 0.1 m reliably after
-    # ~450 k (5 seeds: median hover success 0-17 % at 300 k, 85 % at 700 k).
-    total_env_steps: int = 700_000
-    # The paper steps 1 environment; stepping 16 at once gives the same data and update
-    # schedule per environment step, with 16x fewer Python round trips.
-    num_envs: int = 16
-    # Update schedule, in environment steps (summed over envs).
-    critic_update_interval: int = 10  # one critic update (both critics) per 10 steps
-    actor_update_interval: int = 20  # one actor + target update per 20 steps
-    # Target critics take their Polyak step after every critic update at a multiple of this
-    # many steps (the reference code's CRITIC_TARGET_UPDATE_INTERVAL: 10); the target actor
-    # after each actor update. 0: all targets together after each actor update (half the value
-    # propagation, and with it chattering policies; docs/history.md).
-    critic_target_update_interval: int = 10
-    critic_warmup_steps: int = 15_000  # no critic updates before this many steps
-    actor_warmup_steps: int = 30_000  # no actor updates before this many steps
-    # Transitions per update (actor and critic). The paper: 256. 128 with the LayerNorm critics:
-    # about a third less time per env step and no more steps to a hovering policy (5 seeds:
-    # median 23.4 s vs 33.2 s to a passing policy; 64 needs 580-700 k steps, 26.0 s).
-    batch_size: int = 128
-    replay_capacity: int = 0  # rows; 0 = total_env_steps (the paper keeps every transition)
-    # Networks and optimizer.
-    actor_hidden: tuple[int, ...] = (64, 64)  # tanh everywhere, output included
-    critic_hidden: tuple[int, ...] = (64, 64)  # tanh hidden, linear output
-    # LayerNorm (with gain and offset) on the critics' hidden layers, before each tanh; the
-    # actor is unchanged. The paper's critics have none. With it the hover precision no longer
-    # collapses mid-run (the critic drove those collapses) and 5 of 5 seeds stop early at
-    # 360-460 k steps instead of 520-700 k (docs/history.md, "The mid-run collapses").
-    critic_layer_norm: bool = True
-    learning_rate: float = 1e-3  # Adam, actor and critics
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    total_env_steps: int = 700_000  # env steps, summed over the envs (paper: 300 000)
+    num_envs: int = 16  # simulators stepped together, same schedule per env step (paper: 1)
+    critic_update_interval: int = 10  # env steps per critic update (both critics)
+    actor_update_interval: int = 20  # env steps per actor update (multiple of the above)
+    critic_target_update_interval: int = 10  # target critics' Polyak interval (0: the actor's)
+    critic_warmup_steps: int = 15_000  # no critic updates before this many env steps
+    actor_warmup_steps: int = 30_000  # no actor updates before this many env steps
+    batch_size: int = 128  # transitions per update (paper: 256)
+    replay_capacity: int = 0  # replay rows; 0: total_env_steps (every transition is kept)
+    actor_hidden: tuple[int, ...] = (64, 64)  # actor hidden widths; tanh everywhere, output too
+    critic_hidden: tuple[int, ...] = (64, 64)  # critic hidden widths; tanh hidden, linear output
+    critic_layer_norm: bool = True  # LayerNorm before each critic tanh (paper: none)
+    learning_rate: float = 1e-3  # Adam step size, actor and critics
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
     weight_decay: float = 1e-4  # L2 added to the gradient (torch.optim.Adam semantics)
-    # TD3.
     gamma: float = 0.99  # discount per 10 ms step
-    target_noise_std: float = 0.2  # target policy smoothing, normalized action units
-    target_noise_clip: float = 0.5
+    target_noise_std: float = 0.2  # target policy smoothing noise, normalized action units
+    target_noise_clip: float = 0.5  # its clip, normalized action units
     polyak: float = 0.995  # target = polyak * target + (1 - polyak) * online
     exploration_noise_std: float = 0.1  # Gaussian, normalized action units
-    # The critics learn scaled returns (reward * reward_scale): with the paper's reward a
-    # surviving state is worth ~200, and a critic whose linear output must first grow to that
-    # size spends thousands of Adam steps on scale alone. 1.0 = the paper.
-    reward_scale: float = 1.0
-    # Curriculum (every `curriculum_interval` steps; rewards in the buffer are recomputed).
-    # The paper: every 100 000 steps. Here every 25 000: the velocity and action weights
-    # (which damp the hover) reach their targets by 350 k steps, so the reward stops moving
-    # halfway through the run (10 seeds: 10 pass the hover suite, median 96.4 %; every 50 000:
-    # 6 pass, median 95.2 %, with more collapses of the hover precision between checks).
-    curriculum_interval: int = 25_000
-    # Advance only when at least this fraction of the last 100 training episodes reached the
-    # time limit (0: the paper's fixed schedule).
-    curriculum_min_survival: float = 0.0
-    curriculum_position_factor: float = 1.2
-    # Cap of the position weight. The paper: 40; 80 here, since the precision a 0.1 m success
-    # radius needs comes from it (10 seeds: 4 -> 5 pass, worst seed 68.5 % -> 93.6 %).
-    curriculum_position_max: float = 80.0
-    curriculum_linear_velocity_factor: float = 1.4
-    curriculum_linear_velocity_max: float = 1.0
-    curriculum_action_factor: float = 1.4
-    curriculum_action_max: float = 1.0
-    # Reward weights at the start of training. The paper's: position 5, orientation 5, linear
-    # velocity 0.01, angular velocity 0, action 0.01, scale 0.5, constant 2. Here position 20
-    # (a 5 cm offset must cost enough for the critic to see it) and rewards clipped at 0 from
-    # below (the reference's `non_negative` switch), so that a large weight never makes
-    # crashing look better than flying on.
+    reward_scale: float = 1.0  # the critics learn reward * reward_scale
+    curriculum_interval: int = 25_000  # env steps per curriculum stage (paper: 100 000)
+    curriculum_min_survival: float = 0.0  # advance only if this fraction of 100 episodes survived
+    curriculum_position_factor: float = 1.2  # position weight growth per stage
+    curriculum_position_max: float = 80.0  # position weight cap (paper: 40)
+    curriculum_linear_velocity_factor: float = 1.4  # linear velocity weight growth per stage
+    curriculum_linear_velocity_max: float = 1.0  # its cap
+    curriculum_action_factor: float = 1.4  # action weight growth per stage
+    curriculum_action_max: float = 1.0  # its cap
+    # reward weights at the start (paper: position 5, no clipping at 0)
     initial_reward_weights: RewardWeights = field(
         default_factory=lambda: RewardWeights(position=20.0, non_negative=True))
-    # Ablations (the paper's switches): False removes the component.
-    disturbance: bool = True
-    observation_noise: bool = True
-    asymmetric_critic: bool = True  # False: the critics see the actor observation
-    rotor_delay: bool = True
-    action_history: bool = True  # False: no past actions in the observation
-    curriculum: bool = True
+    disturbance: bool = True  # ablation switch: random force and torque per episode
+    observation_noise: bool = True  # ablation switch: Gaussian noise on the actor observation
+    asymmetric_critic: bool = True  # ablation switch; False: the critics see the actor observation
+    rotor_delay: bool = True  # ablation switch; False: rotors reach their set points at once
+    action_history: bool = True  # ablation switch; False: no past actions in the observation
+    curriculum: bool = True  # ablation switch; False: the initial reward weights throughout
     history_length: int = DEFAULT_HISTORY_LENGTH  # past actions observed (action_history on)
-    guidance_probability: float = 0.1  # training episodes that start on target (paper: 0.1)
-    # Start the actor's output layer at the hover action (bias atanh(hover action)), so the
-    # untrained policy already roughly holds altitude instead of dropping from the sky.
-    init_actor_at_hover: bool = True
-    # The saved policy: the target actor (the Polyak average of the online actor's recent
-    # weights) instead of the online actor, whose hover offset moves by centimetres from one
-    # 20 k-step snapshot to the next (measured: median success 85 % vs 69 % over 5 seeds).
-    save_target_actor: bool = True
-    # Checkpoint selection: from `selection_start` on, every `selection_interval` steps the
-    # policy is scored on `selection_episodes` episodes of the hover suite (seed
-    # `selection_seed`, not the evaluation suite's) and the best one is saved, not the last
-    # (0: off). 1000 episodes (~0.4 s per check), not 256: snapshots 20 k steps apart differ
-    # by a few points, as much as the noise of 256 episodes (10 seeds, curriculum every 50 k:
-    # 5 -> 6 passing the 1000-episode suite, and early stops fire; docs/history.md).
-    selection_interval: int = 20_000
-    selection_start: int = 300_000
-    selection_episodes: int = 1000
-    selection_seed: int = 2024
-    # A check first runs the first `selection_prescreen_episodes` of those episodes (the same
-    # ones: each episode's randomness depends on its index, not on how many run) and scores
-    # the snapshot on them alone if they succeed less than `selection_prescreen_success`.
-    # Most checks are of snapshots far from passing (seed 0: 0-88 % in 4 of 7), and a
-    # snapshot that would score 97 % on 1000 episodes scores below 90 % on 200 of them with
-    # probability ~1e-8, so the stop and the kept snapshot are what full checks would give.
-    # 0: always the full check.
-    selection_prescreen_episodes: int = 200
-    selection_prescreen_success: float = 0.9
-    # Stop training early once a selection check scores at least this hover success rate
-    # (1.0 or more: never; the schedule then runs to total_env_steps).
-    stop_at_selection_success: float = 0.97
-    # Quantization-aware fine-tuning (0: off): after the schedule (or the early stop), this many
-    # more env steps of TD3 from the kept snapshot in which every actor update runs on the
-    # weights snapped to the int8 export grid and its Adam step goes to the float weights
-    # (straight-through). Selection checks go on, scoring the target actor snapped to the grid,
-    # and the best snapped one is saved; the grid (input multipliers) is recorded in policy.pt,
-    # so `nanofly export`'s int8 runtime computes what was trained (docs/export-notes.md). It
-    # costs ~4 s per 60 k steps; off by default.
-    int8_aware_steps: int = 0
-    # Bookkeeping.
+    guidance_probability: float = 0.1  # training episodes that start on target
+    init_actor_at_hover: bool = True  # actor output bias atanh(hover action) at the start
+    save_target_actor: bool = True  # save the target (Polyak-averaged) actor, not the online one
+    selection_interval: int = 20_000  # env steps between checkpoint selection checks (0: off)
+    selection_start: int = 300_000  # env step of the first check
+    selection_episodes: int = 1000  # hover-suite episodes per check
+    selection_seed: int = 2024  # their seed (not the evaluation suite's)
+    selection_prescreen_episodes: int = 200  # score on these first when they succeed below ...
+    selection_prescreen_success: float = 0.9  # ... this rate (the same episodes; 0 episodes: off)
+    stop_at_selection_success: float = 0.97  # stop once a full check scores this (>= 1: never)
+    int8_aware_steps: int = 0  # extra env steps of training on the int8 export grid (0: off)
     log_interval: int = 10_000  # env steps between metrics.jsonl lines
-    # Threads for the network updates: each batch is computed as two halves whose gradients
-    # are added in a fixed order, by two threads on two cores (2) or in turn by one (1); the
-    # results are the same bits either way, only the speed differs.
-    update_threads: int = 2
-    # With 2: run an update on one thread while that is measured faster, e.g. while another
-    # process keeps a core busy (td3_core.AdaptiveThreads); the same bits either way.
-    adapt_update_threads: bool = True
+    update_threads: int = 2  # threads per network update (1 or 2; the same bits either way)
+    adapt_update_threads: bool = True  # with 2: one thread while that is faster (same bits)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

@@ -1,5 +1,10 @@
 """Fast TD3 core with an asymmetric actor-critic: networks, TD3 updates and Adam in numba.
 
+A fast implementation of ``nanofly.train.td3_reference`` (``ReferenceTD3``, plain PyTorch, the
+statement of the algorithm): the same updates on the same batches give the same parameters to
+~1e-5 (tests/test_td3_core.py). Read the reference for what is computed; this module and
+``td3_kernels`` are how it is made fast.
+
 ``TD3Core`` owns the actor, the twin critics, their three target copies, the Adam state and
 preallocated workspaces, all as flat float32 buffers; one ``critic_update`` / ``actor_update``
 is one call into a hand-written numba kernel (forward, backward, Adam, Polyak; with two

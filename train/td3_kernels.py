@@ -1,5 +1,11 @@
 """numba kernels behind :mod:`nanofly.train.td3_core` (hand-written forward, backward and Adam).
 
+They compute what ``nanofly.train.td3_reference.ReferenceTD3`` states in plain PyTorch:
+``critic_gradient`` is the gradient of its ``critic_update`` loss (TD target with target
+policy smoothing, twin critics), ``actor_gradient`` that of its ``actor_update``, ``_adam`` is
+``torch.optim.Adam``'s step and ``_polyak`` its ``update_targets`` (tests/test_td3_core.py
+checks them against it).
+
 Everything here works on flat float32 buffers whose layout is defined by ``TD3Core`` (see its
 module docstring); the caller passes the dimensions as an int64 array ``dims`` (actor obs,
 critic obs, action, actor hidden 1, 2, critic hidden 1, 2, critic LayerNorm 0/1) and the buffer
