@@ -10,6 +10,7 @@ __version__`` (the package root) is allowed everywhere.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,11 @@ def rank_of(module: str) -> int | None:
     return ROOT_RANK if module == "nanofly" else TOP_LEVEL_RANK
 
 
-def _top_level_names() -> set[str]:
+@functools.cache
+def _top_level_names() -> frozenset[str]:
     """Names ``from nanofly import NAME`` can import as a module of the top level."""
     names = {p.stem for p in (REPO / "nanofly").glob("*.py") if p.stem != "__init__"}
-    return names | {package.split(".")[1] for package, _ in STAGES}
+    return frozenset(names | {package.split(".")[1] for package, _ in STAGES})
 
 
 def imported_modules(source: str, package: str) -> list[tuple[int, str]]:

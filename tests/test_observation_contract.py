@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from nanofly.policy.observation import (ACTION_DIM, ACTION_MAPPING, DEFAULT_HISTORY_LENGTH,
                                         OBSERVATION_DIM, STATE_DIM, STATE_PARTS,
@@ -71,6 +70,8 @@ def test_the_simulator_follows_the_contract():
 
 @pytest.mark.parametrize("model", sorted(p.parent.name for p in (REPO / "models").glob("*/policy.pt")))
 def test_shipped_policies_record_the_contract(model):
+    import torch
+
     payload = torch.load(REPO / "models" / model / "policy.pt", weights_only=True)
     history = payload["mdp"]["history_length"]
     assert payload["observation"] == observation_record(history)
