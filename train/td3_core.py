@@ -12,9 +12,11 @@ threads the second half of the batch runs on a helper thread) whose matrix produ
 BLAS. The training loop (replay buffer, environments, schedule) lives elsewhere
 and calls it. Measured costs: ``bench/bench_td3_update.py``.
 
-Construction (all sizes are runtime arguments; defaults are the paper's)::
+Construction (all sizes are runtime arguments; defaults are the paper's: the observation
+contract's ``OBSERVATION_DIM`` and ``ACTION_DIM``, the simulator's 28-value privileged
+observation)::
 
-    core = TD3Core(actor_obs_dim=146, critic_obs_dim=28, action_dim=4,
+    core = TD3Core(actor_obs_dim=OBSERVATION_DIM, critic_obs_dim=28, action_dim=ACTION_DIM,
                    actor_hidden=(64, 64), critic_hidden=(64, 64),
                    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4,
                    gamma=0.99, polyak=0.995, smoothing_std=0.2, smoothing_clip=0.5,
@@ -25,7 +27,7 @@ Construction (all sizes are runtime arguments; defaults are the paper's)::
   too); same layout and semantics as ``nanofly.policy.actor.Actor``.
 - critics Q1, Q2: ``[critic_obs_dim + action_dim, *critic_hidden, 1]``, tanh on the hidden
   layers, linear output; the input is ``concat(critic_obs, action)``. ``critic_obs_dim`` is the
-  privileged observation (28, asymmetric) or the actor observation (146, ablation "asymmetric
+  privileged observation (28, asymmetric) or the actor observation (ablation "asymmetric
   critic off": pass the actor observation as ``critic_obs`` too). ``critic_layer_norm``: a
   LayerNorm (torch's: biased variance, eps 1e-5, a gain and an offset per unit) between each
   hidden Linear and its tanh, in both critics and their targets (the trainer's default; the
@@ -118,6 +120,7 @@ from typing import Any
 
 import numpy as np
 
+from nanofly.policy.observation import ACTION_DIM, OBSERVATION_DIM
 from nanofly.train import td3_kernels as _k
 
 _F32 = np.float32
@@ -201,7 +204,8 @@ class AdaptiveThreads:
 class TD3Core:
     """Actor, twin critics, targets, Adam state and workspaces for fast TD3 updates."""
 
-    def __init__(self, actor_obs_dim: int = 146, critic_obs_dim: int = 28, action_dim: int = 4,
+    def __init__(self, actor_obs_dim: int = OBSERVATION_DIM, critic_obs_dim: int = 28,
+                 action_dim: int = ACTION_DIM,
                  actor_hidden: tuple[int, int] = (64, 64),
                  critic_hidden: tuple[int, int] = (64, 64), *,
                  lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
