@@ -40,8 +40,20 @@ def register(sub) -> None:
                    help="hover threshold: minimum success rate (default 0.95)")
     e.add_argument("--max-rmse", type=float, default=None,
                    help="figure8 threshold: maximum position RMSE in m (default 0.10)")
+    e.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="onnx, c-f32, c-int8 and pil backends with a policy.pt: run the export "
+                        "in DIR when it is of this very policy file (`nanofly export POLICY "
+                        "--out DIR`), else export into DIR for later runs (default: a "
+                        "temporary export per run)")
+    e.add_argument("--plots", default=None, metavar="DIR",
+                   help="write rollout plots of each suite run into DIR: hover (x-y, position "
+                        "vs time), figure8 (x-y against the reference, position vs time, "
+                        "tracking error); terminated episodes end in an x")
     e.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     e.set_defaults(handler=_eval)
+
+
+RECORDED_EPISODES = {"hover": 8, "figure8": 4}  # episodes drawn by --plots
 
 
 def _eval(args) -> int:
@@ -53,6 +65,15 @@ def _eval(args) -> int:
         problem = f"--min-success is a fraction from 0 to 1, got {args.min_success} (0.95: 95 %)"
     elif args.max_rmse is not None and not (math.isfinite(args.max_rmse) and args.max_rmse > 0):
         problem = f"--max-rmse must be a positive number of metres, got {args.max_rmse}"
+    elif args.export_dir is not None and not (args.backend in ("onnx", "c-f32", "c-int8")
+                                              or args.backend.startswith("pil:")):
+        problem = (f"--export-dir applies to the onnx, c-f32, c-int8 and pil backends, not "
+                   f"--backend {args.backend}")
+    elif args.export_dir is not None and (Path(args.policy) / "manifest.json").is_file():
+        problem = (f"--export-dir: {args.policy} is an export directory already; pass it "
+                   f"alone, or a policy.pt to export into --export-dir")
+    elif args.plots is not None and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        problem = f"--plots {args.plots} is a file; give a directory (it is created if missing)"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -63,12 +84,16 @@ def run_eval(args) -> int:
     """Run the chosen suites on the chosen backend; exit status 0 passed, 1 missed a
     threshold, 2 bad input."""
     from nanofly.policy.file import PolicyFileError
+    from nanofly.train.commands import ProgressBar
     from nanofly.train.evaluate import Figure8Thresholds, HoverThresholds, public, run_suite
 
     policy_path = Path(args.policy)
     suites = args.suite or ["hover"]
     try:
-        policy, preset, mdp = open_for_eval(policy_path, args.backend)
+        run_path = policy_path
+        if args.export_dir is not None:
+            run_path = _export_into(policy_path, Path(args.export_dir))
+        policy, preset, mdp = open_for_eval(run_path, args.backend)
     except (PolicyFileError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -85,9 +110,21 @@ def run_eval(args) -> int:
                 kwargs["thresholds"] = HoverThresholds(min_success_rate=args.min_success)
             if suite == "figure8" and args.max_rmse is not None:
                 kwargs["thresholds"] = Figure8Thresholds(max_position_rmse_m=args.max_rmse)
+            if args.plots is not None:
+                kwargs["record"] = RECORDED_EPISODES[suite]
             t0 = time.perf_counter()
-            result = public(run_suite(suite, policy, **kwargs))
+            bar = ProgressBar(1, label=f"{suite} suite ({args.backend})", line_every_s=10.0)
+
+            def progress(done: int, steps: int) -> None:
+                bar.set_total(steps)
+                bar.update(done, time.perf_counter() - t0)
+
+            full = run_suite(suite, policy, progress=progress, **kwargs)
+            bar.close()
+            result = public(full)
             result["wall_time_s"] = round(time.perf_counter() - t0, 3)
+            if args.plots is not None:
+                result["plots"] = [str(p) for p in _plot(suite, full, Path(args.plots))]
             out["suites"][suite] = result
             passed &= result["passed"]
     finally:
@@ -105,12 +142,49 @@ def run_eval(args) -> int:
             if suite == "hover":
                 print(f"hover   [{status}] success {100 * r['success_rate']:.1f}% "
                       f"(threshold {100 * r['thresholds']['min_success_rate']:.0f}%), "
-                      f"{r['episodes']} episodes, final position RMSE {r['final_position_rmse_m']}, "
+                      f"{r['episodes']} episodes, final position RMSE {_metres(r['final_position_rmse_m'])}, "
                       f"settled within 200 mm {100 * r['settling_fraction_200mm']:.1f}%")
             else:
-                print(f"figure8 [{status}] position RMSE {r['position_rmse_m']} m, max error "
-                      f"{r['max_position_error_m']} m, completion {100 * r['completion_rate']:.0f}%")
+                print(f"figure8 [{status}] position RMSE {_metres(r['position_rmse_m'])} "
+                      f"(threshold {r['thresholds']['max_position_rmse_m']:g} m), max error "
+                      f"{_metres(r['max_position_error_m'])}, completion "
+                      f"{100 * r['completion_rate']:.0f}%")
+            if r.get("plots"):
+                print(f"        plots: {', '.join(r['plots'])}")
     return 0 if passed else 1
+
+
+def _metres(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} m"
+
+
+def _export_into(policy_path: Path, export_dir: Path) -> Path:
+    """``--export-dir``: the export directory of ``policy_path`` in ``export_dir``, made there
+    (default options) unless it already holds an export of this very policy file, which is
+    then run as it is, whatever options made it."""
+    from nanofly.export.backends import export_dir_for, reusable_export
+    from nanofly.export.exporter import ExportError
+
+    if policy_path.is_dir():  # a run directory
+        policy_path = policy_path / "policy.pt"
+    if policy_path.is_file() and reusable_export(export_dir, policy_path):
+        print(f"reusing the export of {policy_path} in {export_dir}", file=sys.stderr)
+        return export_dir
+    print(f"exporting {policy_path} to {export_dir} (reused by later runs)...", file=sys.stderr)
+    try:
+        return export_dir_for(policy_path, export_dir=export_dir)
+    except ExportError as exc:
+        raise ValueError(f"--export-dir {export_dir}: {exc}") from None
+
+
+def _plot(suite: str, result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The rollout plots of one suite's recorded episodes into ``out_dir``."""
+    from nanofly.train.plots import plot_figure8_rollouts, plot_hover_rollouts
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if suite == "hover":
+        return plot_hover_rollouts(result["_trajectories"], out_dir, prefix="hover_")
+    return plot_figure8_rollouts(result["_trajectories"], out_dir, prefix="figure8_")
 
 
 def make_policy(backend: str, policy_path) -> Any:

@@ -174,6 +174,11 @@ def test_checkpoint_selection_keeps_best_snapshot_and_stops_early(tmp_path):
     # a reachable stop threshold ends the run at the first check that meets it
     stop = train(dataclasses.replace(cfg, stop_at_selection_success=0.0))
     assert stop.state.stopped_early and stop.state.env_steps == 2000
+    from nanofly.train.commands import _stopped_early_line  # what `nanofly train` prints
+    success = f"{100 * stop.state.selection_history[-1][1]:.0f} %"
+    assert _stopped_early_line(stop) == (
+        f"stopped early at 2,000 of 4,000 steps: the hover check (16 episodes) reached "
+        f"{success}, at least stop_at_selection_success 0 %")
     # the pre-screen: a snapshot below its threshold on the first episodes is scored on them
     screened = train(dataclasses.replace(cfg, selection_prescreen_episodes=8,
                                          selection_prescreen_success=1.01))
@@ -255,9 +260,11 @@ def test_train_cli_writes_run_dir_and_eval_exit_codes(tmp_path):
     run = tmp_path / "run"
     out = _cli("train", "--out", str(run), "--steps", "2000", "--config", str(cfg),
                "--eval-episodes", "20", "--json")
-    assert out.returncode == 0, out.stderr
+    # 2000 steps cannot hover: the final evaluation misses its threshold, so train exits 1 as
+    # eval does, with the summary printed and the run directory and policy saved all the same
+    assert out.returncode == 1, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["env_steps"] >= 2000 and "hover" in summary["eval"]
+    assert summary["env_steps"] >= 2000 and summary["eval"]["hover"]["passed"] is False
     for name in ("policy.pt", "metrics.jsonl", "config.toml", "learning_curve.png",
                  "eval_rollouts_xy.png", "eval_position_vs_time.png", "summary.json"):
         assert (run / name).is_file(), name
@@ -276,6 +283,28 @@ def test_train_cli_writes_run_dir_and_eval_exit_codes(tmp_path):
     badcfg = tmp_path / "bad.toml"
     badcfg.write_text("[train]\nnum_envs = -3\n")
     assert _cli("train", "--config", str(badcfg), "--out", str(tmp_path / "x")).returncode == 2
+
+
+def test_resume_refuses_options_that_differ_from_the_run(tmp_path, capsys):
+    """--resume continues with the run's own settings: a --seed (or --steps, --config key,
+    --out) that differs is refused with one line naming it, instead of being silently ignored;
+    the checkpoint stays."""
+    from nanofly.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint.npz", Trainer(TrainConfig(**SMALL)).checkpoint())
+    config = tmp_path / "other.toml"
+    config.write_text("[train]\nbatch_size = 32\n")
+    for argv, named in ((["--seed", "3"], "--seed 3 (the run's: 0)"),
+                        (["--steps", "9000"], "--steps 9000 (the run's: 6000)"),
+                        (["--config", str(config)], "--config key batch_size 32 (the run's: 64)"),
+                        (["--out", str(tmp_path / "elsewhere")], "--out")):
+        rc = main(["train", "--resume", str(run), *argv, "--eval-episodes", "0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, (argv, err)
+        assert named in err[0] and "Leave them out" in err[0], err
+    assert (run / "checkpoint.npz").is_file() and not (run / "policy.pt").exists()
 
 
 def test_update_threads_give_the_same_policy_and_one_cpu_falls_back_to_one(tmp_path):

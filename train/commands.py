@@ -64,40 +64,109 @@ def register(sub) -> None:
 PROCESS_START = time.perf_counter()
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` for a person: "45 s", "3 min 20 s", "1 h 05 min"."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 class ProgressBar:
-    """One live line on a terminal (or a line per update when stderr is not a terminal)."""
+    """One live line on a terminal (elsewhere a line per update, at most one per
+    ``line_every_s``): a bar, done/total ``unit``, elapsed time, rate and ETA.
 
-    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
+    The rate and ETA are measured from the first update on, so the time before it (numba
+    compiling, the first evaluation) does not count as slow progress; until a second update
+    there is no ETA. ``total`` may change (``set_total``: a run that stops early)."""
+
+    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True, *,
+                 unit: str = "steps", label: str = "", line_every_s: float = 0.0):
         self.total, self.stream, self.enabled = total, stream, enabled
+        self.unit, self.label, self.line_every_s = unit, label, line_every_s
         self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self._first: tuple[int, float] | None = None  # (done, elapsed) at the first update
+        self._drawn_at = -math.inf
+        self._shown = False  # a live line is on the terminal
 
-    def update(self, done: int, elapsed: float, fields: dict[str, str]) -> None:
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def _rate(self, done: int, elapsed: float) -> float | None:
+        if self._first is None:
+            self._first = (done, elapsed)
+            return None
+        done0, elapsed0 = self._first
+        if done <= done0 or elapsed <= elapsed0:
+            return None
+        return (done - done0) / (elapsed - elapsed0)
+
+    def update(self, done: int, elapsed: float, fields: dict[str, str] | None = None) -> None:
         if not self.enabled:
             return
-        frac = min(1.0, done / self.total)
+        rate = self._rate(done, elapsed)
+        now = time.monotonic()
+        finished = done >= self.total
+        every = 0.1 if self.tty else self.line_every_s
+        if now - self._drawn_at < every and not finished:
+            return
+        self._drawn_at = now
+        frac = min(1.0, done / self.total) if self.total else 1.0
         width = 24
         bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        extra = " | ".join(f"{k} {v}" for k, v in fields.items())
-        line = (f"[{bar}] {done:>7}/{self.total} steps | {elapsed:5.1f}s | {rate / 1000:5.1f}k steps/s"
-                f" | eta {eta:4.0f}s | {extra}")
+        if rate is None:
+            speed, eta = "-", "-"
+        else:
+            speed = (f"{rate / 1000:.1f}k {self.unit}/s" if rate >= 1000
+                     else f"{rate:.1f} {self.unit}/s")
+            eta = format_duration(max(0, self.total - done) / rate)
+        parts = [f"{self.label} " if self.label else "",
+                 f"[{bar}] {done:,}/{self.total:,} {self.unit} | {format_duration(elapsed)} | "
+                 f"{speed} | eta {eta}"]
+        if fields:
+            parts.append(" | " + " | ".join(f"{k} {v}" for k, v in fields.items()))
+        line = "".join(parts)
         if self.tty:
             self.stream.write("\r" + line[:160] + "\033[K")
+            self._shown = True
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def say(self, message: str) -> None:
+        """A line of its own (a phase, why the run stopped); the bar goes on below it."""
+        if not self.enabled:
+            return
+        self.close()
+        self.stream.write(message + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
-        if self.enabled and self.tty:
+        if self.enabled and self.tty and self._shown:
             self.stream.write("\n")
             self.stream.flush()
+            self._shown = False
 
 
 def load_train_config(args):
     """The TrainConfig from --config (TOML) and the command-line options."""
     from .td3 import TrainConfig
 
+    return TrainConfig.from_dict(_given_options(args))
+
+
+# TrainConfig key -> its command-line flag (what --resume names when they conflict)
+_FLAGS = {"seed": "--seed", "total_env_steps": "--steps", "num_envs": "--num-envs",
+          "preset": "--preset", "int8_aware_steps": "--int8-aware-steps",
+          "update_threads": "--update-threads",
+          **{name: f"--no-{name.replace('_', '-')}" for name in ABLATIONS}}
+
+
+def _given_options(args) -> dict[str, Any]:
+    """The training options the command line sets: --config's table, then the flags."""
     data: dict[str, Any] = {}
     if args.config:
         from nanofly.sim.presets import read_toml
@@ -118,7 +187,30 @@ def load_train_config(args):
     for name in ABLATIONS:
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
-    return TrainConfig.from_dict(data)
+    return data
+
+
+def resume_config(args, checkpoint_cfg):
+    """The configuration ``--resume`` continues with: the checkpoint's, with only the update
+    threads (which change no result) taken from the command line. Raises ValueError naming
+    every option given that differs from the run's own (a resumed run cannot change them)."""
+    from .td3 import TrainConfig
+
+    given = _given_options(args)
+    threads = given.pop("update_threads", None)
+    merged = TrainConfig.from_dict({**checkpoint_cfg.to_dict(), **given})
+    conflicts = [f"{_FLAGS.get(key, f'--config key {key}')} {getattr(merged, key)!r} (the "
+                 f"run's: {getattr(checkpoint_cfg, key)!r})"
+                 for key in given if getattr(merged, key) != getattr(checkpoint_cfg, key)]
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        conflicts.append(f"--out {args.out} (a resumed run stays in {args.resume})")
+    if conflicts:
+        raise ValueError(f"--resume {args.resume} continues the run with the settings it was "
+                         f"started with, and these options differ: {'; '.join(conflicts)}. "
+                         f"Leave them out, or start a new run with them (--out NEW_DIR)")
+    if threads is None:
+        return checkpoint_cfg
+    return dataclasses.replace(checkpoint_cfg, update_threads=threads)
 
 
 CHECKPOINT_NAME = "checkpoint.npz"  # checkpoint_file.CHECKPOINT_NAME (not imported: numpy)
@@ -234,13 +326,18 @@ def run_train(args) -> int:
 
         try:
             resume = read_resume_checkpoint(run_dir, trust_pickle=args.trust_checkpoint)
-            cfg = config_of_checkpoint(resume)
+            checkpoint_cfg = config_of_checkpoint(resume)
         except CheckpointFileError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
                   f"({_one_line(exc)})", file=sys.stderr)
+            return 2
+        try:
+            cfg = resume_config(args, checkpoint_cfg)
+        except (ValueError, PresetError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
     elif args.trust_checkpoint:
         print("error: --trust-checkpoint applies to --resume RUN_DIR only", file=sys.stderr)
@@ -332,15 +429,41 @@ def run_train(args) -> int:
         return 1
 
     bar = ProgressBar(cfg.total_env_steps + cfg.int8_aware_steps, enabled=not args.json)
+    resumed_at_s = trainer.state.wall_time_s  # training time before this process (resume)
+    announced: set[str] = set()
+    if resume is None:
+        bar.say(f"training: up to {cfg.total_env_steps:,} steps with {cfg.num_envs} simulators"
+                + (f" (stops early once the hover check reaches "
+                   f"{100 * cfg.stop_at_selection_success:.0f} %)" if cfg.selection_interval
+                   else "")
+                + (f", then {cfg.int8_aware_steps:,} steps of int8-aware fine-tuning"
+                   if cfg.int8_aware_steps else ""))
+    else:
+        bar.say(f"resuming {run_dir} at {trainer.state.env_steps:,} steps "
+                f"({format_duration(resumed_at_s)} of training so far)")
+
+    def announce_phases(trainer) -> None:
+        """A line when the run stops early and when int8-aware fine-tuning starts."""
+        st = trainer.state
+        if st.stopped_early and "stopped" not in announced:
+            announced.add("stopped")
+            bar.say(_stopped_early_line(trainer))
+            bar.set_total(st.env_steps + cfg.int8_aware_steps)
+        if st.int8_aware_until >= 0 and "int8" not in announced:
+            announced.add("int8")
+            bar.set_total(st.int8_aware_until)
+            bar.say(f"int8-aware fine-tuning: {cfg.int8_aware_steps:,} steps with the actor's "
+                    f"weights on the int8 export grid (to step {st.int8_aware_until:,})")
 
     def on_progress(trainer) -> None:
+        announce_phases(trainer)
         m = trainer.metrics()
         fields = {"return": f"{m['mean_return']:.0f}" if m["mean_return"] is not None else "-",
                   "survived 5 s": f"{100 * m['survival_rate']:.0f}%" if m["survival_rate"] is not None else "-"}
         if m["selection"]:
             fields["hover success (check)"] = (f"{100 * m['selection']['success_rate']:.0f}% "
                                                f"(best {100 * m['selection']['best_success_rate']:.0f}%)")
-        bar.update(m["env_steps"], m["wall_time_s"], fields)
+        bar.update(m["env_steps"], m["wall_time_s"] - resumed_at_s, fields)
 
     def close_log() -> None:  # after a failed write its buffer fails again: already reported
         try:
@@ -381,8 +504,13 @@ def run_train(args) -> int:
     finally:
         bar.close()
     close_log()
+    announce_phases(trainer)
+    if not trainer.state.stopped_early:
+        bar.say(f"trained {trainer.state.env_steps:,} steps: the whole budget"
+                + (f" ({cfg.total_env_steps:,} + {cfg.int8_aware_steps:,} int8-aware)"
+                   if cfg.int8_aware_steps else ""))
     try:
-        return _finish_run(args, trainer, run_dir, policy_path, metrics_path)
+        return _finish_run(args, trainer, run_dir, policy_path, metrics_path, resumed_at_s)
     except Exception as exc:  # noqa: BLE001 - the trained state is kept: --resume saves again
         return keep_checkpoint(f"training finished but saving its results failed: "
                                f"{_one_line(exc)}")
@@ -417,8 +545,20 @@ def _report_divergence(diverged, trainer, run_dir: Path, policy_path: Path,
                            "run with a lower learning_rate may not)")
 
 
-def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: Path) -> int:
-    """Save the policy, evaluate it, plot, write summary.json and report."""
+def _stopped_early_line(trainer) -> str:
+    """Why the run ended before its step budget: the selection check that stopped it."""
+    cfg, st = trainer.cfg, trainer.state
+    step, success = st.selection_history[-1][:2] if st.selection_history else (st.env_steps, None)
+    reached = "" if success is None else f"{100 * success:.0f} %"
+    return (f"stopped early at {step:,} of {cfg.total_env_steps:,} steps: the hover check "
+            f"({cfg.selection_episodes} episodes) reached {reached}, at least "
+            f"stop_at_selection_success {100 * cfg.stop_at_selection_success:.0f} %")
+
+
+def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: Path,
+                resumed_at_s: float = 0.0) -> int:
+    """Save the policy, evaluate it, plot, write summary.json and report. Exit status 1 when
+    the final evaluation misses its threshold (as ``nanofly eval``; everything is saved)."""
     from nanofly.policy.file import save_policy
 
     cfg, st = trainer.cfg, trainer.state
@@ -453,8 +593,12 @@ def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: P
         policy = TorchPolicy(policy_path)
         preset, mdp = policy_mdp(policy.payload)
         t0 = time.perf_counter()
+        bar = ProgressBar(mdp.episode_steps, enabled=not args.json, line_every_s=10.0,
+                          label=f"final evaluation, hover suite, {args.eval_episodes} episodes")
         result = hover_suite(policy, preset=preset, mdp=mdp, episodes=args.eval_episodes,
-                             record=8)
+                             record=8, progress=lambda done, total: bar.update(
+                                 done, time.perf_counter() - t0))
+        bar.close()
         summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 3)
         summary["eval"] = {"hover": public(result)}
         # store the figures in the policy file too (self-describing)
@@ -472,13 +616,28 @@ def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: P
         plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
     summary = _json_safe(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    passed = summary.get("eval", {}).get("hover", {}).get("passed", True)
     if args.json:
         print(json.dumps(summary, allow_nan=False))
+        return 0 if passed else 1
+    if resumed_at_s > 0:
+        took = (f"{format_duration(train_wall)} of training in all: "
+                f"{format_duration(resumed_at_s)} before the resume and "
+                f"{format_duration(train_wall - resumed_at_s)} in this run, "
+                f"{format_duration(time_to_policy)} since this command started")
     else:
-        print(f"saved {policy_path} after {train_wall:.1f} s of training "
-              f"({time_to_policy:.1f} s since start)")
-        if "eval" in summary:
-            h = summary["eval"]["hover"]
-            print(f"hover suite: success {100 * h['success_rate']:.1f}% over {h['episodes']} episodes, "
-                  f"final position RMSE {h['final_position_rmse_m']}")
-    return 0
+        took = (f"{format_duration(train_wall)} of training, "
+                f"{format_duration(time_to_policy)} since the command started")
+    print(f"saved {policy_path}: {took}")
+    if "eval" in summary:
+        h = summary["eval"]["hover"]
+        rmse = h["final_position_rmse_m"]
+        print(f"hover suite [{'PASS' if passed else 'FAIL'}]: success {100 * h['success_rate']:.1f} % "
+              f"(threshold {100 * h['thresholds']['min_success_rate']:.0f} %) over "
+              f"{h['episodes']} episodes, final position RMSE "
+              f"{'-' if rmse is None else f'{rmse:.3f} m'}")
+        if not passed:
+            print(f"the policy misses the hover threshold: exit status 1 (the run directory "
+                  f"{run_dir} and the policy are saved; train longer or check the settings)",
+                  file=sys.stderr)
+    return 0 if passed else 1
