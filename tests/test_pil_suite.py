@@ -34,6 +34,8 @@ def _eval(export_dir: Path, backend: str) -> dict:
     out = _run("eval", str(export_dir), "--suite", "hover", "--episodes", str(EPISODES),
                "--backend", backend, "--json")
     assert out.returncode in (0, 1), out.stderr  # 1: a terminated episode misses the gate
+    # the progress line on stderr (the first and the last when stderr is not a terminal)
+    assert f"hover suite ({backend}) [" in out.stderr and "500/500 steps" in out.stderr
     return json.loads(out.stdout)
 
 
