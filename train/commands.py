@@ -25,7 +25,8 @@ def register(sub) -> None:
                     "in docs/history.md) and save it to a run directory (policy.pt, "
                     "metrics.jsonl, config.toml, plots). Ctrl-C (or SIGTERM, SIGHUP) saves a "
                     "checkpoint (checkpoint.npz: data only) that --resume continues from. Exit "
-                    "status: 0 done; 1 the run diverged or could not write its results (a "
+                    "status: 0 done; 1 the final evaluation missed the hover threshold (everything "
+                    "is saved), or the run diverged or could not write its results (a "
                     "checkpoint is kept, and after a divergence the best finite snapshot as "
                     "policy.pt if checkpoint selection kept one); 2 bad input (nothing is "
                     "written); 128+N stopped by signal N.")
@@ -53,7 +54,9 @@ def register(sub) -> None:
                    help="hover-suite episodes at the end (0: skip)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from RUN_DIR/checkpoint.npz")
+                   help="continue an interrupted run from RUN_DIR/checkpoint.npz, with the run's "
+                        "own settings (options that differ from them are refused; "
+                        "--update-threads may change)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="with --resume: read an earlier nanofly's RUN_DIR/checkpoint.pkl (a "
                         "pickle, which can run code: only a file you made yourself) and convert "
