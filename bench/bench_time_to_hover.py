@@ -5,49 +5,49 @@ and cold numba caches; each policy is then checked with the hover suite (1000 ep
 
 Prints one JSON object: per seed the wall time (launch of ``nanofly train`` to policy.pt on
 disk), the training wall time, and the hover success rate; medians; and how many seeds pass
-(>= 95% success). The baseline in the same run is the paper's figure (18 s on an M1) as a
-ratio; the reference implementation itself is not installed here.
+(>= 95% success). The seeds run through ``nanofly sweep``'s Python API, one at a time. The
+baseline in the same run is the paper's figure (18 s on an M1) as a ratio; the reference
+implementation itself is not installed here.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 PAPER_SECONDS = 18.0
 
 
-def run_seed(seed: int, out_root: Path, cold: bool, extra: list[str]) -> dict:
-    env = dict(os.environ)
-    cache = None
-    if cold:
-        cache = tempfile.mkdtemp(prefix="nanofly-cold-numba-")
-        env["NUMBA_CACHE_DIR"] = cache
-    run_dir = out_root / f"seed{seed}{'-cold' if cold else ''}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    launched = time.time()
-    proc = subprocess.run([sys.executable, "-m", "nanofly", "train", "--seed", str(seed), "--out",
-                           str(run_dir), "--json", "--no-plots", *extra], env=env,
-                          capture_output=True, text=True)
-    if cache:
-        shutil.rmtree(cache, ignore_errors=True)
-    if proc.returncode != 0:
-        return {"seed": seed, "error": proc.stderr[-2000:]}
-    summary = json.loads(proc.stdout)
-    hover = summary.get("eval", {}).get("hover", {"success_rate": None,
-                                                  "final_position_rmse_m": None, "passed": False})
-    return {"seed": seed, "process_start_to_policy_s": round(summary["policy_saved_at_unix"] - launched, 3),
-            "train_wall_time_s": summary["train_wall_time_s"], "env_steps": summary["env_steps"],
-            "selected_env_steps": (summary.get("selected_snapshot") or {}).get("env_steps"),
-            "hover_success_rate": hover["success_rate"],
-            "final_position_rmse_m": hover["final_position_rmse_m"], "passed": hover["passed"]}
+def run_seeds(seeds: list[int], out: Path, cold: bool, extra: list[str]) -> list[dict]:
+    """The seeds' runs through nanofly sweep's Python API, one at a time (each trial reserves
+    every CPU: a time to hover is measured on an otherwise idle machine)."""
+    from nanofly.sweep import options_from_train_args, sweep_trainings
+    from nanofly.train.td3_core import usable_cpus
+
+    shutil.rmtree(out, ignore_errors=True)
+    result = sweep_trainings(out, seeds=seeds, options=options_from_train_args(extra),
+                             cpus_per_trial=usable_cpus(), cold_numba_cache=cold,
+                             figure8_episodes=0, plots=False, progress=False,
+                             write_summary=False)
+    rows = []
+    for r in result["trials"]:
+        if r["status"] != "ok":
+            rows.append({"seed": r["seed"], "error": r["error"]})
+            continue
+        rows.append({"seed": r["seed"], "process_start_to_policy_s": r["time_to_policy_s"],
+                     "train_wall_time_s": r["train_wall_time_s"], "env_steps": r["env_steps"],
+                     "selected_env_steps": r["selected_env_steps"],
+                     "hover_success_rate": r["hover_success"],
+                     "final_position_rmse_m": r["hover_final_position_rmse_m"],
+                     "passed": bool(r["hover_passed"])})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -58,18 +58,16 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-args", default="", help="extra arguments for nanofly train")
     args = parser.parse_args(argv)
     out_root = Path(args.out or tempfile.mkdtemp(prefix="nanofly-tth-"))
-    extra = args.extra_args.split()
+    extra = shlex.split(args.extra_args)
     result: dict = {"seeds": args.seeds, "paper_seconds_m1": PAPER_SECONDS, "warm": [], "cold": []}
     # warm the cache: past the first critic (15 k) and actor (30 k) updates, then a short hover
     # suite (the selection checks' kernels), so the first "warm" seed compiles nothing
-    run_seed(args.seeds[0], out_root, False, extra + ["--steps", "40000", "--eval-episodes", "20"])
-    for seed in args.seeds:
-        result["warm"].append(run_seed(seed, out_root, False, extra))
-        print(json.dumps(result["warm"][-1]), file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "nanofly", "train", "--seed", str(args.seeds[0]),
+                    "--out", str(out_root / "warm-up"), "--json", "--no-plots", *extra,
+                    "--steps", "40000", "--eval-episodes", "20"], capture_output=True)
+    result["warm"] = run_seeds(args.seeds, out_root / "warm", False, extra)
     if args.cold:
-        for seed in args.seeds:
-            result["cold"].append(run_seed(seed, out_root, True, extra))
-            print(json.dumps(result["cold"][-1]), file=sys.stderr)
+        result["cold"] = run_seeds(args.seeds, out_root / "cold", True, extra)
     for kind in ("warm", "cold"):
         runs = [r for r in result[kind] if "error" not in r]
         if runs:

@@ -205,9 +205,8 @@ def _short(value: Any) -> str:
 
 def build_trials(seeds: list[int], sets: dict[str, list[Any] | Range], samples: int = 0,
                  sample_seed: int = 0) -> list[Trial]:
-    """Every seed x (the grid of the ``sets`` with several values, or ``samples`` random
-    draws from them). Keys with one value are options of every trial, not part of its name."""
-    swept = {k: v for k, v in sets.items() if isinstance(v, Range) or len(v) > 1}
+    """Every seed x (the grid of the ``sets``, or ``samples`` random draws from them)."""
+    swept = dict(sets)
     if samples:
         rng = random.Random(sample_seed)
         combos = [tuple((k, v.draw(rng) if isinstance(v, Range) else rng.choice(v))
@@ -321,7 +320,7 @@ def _last_error_line(stderr: str) -> str:
 
 def run_trial(plan: TrialPlan, out: str, token: str, transfer: str, figure8_episodes: int,
               plots: bool, env: dict[str, str] | None = None,
-              trial_fn: Callable | None = None) -> dict[str, Any]:
+              trial_fn: Callable | None = None, cold_numba_cache: bool = False) -> dict[str, Any]:
     """Train one trial (``nanofly train`` in a subprocess, or ``trial_fn(plan, run_dir)``) and
     return its row of the results (with ``archive``: the run directory as tar.gz bytes when it
     was trained away from the driver's ``out``)."""
@@ -335,6 +334,9 @@ def run_trial(plan: TrialPlan, out: str, token: str, transfer: str, figure8_epis
             log.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f}\n")
     local = direct and transfer != "object-store"
     root = Path(out) if local else Path(tempfile.mkdtemp(prefix="nanofly-sweep-"))
+    cache = tempfile.mkdtemp(prefix="nanofly-cold-numba-") if cold_numba_cache else None
+    if cache:  # an empty numba cache: the trial compiles every kernel (time to policy, cold)
+        env = {**(env or {}), "NUMBA_CACHE_DIR": cache}
     try:
         row = _train_trial(plan, root, figure8_episodes, plots, env, trial_fn)
         if direct:
@@ -352,6 +354,8 @@ def run_trial(plan: TrialPlan, out: str, token: str, transfer: str, figure8_epis
     finally:
         if not local:
             shutil.rmtree(root, ignore_errors=True)
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _row(plan: TrialPlan, status: str, error: str | None = None, **figures: Any) -> dict[str, Any]:
@@ -390,18 +394,26 @@ def _train_trial(plan: TrialPlan, root: Path, figure8_episodes: int, plots: bool
     if not plots:
         command.append("--no-plots")
     launched = time.time()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True,
-                            preexec_fn=_die_with_parent)
-    try:
-        stdout, stderr = proc.communicate()
-    except BaseException:  # Ray cancelled the task (Ctrl-C at the driver): keep a checkpoint
-        proc.send_signal(signal.SIGINT)
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(command, stdout=out_file, stderr=err_file, text=True,
+                                env={**os.environ, **(env or {})}, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
+            # in short waits: Ray's cancel (Ctrl-C at the driver) interrupts this thread only
+            # between Python steps, never inside one long wait
+            while proc.poll() is None:
+                time.sleep(0.2)
+        except BaseException:  # cancelled: the training saves a checkpoint and stops
+            # SIGTERM, not SIGINT: Ray workers ignore SIGINT, and so would their children
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        out_file.seek(0)
+        err_file.seek(0)
+        stdout, stderr = out_file.read(), err_file.read()
     if proc.returncode < 0 and proc.returncode != -signal.SIGINT:
         raise TrialProcessLost(f"trial {plan.name}: the training process was killed by signal "
                                f"{-proc.returncode}")
@@ -545,13 +557,14 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
               cpus_per_trial: int = 2, max_retries: int = 2, transfer: str = "auto",
               figure8_episodes: int = DEFAULT_FIGURE8_EPISODES, plots: bool = True,
               progress: bool = True, env: dict[str, str] | None = None,
-              trial_fn: Callable | None = None, write_summary: bool = True) -> dict[str, Any]:
+              trial_fn: Callable | None = None, cold_numba_cache: bool = False,
+              write_summary: bool = True) -> dict[str, Any]:
     """Run every trial not finished before; write results.{csv,json}, the summary plot and
     best_policy.pt under ``out``; return ``{"trials": rows, "interrupted": bool, ...}``.
 
     ``trial_fn(plan, train_options, run_dir) -> dict`` replaces ``nanofly train`` with a
     Python function (for experiments that change the training code itself); it is pickled to
-    the workers."""
+    the workers. ``cold_numba_cache``: every trial starts with an empty numba cache."""
     if cpus_per_trial < 1:
         raise SweepError(f"--cpus-per-trial must be >= 1, got {cpus_per_trial}")
     if transfer not in ("auto", "object-store"):
@@ -575,12 +588,12 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
             _init_ray(ray, address, cpus_per_trial)
             try:
                 interrupted = _drive(ray, todo, rows, out, token, bar, started, len(done),
-                                     cpus_per_trial, max_retries, transfer, figure8_episodes,
-                                     plots, env, trial_fn)
+                                     cpus_per_trial, max_retries, transfer,
+                                     (figure8_episodes, plots, env, trial_fn, cold_numba_cache))
             finally:
                 ray.shutdown()
     bar.update(sum(r["status"] == "ok" for r in rows.values()), 0,
-               sum(r["status"] != "ok" for r in rows.values()), len(done),
+               sum(r["status"] == "failed" for r in rows.values()), len(done),
                time.perf_counter() - started, 0.0)
     bar.close()
     ordered = [rows.get(p.name) or _row(p, "not run") for p in plans]
@@ -601,13 +614,23 @@ def _init_ray(ray, address: str | None, cpus_per_trial: int) -> None:
         if address in (None, "local"):
             from nanofly.train.td3_core import usable_cpus
 
-            ray.init(num_cpus=max(usable_cpus(), cpus_per_trial) if address is None else None,
+            # "local": a private Ray even where `ray start` left a cluster running here
+            ray.init(address="local", num_cpus=max(usable_cpus(), cpus_per_trial),
                      include_dashboard=False, **kwargs)
         else:
+            # A driver in token mode also joins a cluster without authentication, but not the
+            # other way round (`ray start --head` turns tokens on in recent Ray): with a token
+            # at hand and no mode chosen, use it.
+            if "RAY_AUTH_MODE" not in os.environ and (
+                    os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                    or (Path.home() / ".ray" / "auth_token").is_file()):
+                os.environ["RAY_AUTH_MODE"] = "token"
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SweepError(f"--address {address}: cannot join the Ray cluster "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; a "
+                         f"cluster with token authentication needs its token here: "
+                         f"RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     if largest < cpus_per_trial:
         ray.shutdown()
@@ -617,12 +640,11 @@ def _init_ray(ray, address: str | None, cpus_per_trial: int) -> None:
 
 def _drive(ray, todo, rows, out: Path, token: str, bar: SweepProgress, started: float,
            skipped: int, cpus_per_trial: int, max_retries: int, transfer: str,
-           figure8_episodes: int, plots: bool, env, trial_fn) -> bool:
+           trial_args: tuple) -> bool:
     """Submit the trials, collect rows as they finish; True when stopped by Ctrl-C."""
     task = ray.remote(run_trial).options(num_cpus=cpus_per_trial, max_retries=max_retries,
                                          retry_exceptions=[TrialProcessLost])
-    pending = {task.remote(p, str(out), token, transfer, figure8_episodes, plots, env, trial_fn): p
-               for p in todo}
+    pending = {task.remote(p, str(out), token, transfer, *trial_args): p for p in todo}
     durations: list[float] = []
     interrupted = False
 
@@ -653,7 +675,7 @@ def _drive(ray, todo, rows, out: Path, token: str, bar: SweepProgress, started: 
             for ref in ready:
                 collect(ref)
             ok = sum(r["status"] == "ok" for r in rows.values())
-            failed = sum(r["status"] != "ok" for r in rows.values())
+            failed = sum(r["status"] == "failed" for r in rows.values())
             elapsed = time.perf_counter() - started
             finished_here = len(rows) - skipped
             eta = (elapsed / finished_here * len(pending)) if finished_here else None
@@ -761,6 +783,43 @@ def _sort_key(text: str):
         return (0, float(text), text)
     except ValueError:
         return (1, 0.0, text)
+
+
+def options_from_train_args(argv: list[str]) -> dict[str, Any]:
+    """``nanofly train`` options (``["--steps", "300000", "--no-curriculum"]``) as sweep
+    options (``{"total_env_steps": 300000, "no_curriculum": True}``), read by train's own
+    parser; ``--config FILE`` gives its [train] table."""
+    from nanofly.cli import build_parser
+
+    args = build_parser().parse_args(["train", *argv])
+    options: dict[str, Any] = dict(_base_train(args.config))
+    for key, attr in (("total_env_steps", "steps"), ("num_envs", "num_envs"),
+                      ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps"),
+                      ("update_threads", "update_threads"), ("seed", "seed")):
+        if getattr(args, attr) is not None:
+            options[key] = getattr(args, attr)
+    for name in ABLATIONS:
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if "--eval-episodes" in argv:
+        options["eval_episodes"] = args.eval_episodes
+    if "seed" in options:
+        raise SweepError("a sweep gives each trial its seed: leave --seed out of the options")
+    return options
+
+
+def sweep_trainings(out: str | Path, *, seeds: list[int], grid: dict[str, list] | None = None,
+                    options: dict[str, Any] | None = None, trials: list[Trial] | None = None,
+                    samples: int = 0, sample_seed: int = 0, cpus_per_trial: int = 2,
+                    **run_options: Any) -> dict[str, Any]:
+    """The Python entry point: ``seeds`` x ``grid`` (sweep keys -> values; or ``trials``
+    given one by one), every trial with ``options``; ``run_options`` as ``run_sweep``'s."""
+    grid = {normalize_key(k): v for k, v in (grid or {}).items()}
+    if trials is None:
+        trials = build_trials(seeds, grid, samples, sample_seed)
+    options = {normalize_key(k): v for k, v in (options or {}).items()}
+    plans = plan_trials(trials, options, {}, cpus_per_trial)
+    return run_sweep(plans, out, cpus_per_trial=cpus_per_trial, **run_options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -903,7 +962,7 @@ def _sweep(args) -> int:
             print(f"best: {b['trial']} (hover success {b['hover_success']}, figure-eight RMSE "
                   f"{b['figure8_rmse_m']} m) -> {b['policy']}")
     if result["interrupted"]:
-        print(f"interrupted: finished trials are kept; run the same command again to go on",
+        print("interrupted: finished trials are kept; run the same command again to go on",
               file=sys.stderr)
         return 130
     return 0 if counts["ok"] == len(rows) else 1
