@@ -40,12 +40,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+from nanofly.train.commands import ABLATIONS  # --no-<name> switches (TrainConfig booleans)
+
 INSTALL_HINT = 'pip install "nanofly[sweep]"'
 SWEEP_DIR = ".sweep"  # under --out: the token, the trials' config files, attempt logs
 TRIAL_RECORD = "sweep_trial.json"  # in each run directory: the trial's row of results.json
-# Ablation switches of `nanofly train` (--no-<name>): also TrainConfig booleans
-ABLATIONS = ("disturbance", "observation_noise", "asymmetric_critic", "rotor_delay",
-             "action_history", "curriculum")
 # `nanofly train` options that are not TrainConfig fields, with their key in a sweep
 TRAIN_CLI_KEYS = {"steps": "total_env_steps"}
 RUN_KEYS = ("eval_episodes",)  # options of the run, not of the TrainConfig
@@ -790,17 +789,13 @@ def options_from_train_args(argv: list[str]) -> dict[str, Any]:
     options (``{"total_env_steps": 300000, "no_curriculum": True}``), read by train's own
     parser; ``--config FILE`` gives its [train] table."""
     from nanofly.cli import build_parser
+    from nanofly.train.commands import _given_options
 
     args = build_parser().parse_args(["train", *argv])
-    options: dict[str, Any] = dict(_base_train(args.config))
-    for key, attr in (("total_env_steps", "steps"), ("num_envs", "num_envs"),
-                      ("preset", "preset"), ("int8_aware_steps", "int8_aware_steps"),
-                      ("update_threads", "update_threads"), ("seed", "seed")):
-        if getattr(args, attr) is not None:
-            options[key] = getattr(args, attr)
-    for name in ABLATIONS:
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    try:
+        options = _given_options(args)
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
     if "--eval-episodes" in argv:
         options["eval_episodes"] = args.eval_episodes
     if "seed" in options:
@@ -869,14 +864,9 @@ def register(sub) -> None:
 
 
 def _load_spec(path: str) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SweepError(f"--spec {path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SweepError(f"--spec {path}: not a TOML file ({exc})") from None
-    except OSError as exc:
-        raise SweepError(f"--spec {path}: cannot read it ({exc.strerror or exc})") from None
+    from nanofly.sim.presets import read_toml
+
+    data = read_toml(path, SweepError, prefix="--spec ")
     unknown = sorted(set(data) - {"seeds", "samples", "sample_seed", "set"})
     if unknown:
         raise SweepError(f"--spec {path}: unknown key(s) {unknown}; known: seeds, samples, "
@@ -889,14 +879,9 @@ def _load_spec(path: str) -> dict[str, Any]:
 def _base_train(config: str | None) -> dict[str, Any]:
     if not config:
         return {}
-    try:
-        raw = tomllib.loads(Path(config).read_text())
-    except FileNotFoundError:
-        raise SweepError(f"--config {config}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SweepError(f"--config {config}: not a TOML file ({exc})") from None
-    except OSError as exc:
-        raise SweepError(f"--config {config}: cannot read it ({exc.strerror or exc})") from None
+    from nanofly.sim.presets import read_toml
+
+    raw = read_toml(config, SweepError, prefix="--config ")
     table = raw.get("train", raw)
     if not isinstance(table, dict):
         raise SweepError(f"--config {config}: 'train' must be a [train] table")
