@@ -600,7 +600,8 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
               "wall_time_s": round(time.perf_counter() - started, 3),
               "skipped_finished_earlier": len(done)}
     if write_summary:
-        result.update(write_results(out, ordered, [k for k in (plans[0].params if plans else {})]))
+        swept = list(dict.fromkeys(k for p in plans for k in p.params))  # in order of appearance
+        result.update(write_results(out, ordered, swept))
     return result
 
 
@@ -718,7 +719,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], swept: list[str]) -> di
     best = best_trial(rows)
     (out / "results.json").write_text(json.dumps(
         {"trials": rows, "best": best["trial"] if best else None}, indent=2, allow_nan=False))
-    keys = swept or sorted({k for r in rows for k in r["parameters"]})
+    keys = swept
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*RESULT_COLUMNS[:2], *keys, *RESULT_COLUMNS[2:]])
