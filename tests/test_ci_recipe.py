@@ -17,8 +17,10 @@ from nanofly.policy.actor import init_actor, load_policy, save_policy  # noqa: E
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / "docs" / "examples" / "nanofly-eval.yml"
 SHIPPED = ROOT / "models" / "crazyflie_hover" / "policy.pt"
-# Small suites: the shipped policy's first 50 hover episodes (seed 12345) succeed 49 times.
-SMALL_SUITES = {"HOVER_EPISODES": "50", "FIGURE8_EPISODES": "2"}
+# Small suites, with a gate that a 50-episode sample of a policy passing the 1000-episode gate
+# clears with margin on any CPU (one episode more or less must not flip the test); the
+# untrained policy fails it by far.
+SMALL_SUITES = {"HOVER_EPISODES": "50", "FIGURE8_EPISODES": "2", "MIN_SUCCESS": "0.8"}
 
 
 def workflow():
@@ -84,6 +86,6 @@ def test_gate_fails_an_untrained_policy(tmp_path):
     result, summary = run_gate(untrained, work)
     assert result.returncode == 1, result.stderr
     hover = json.loads((work / "eval-hover.json").read_text())["suites"]["hover"]
-    assert not hover["passed"] and hover["success_rate"] < 0.95
+    assert not hover["passed"] and hover["success_rate"] < 0.8
     assert "- hover: FAILED" in summary.read_text()
 
