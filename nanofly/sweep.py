@@ -573,6 +573,7 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
     ray = require_ray()
     check_address(address)
     out = Path(out).absolute()
+    new_out = not out.exists()
     token = prepare_out(out)
     done = _finished(out, plans)
     todo = [p for p in plans if p.name not in done]
@@ -584,7 +585,12 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
         # Ray prints the cluster's notices (a worker died, a task is retried) to stdout:
         # stderr keeps stdout for the results (--json)
         with contextlib.redirect_stdout(sys.stderr):
-            _init_ray(ray, address, cpus_per_trial)
+            try:
+                _init_ray(ray, address, cpus_per_trial)
+            except SweepError:
+                if new_out:  # nothing ran: leave nothing behind
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
             try:
                 interrupted = _drive(ray, todo, rows, out, token, bar, started, len(done),
                                      cpus_per_trial, max_retries, transfer,
@@ -627,10 +633,11 @@ def _init_ray(ray, address: str | None, cpus_per_trial: int) -> None:
                 os.environ["RAY_AUTH_MODE"] = "token"
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SweepError(f"--address {address}: cannot join the Ray cluster "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; a "
-                         f"cluster with token authentication needs its token here: "
-                         f"RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Failed to connect" in why:  # what a missing or wrong token looks like
+            why += ("; a cluster with token authentication needs its token here: "
+                    "RAY_AUTH_TOKEN or ~/.ray/auth_token")
+        raise SweepError(f"--address {address}: cannot join the Ray cluster ({why})") from None
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     if largest < cpus_per_trial:
         ray.shutdown()
