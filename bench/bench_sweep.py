@@ -8,7 +8,8 @@ With ``--cpus-per-trial 2`` (the default) a 2-core machine runs one trial at a t
 sequential baseline does: the difference is the sweep's own cost (Ray's start, the task,
 collecting the results). Both sides do the same work: the training and ``nanofly train``'s
 hover suite; the sweep's figure-eight suite is off. Prints one JSON object: both wall times,
-their ratio, and the sweep's overhead per trial in seconds.
+their ratio, and the sweep's overhead per trial in seconds, with and without Ray's start (once
+per sweep).
 """
 from __future__ import annotations
 
@@ -77,11 +78,15 @@ def main(argv=None) -> int:
     if proc.returncode not in (0, 1):
         raise SystemExit(f"nanofly sweep failed: {proc.stderr[-1000:]}")
     rows = json.loads((root / "sweep" / "results.json").read_text())["trials"]
+    ray_start_s = json.loads(proc.stdout)["ray_start_s"]
     print(json.dumps({
         "seeds": seeds, "cpus_per_trial": args.cpus_per_trial, "extra_args": args.extra_args,
         "sequential_wall_s": round(sequential_s, 1), "sweep_wall_s": round(sweep_s, 1),
         "sweep_over_sequential": round(sweep_s / sequential_s, 3),
         "overhead_per_trial_s": round((sweep_s - sequential_s) / len(seeds), 2),
+        "sweep_ray_start_s": ray_start_s,
+        "overhead_per_trial_after_ray_start_s": round(
+            (sweep_s - ray_start_s - sequential_s) / len(seeds), 2),
         "train_wall_time_s_alone": sequential,
         "train_wall_time_s_in_sweep": [r.get("train_wall_time_s") for r in rows],
         "sweep_trials_ok": sum(r["status"] == "ok" for r in rows)}))

@@ -581,12 +581,14 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
     interrupted = False
     started = time.perf_counter()
     bar = SweepProgress(len(plans), progress)
+    ray_start_s = None
     if todo:
         # Ray prints the cluster's notices (a worker died, a task is retried) to stdout:
         # stderr keeps stdout for the results (--json)
         with contextlib.redirect_stdout(sys.stderr):
             try:
                 _init_ray(ray, address, cpus_per_trial)
+                ray_start_s = round(time.perf_counter() - started, 3)
             except SweepError:
                 if new_out:  # nothing ran: leave nothing behind
                     shutil.rmtree(out, ignore_errors=True)
@@ -604,7 +606,7 @@ def run_sweep(plans: list[TrialPlan], out: str | Path, *, address: str | None = 
     ordered = [rows.get(p.name) or _row(p, "not run") for p in plans]
     result = {"out": str(out), "trials": ordered, "interrupted": interrupted,
               "wall_time_s": round(time.perf_counter() - started, 3),
-              "skipped_finished_earlier": len(done)}
+              "ray_start_s": ray_start_s, "skipped_finished_earlier": len(done)}
     if write_summary:
         swept = list(dict.fromkeys(k for p in plans for k in p.params))  # in order of appearance
         result.update(write_results(out, ordered, swept))
@@ -944,7 +946,8 @@ def _sweep(args) -> int:
     if args.json:
         print(json.dumps({"out": result["out"], "trials": len(rows), **counts,
                           "skipped_finished_earlier": result["skipped_finished_earlier"],
-                          "wall_time_s": result["wall_time_s"], "best": result.get("best"),
+                          "wall_time_s": result["wall_time_s"],
+                          "ray_start_s": result["ray_start_s"], "best": result.get("best"),
                           "results": str(Path(result["out"]) / "results.json")}))
     else:
         print(f"{counts['ok']} of {len(rows)} trials finished ({counts['failed']} failed, "
