@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,17 +45,11 @@ def work(tmp_path_factory) -> Path:
                           lambda p: p["mdp"].__setitem__("history_length", 8))
     (work / "garbage.pt").write_bytes(os.urandom(300))
     quick_export(good, work / "export", num_calibration=256, num_eval=128)
-    tampered = work / "export_tampered"
-    tampered.mkdir()
-    for f in (work / "export").iterdir():
-        (tampered / f.name).write_bytes(f.read_bytes())
+    tampered = shutil.copytree(work / "export", work / "export_tampered")  # kernels/ too
     blob = bytearray((tampered / "policy_int8.bin").read_bytes())
     blob[40] ^= 0x01
     (tampered / "policy_int8.bin").write_bytes(bytes(blob))
-    broken_manifest = work / "export_bad_manifest"
-    broken_manifest.mkdir()
-    for f in (work / "export").iterdir():
-        (broken_manifest / f.name).write_bytes(f.read_bytes())
+    broken_manifest = shutil.copytree(work / "export", work / "export_bad_manifest")
     (broken_manifest / "manifest.json").write_text('{"format": "nanofly-export", ')
     (work / "empty_dir").mkdir()
     foreign = work / "foreign_dir"

@@ -86,8 +86,9 @@ class ProgressBar:
     compiling, the first evaluation) does not count as slow progress; until a second update
     there is no ETA. ``total`` may change (``set_total``: a run that stops early)."""
 
-    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True, *,
+    def __init__(self, total: int, stream=None, enabled: bool = True, *,
                  unit: str = "steps", label: str = "", line_every_s: float = 0.0):
+        stream = sys.stderr if stream is None else stream  # the current one (tests swap it)
         self.total, self.stream, self.enabled = total, stream, enabled
         self.unit, self.label, self.line_every_s = unit, label, line_every_s
         self.tty = hasattr(stream, "isatty") and stream.isatty()
