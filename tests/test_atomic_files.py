@@ -50,7 +50,9 @@ def test_export_directory_and_files_follow_the_umask(tmp_path, umask_027):
     policy = write_policy(tmp_path / "p.pt", sizes=(146, 8, 4))
     quick_export(policy, tmp_path / "out", num_calibration=256, num_eval=128)
     assert mode(tmp_path / "out") == 0o750  # mkdtemp's 0700, then a fixed 0755, before
-    assert {mode(f) for f in (tmp_path / "out").iterdir()} == {0o640}
+    entries = list((tmp_path / "out").rglob("*"))
+    assert {mode(d) for d in entries if d.is_dir()} == {0o750}  # the runtime's kernels/
+    assert {mode(f) for f in entries if f.is_file()} == {0o640}
 
 
 class FsyncSpy:
@@ -76,13 +78,15 @@ def test_policy_file_rename_is_synced_in_its_directory(tmp_path, monkeypatch):
     assert spy.synced[-1] == (True, os.stat(tmp_path).st_ino)  # the file, then its directory
 
 
-def test_export_is_synced_file_by_file_then_both_directories(tmp_path, monkeypatch):
+def test_export_is_synced_file_by_file_then_its_directories(tmp_path, monkeypatch):
     policy = write_policy(tmp_path / "p.pt", sizes=(146, 8, 4))
     spy = FsyncSpy(monkeypatch)
     quick_export(policy, tmp_path / "out", num_calibration=256, num_eval=128)
     out = tmp_path / "out"
-    assert spy.directories() == [os.stat(out).st_ino, os.stat(tmp_path).st_ino]
-    assert len(spy.synced) == len(list(out.iterdir())) + 2
+    # each file, then the runtime's kernels/ folder, the export directory and its parent
+    assert spy.directories() == [os.stat(out / "kernels").st_ino, os.stat(out).st_ino,
+                                 os.stat(tmp_path).st_ino]
+    assert len(spy.synced) == len([f for f in out.rglob("*") if f.is_file()]) + 3
 
 
 def test_replacing_an_export_never_leaves_the_directory_missing(tmp_path, monkeypatch):
