@@ -469,7 +469,8 @@ def upload_model(client: BridgeClient, blob: bytes, fmt: int | str, *, model_id:
             raise error(f"upload to {client.url} failed: {exc} (gave up after "
                         f"{max_reconnects} reconnects)") from exc
         reconnects_left -= 1
-        client._say(f"{exc}; reconnect {max_reconnects - reconnects_left} of {max_reconnects}")
+        reason = str(exc).split(" (")[0].split(": is the board")[0]  # its first clause
+        client._say(f"{reason}; reconnect {max_reconnects - reconnects_left} of {max_reconnects}")
         time.sleep(0.05)
         client.reconnect()
 
