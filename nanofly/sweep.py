@@ -769,6 +769,8 @@ def plot_summary(rows: list[dict[str, Any]], keys: list[str], path: Path) -> Pat
                 if r[field] is not None:
                     x = where[_short(r["seed"] if key == "seed" else r["parameters"].get(key))]
                     ax.plot(x, r[field], "o", color="tab:blue", alpha=0.6)
+            if field == "hover_success":
+                ax.set_ylim(-0.02, 1.02)
             ax.set_xticks(range(len(values)), values, rotation=30, fontsize=8)
             ax.set_xlabel(key)
             ax.set_ylabel(label)

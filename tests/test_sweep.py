@@ -48,7 +48,15 @@ def test_local_sweep_trains_the_same_policies_as_train_alone_and_resumes(tmp_pat
     out = tmp_path / "sweep"
     command = ["sweep", "--out", str(out), "--seeds", "1", "--set", "learning_rate=1e-3,5e-4",
                "--config", str(config), "--cpus-per-trial", "1", *QUICK]
+    # the same trial as a plain `nanofly train` run, trained meanwhile
+    alone = tmp_path / "alone"
+    train = subprocess.Popen(
+        [sys.executable, "-m", "nanofly", "train", "--out", str(alone), "--seed", "1",
+         "--config", str(config), "--eval-episodes", "0", "--no-plots", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = _nanofly(*command, "--json", timeout=600)
+    train_stderr = train.communicate(timeout=600)[1]
+    assert train.returncode == 0, train_stderr
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)
     assert (summary["trials"], summary["ok"], summary["skipped_finished_earlier"]) == (2, 2, 0)
@@ -59,11 +67,7 @@ def test_local_sweep_trains_the_same_policies_as_train_alone_and_resumes(tmp_pat
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["trial", "seed", "learning_rate", "status"]
     assert (out / "best_policy.pt").is_file() and (out / "summary.png").is_file()
-    # the same trial as a plain `nanofly train` run: the same weights, bit for bit
-    alone = tmp_path / "alone"
-    train = _nanofly("train", "--out", str(alone), "--seed", "1", "--config", str(config),
-                     "--eval-episodes", "0", "--no-plots", "--json", timeout=600)
-    assert train.returncode == 0, train.stderr
+    # the trial with the same options as the plain run: the same weights, bit for bit
     trial = out / "learning_rate=0.0005_seed1"
     assert (trial / "config.toml").is_file() and (trial / "metrics.jsonl").is_file()
     swept_actor, swept_config = _actor_and_config(trial / "policy.pt")
@@ -82,7 +86,8 @@ def test_local_sweep_trains_the_same_policies_as_train_alone_and_resumes(tmp_pat
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A Ray head on 127.0.0.1 started with the ray CLI (2 CPUs); `ray stop` always after."""
+    """A Ray head on 127.0.0.1 started with the ray CLI (2 CPUs); `ray stop` always after
+    (it stops every Ray of this user on the machine: the CLI has no other way)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
