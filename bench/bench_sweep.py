@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpus-per-trial", type=int, default=2)
     parser.add_argument("--extra-args", default="",
                         help="nanofly train options for both sides (e.g. \"--steps 200000\")")
-    parser.add_argument("--out", default=None, help="where run directories go (default: a temp dir)")
+    parser.add_argument("--out", default=None,
+                        help="where run directories go (default: a temp dir)")
     args = parser.parse_args(argv)
 
     from nanofly.sweep import parse_seeds

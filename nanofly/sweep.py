@@ -68,7 +68,8 @@ def require_ray():
     try:
         import ray
     except ModuleNotFoundError:
-        raise SweepError(f"nanofly sweep needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise SweepError(f"nanofly sweep needs Ray, which is not installed: "
+                         f"{INSTALL_HINT}") from None
     return ray
 
 
@@ -150,7 +151,8 @@ def parse_set(item: str) -> tuple[str, list[Any] | Range]:
     key, sep, values = item.partition("=")
     key = normalize_key(key.strip())
     if not sep or not key or not values.strip():
-        raise SweepError(f"--set expects KEY=V1,V2,... (e.g. learning_rate=1e-3,5e-4), got {item!r}")
+        raise SweepError(f"--set expects KEY=V1,V2,... (e.g. learning_rate=1e-3,5e-4), "
+                         f"got {item!r}")
     m = re.fullmatch(r"\s*(log:)?\s*([-+0-9.eE]+)\s*\.\.\s*([-+0-9.eE]+)\s*", values)
     if m:
         low, high = _parse_value(m.group(2)), _parse_value(m.group(3))
@@ -183,7 +185,8 @@ class Trial:
     @property
     def name(self) -> str:
         """The run directory's name: readable, the same for the same trial in every run."""
-        parts = [f"{key.removeprefix(VEHICLE_PREFIX)}={_short(value)}" for key, value in self.params]
+        parts = [f"{key.removeprefix(VEHICLE_PREFIX)}={_short(value)}"
+                 for key, value in self.params]
         name = re.sub(r"[^A-Za-z0-9._=+-]", "_", "_".join([*parts, f"seed{self.seed}"]))
         if len(name) > 80:
             digest = hashlib.sha1(json.dumps([self.seed, self.params]).encode()).hexdigest()[:8]
@@ -387,7 +390,8 @@ def _train_trial(plan: TrialPlan, root: Path, figure8_episodes: int, plots: bool
     config = files / f"{plan.name}.toml"
     config.write_text(dumps_toml({"train": train}))
     command = [sys.executable, "-m", "nanofly", "train", "--json"]
-    command += ["--resume", str(run_dir)] if resume else ["--out", str(run_dir), "--config", str(config)]
+    command += (["--resume", str(run_dir)] if resume
+                else ["--out", str(run_dir), "--config", str(config)])
     if plan.eval_episodes is not None:
         command += ["--eval-episodes", str(plan.eval_episodes)]
     if not plots:
@@ -654,7 +658,6 @@ def _drive(ray, todo, rows, out: Path, token: str, bar: SweepProgress, started: 
     task = ray.remote(run_trial).options(num_cpus=cpus_per_trial, max_retries=max_retries,
                                          retry_exceptions=[TrialProcessLost])
     pending = {task.remote(p, str(out), token, transfer, *trial_args): p for p in todo}
-    durations: list[float] = []
     interrupted = False
 
     def collect(ref) -> None:
@@ -666,8 +669,12 @@ def _drive(ray, todo, rows, out: Path, token: str, bar: SweepProgress, started: 
         except ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None) or exc
             text = str(cause).strip().splitlines()
-            row = _row(plan, "failed", f"{type(cause).__name__}: {text[-1] if text else ''}"[:400],
-                       attempts=max_retries + 1)
+            row = _row(plan, "failed", f"{type(cause).__name__}: {text[-1] if text else ''}"[:400])
+            try:  # the attempts the workers that see --out logged
+                log = out / SWEEP_DIR / "attempts" / plan.name
+                row["attempts"] = len(log.read_text().splitlines())
+            except OSError:
+                pass
         archive = row.pop("archive", None)
         if archive:
             target = out / plan.name
@@ -675,7 +682,6 @@ def _drive(ray, todo, rows, out: Path, token: str, bar: SweepProgress, started: 
             with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
                 tar.extractall(out, filter="data")
         rows[plan.name] = row
-        durations.append(time.perf_counter() - started)
 
     try:
         slots = _slots(ray, cpus_per_trial)
@@ -692,7 +698,7 @@ def _drive(ray, todo, rows, out: Path, token: str, bar: SweepProgress, started: 
     except KeyboardInterrupt:
         interrupted = True
         for ref in pending:
-            ray.cancel(ref)  # the task sends SIGINT to its training process: a checkpoint
+            ray.cancel(ref)  # the task sends SIGTERM to its training process: a checkpoint
         deadline = time.monotonic() + 90
         while pending and time.monotonic() < deadline:
             try:
@@ -720,7 +726,8 @@ def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     inf = float("inf")
     return min(ok, key=lambda r: (-(r["hover_success"] if r["hover_success"] is not None else -1),
                                   r["figure8_rmse_m"] if r["figure8_rmse_m"] is not None else inf,
-                                  r["time_to_policy_s"] if r["time_to_policy_s"] is not None else inf))
+                                  r["time_to_policy_s"] if r["time_to_policy_s"] is not None
+                                  else inf))
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], swept: list[str]) -> dict[str, Any]:

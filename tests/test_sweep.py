@@ -157,7 +157,8 @@ def test_cluster_sweep_retries_a_trial_whose_worker_was_killed(tmp_path, ray_clu
     ("bad seeds", ["--seeds", "5-2"], {}, "runs backwards"),
     ("unreachable address", ["--address", "127.0.0.1:{port}"], {}, "no Ray head answers"),
     ("unwritable out", ["--out", "{d}/file/sweep"], {"file": "x"}, "cannot write --out"),
-    ("out holds other files", ["--out", "{d}/other"], {"other/notes.txt": "x"}, "holds other files"),
+    ("out holds other files", ["--out", "{d}/other"], {"other/notes.txt": "x"},
+     "holds other files"),
 ])
 def test_bad_input_is_refused_before_any_trial(tmp_path, case, args, files, message):
     for name, text in files.items():
