@@ -69,7 +69,10 @@ def _export(args) -> int:
           f"c-int8 {err['c_int8']['max_abs']:.2e} (bound {err['c_int8']['bound']:g})")
     for name in ("c_f32", "c_int8"):
         if not err[name]["within_bound"]:
-            print(f"  WARNING: {name} error exceeds its bound", file=sys.stderr)
+            advice = ("; fine-tune the policy for int8 (nanofly train --int8-aware-steps "
+                      "60000), or upload float32 (nanofly flash DIR --format f32)"
+                      if name == "c_int8" else "")
+            print(f"  WARNING: {name} error exceeds its bound{advice}", file=sys.stderr)
     int8 = err["c_int8"]
     if not int8["within_bound"] and int8.get("saturated_observations"):
         rest = int8.get("max_abs_unsaturated")
