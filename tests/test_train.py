@@ -457,3 +457,19 @@ def test_int8_aware_finetuning_puts_the_saved_actor_on_the_recorded_int8_grid(tm
     assert manifest["quantization"]["input_multiplier"] == mult.tolist()
     assert manifest["quantization"]["input_multipliers"].startswith("recorded in the policy")
     assert manifest["errors"]["c_int8"]["max_abs"] <= 0.02
+
+
+def test_progress_eta_is_measured_past_the_first_update():
+    """The first update comes after numba compiled (seconds for a few thousand steps): its
+    rate would promise a far-off end, so there is no ETA until a second update measures one."""
+    import io
+
+    from nanofly.train.commands import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(700_000, stream=stream)
+    bar.update(5_000, 30.0)     # 30 s: mostly compiling
+    bar.update(15_000, 32.0)    # then 5 000 steps/s
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("| - | eta -") and "5,000/700,000 steps" in first
+    assert "5.0k steps/s | eta 2 min 17 s" in second  # 685 000 steps at 5 000/s
