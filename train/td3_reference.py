@@ -165,8 +165,9 @@ class ReferenceTD3:
 
 class ReferenceTrainer:
     """The training loop of ``nanofly.train.td3.Trainer`` on ``ReferenceTD3`` (without
-    checkpoint selection, int8-aware fine-tuning and checkpoints); ``networks``: (actor, Q1, Q2)
-    to start from, by default torch-initialized ones."""
+    checkpoint selection, int8-aware fine-tuning, checkpoints and the optional
+    ``curriculum_min_survival`` gate); ``networks``: (actor, Q1, Q2) to start from, by default
+    torch-initialized ones."""
 
     def __init__(self, cfg: Any, networks: tuple[nn.Module, nn.Module, nn.Module] | None = None):
         cfg.validate()
@@ -228,7 +229,7 @@ class ReferenceTrainer:
             idx = self.rng.integers(0, self.stored, size=cfg.batch_size)
             noise = self.rng.standard_normal((cfg.batch_size, 4), dtype=np.float32)
             batch = {k: torch.from_numpy(v[idx]) for k, v in self.replay.items()}
-            batch["reward"] = batch["reward"] * np.float32(cfg.reward_scale)
+            batch["reward"] = batch["reward"] * cfg.reward_scale
             self.td3.update(batch, torch.from_numpy(noise), self.next_update, cfg)
             self.next_update += cfg.critic_update_interval
         if cfg.curriculum and self.env_steps >= self.next_curriculum:
