@@ -59,47 +59,6 @@ def _make_batches(np, rng, n, b, dims):
             for _ in range(n)]
 
 
-def _torch_baseline(torch, core):
-    """Plain eager PyTorch TD3 (two nn.Sequential critics, default Adam), CleanRL style."""
-    import copy
-
-    nn = torch.nn
-    actor = core.to_actor()
-    q1, q2 = core.to_critics()
-    actor_t, q1_t, q2_t = copy.deepcopy(actor), copy.deepcopy(q1), copy.deepcopy(q2)
-    kw = dict(lr=core.actor_lr, betas=core.betas, eps=core.eps, weight_decay=core.weight_decay)
-    actor_opt = torch.optim.Adam(actor.parameters(), **kw)
-    critic_opt = torch.optim.Adam(list(q1.parameters()) + list(q2.parameters()), **kw)
-    mse = nn.MSELoss()
-
-    def critic_update(critic_obs, action, reward, next_critic_obs, next_actor_obs, terminated,
-                      noise):
-        with torch.no_grad():
-            smoothing = (noise * core.smoothing_std).clamp(-core.smoothing_clip,
-                                                           core.smoothing_clip)
-            next_action = (actor_t(next_actor_obs) + smoothing).clamp(-1.0, 1.0)
-            x_next = torch.cat([next_critic_obs, next_action], 1)
-            q_next = torch.min(q1_t(x_next), q2_t(x_next)).view(-1)
-            y = reward + core.gamma * (1.0 - terminated) * q_next
-        x = torch.cat([critic_obs, action], 1)
-        loss = mse(q1(x).view(-1), y) + mse(q2(x).view(-1), y)
-        critic_opt.zero_grad()
-        loss.backward()
-        critic_opt.step()
-
-    def actor_update(actor_obs, critic_obs):
-        loss = -q1(torch.cat([critic_obs, actor(actor_obs)], 1)).mean()
-        actor_opt.zero_grad()
-        loss.backward()
-        actor_opt.step()
-        with torch.no_grad():
-            for net, tgt in ((actor, actor_t), (q1, q1_t), (q2, q2_t)):
-                for w, tw in zip(net.parameters(), tgt.parameters()):
-                    tw.mul_(core.polyak).add_(w, alpha=1.0 - core.polyak)
-
-    return critic_update, actor_update
-
-
 def worker_compile() -> dict:
     """Import + first call of every kernel (compiles, or loads from the numba cache).
 
@@ -154,15 +113,19 @@ def worker_timing(args: argparse.Namespace) -> dict:
     else:
         import torch
 
+        from nanofly.train.td3_reference import ReferenceTD3
+
         torch.set_num_threads(args.threads)
-        t_critic, t_actor = _torch_baseline(torch, core)
+        reference = ReferenceTD3.from_core(core)  # plain eager PyTorch TD3, CleanRL style
 
         def critic(b):
-            t_critic(**b)
+            reference.critic_update(b, b["noise"])
 
-        def actor(b):
-            t_actor(b["next_actor_obs"], b["critic_obs"])
-        data = [{k: torch.from_numpy(v) for k, v in b.items()} for b in batches]
+        def actor(b):  # as TD3Core.actor_update: the actor step, then Polyak on all targets
+            reference.actor_update({"obs": b["next_obs"], "critic_obs": b["critic_obs"]})
+            reference.update_targets("all")
+        data = [{"next_obs" if k == "next_actor_obs" else k: torch.from_numpy(v)
+                 for k, v in b.items()} for b in batches]
 
     for i in range(20):  # warm-up (compiles / loads kernels, allocator caches)
         critic(data[i % len(data)])
