@@ -9,7 +9,8 @@ sequential baseline does: the difference is the sweep's own cost (Ray's start, t
 collecting the results). Both sides do the same work: the training and ``nanofly train``'s
 hover suite; the sweep's figure-eight suite is off. Prints one JSON object: both wall times,
 their ratio, and the sweep's overhead per trial in seconds, with and without Ray's start (once
-per sweep).
+per sweep). On a shared machine the trainings' own times move with the load; the time each
+side spends outside its ``nanofly train`` processes does not, and is given per trial too.
 """
 from __future__ import annotations
 
@@ -52,10 +53,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"the warm-up nanofly train failed: {warm.stderr[-500:]}")
 
     t0 = time.perf_counter()
-    sequential = []
+    sequential, process_walls = [], []
     for seed in seeds:
+        launched = time.perf_counter()
         proc = subprocess.run([*train, "--seed", str(seed), "--out", str(root / f"alone-{seed}"),
                                *extra], capture_output=True, text=True)
+        process_walls.append(time.perf_counter() - launched)
         if not trained(proc):
             raise SystemExit(f"nanofly train --seed {seed} failed: {proc.stderr[-500:]}")
         sequential.append(json.loads(proc.stdout)["train_wall_time_s"])
@@ -80,6 +83,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"nanofly sweep failed: {proc.stderr[-1000:]}")
     rows = json.loads((root / "sweep" / "results.json").read_text())["trials"]
     ray_start_s = json.loads(proc.stdout)["ray_start_s"]
+    # The sweep's own cost, whatever the machine's load does to the trainings: its wall time
+    # less Ray's start and less the time its `nanofly train` processes ran (one at a time with
+    # --cpus-per-trial 2 on 2 cores); the same for the runs one after another.
+    sweep_processes_s = sum(r["train_process_wall_s"] for r in rows)
     print(json.dumps({
         "seeds": seeds, "cpus_per_trial": args.cpus_per_trial, "extra_args": args.extra_args,
         "sequential_wall_s": round(sequential_s, 1), "sweep_wall_s": round(sweep_s, 1),
@@ -88,6 +95,12 @@ def main(argv=None) -> int:
         "sweep_ray_start_s": ray_start_s,
         "overhead_per_trial_after_ray_start_s": round(
             (sweep_s - ray_start_s - sequential_s) / len(seeds), 2),
+        "sequential_outside_processes_per_trial_s": round(
+            (sequential_s - sum(process_walls)) / len(seeds), 3),
+        "sweep_outside_processes_per_trial_s": round(
+            (sweep_s - ray_start_s - sweep_processes_s) / len(seeds), 3),
+        "train_process_wall_s_alone": [round(w, 2) for w in process_walls],
+        "train_process_wall_s_in_sweep": [r["train_process_wall_s"] for r in rows],
         "train_wall_time_s_alone": sequential,
         "train_wall_time_s_in_sweep": [r.get("train_wall_time_s") for r in rows],
         "sweep_trials_ok": sum(r["status"] == "ok" for r in rows)}))

@@ -417,6 +417,7 @@ def _train_trial(plan: TrialPlan, root: Path, figure8_episodes: int, plots: bool
         out_file.seek(0)
         err_file.seek(0)
         stdout, stderr = out_file.read(), err_file.read()
+    process_wall_s = round(time.time() - launched, 3)  # launch to exit of `nanofly train`
     if proc.returncode < 0 and proc.returncode != -signal.SIGINT:
         raise TrialProcessLost(f"trial {plan.name}: the training process was killed by signal "
                                f"{-proc.returncode}")
@@ -431,6 +432,7 @@ def _train_trial(plan: TrialPlan, root: Path, figure8_episodes: int, plots: bool
     hover = (summary.get("eval") or {}).get("hover") or {}
     row = _row(plan, "ok",
                time_to_policy_s=round(summary["policy_saved_at_unix"] - launched, 3),
+               train_process_wall_s=process_wall_s,
                env_steps=summary["env_steps"], hover_success=hover.get("success_rate"),
                train_wall_time_s=summary["train_wall_time_s"],
                hover_final_position_rmse_m=hover.get("final_position_rmse_m"),
