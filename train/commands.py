@@ -218,6 +218,7 @@ def resume_config(args, checkpoint_cfg):
 
 
 CHECKPOINT_NAME = "checkpoint.npz"  # checkpoint_file.CHECKPOINT_NAME (not imported: numpy)
+METRICS_NAME = "metrics.jsonl"  # a JSON line per log interval, appended (a resume goes on)
 
 
 def read_resume_checkpoint(run_dir: Path, *, trust_pickle: bool = False) -> dict[str, Any]:
@@ -311,48 +312,60 @@ def _refuse_used_run_dir(run_dir: Path) -> str | None:
             f"interrupted run there with: nanofly train --resume {run_dir}")
 
 
+class _RunRefused(Exception):
+    """Why a run cannot start (one line) and its exit status; nothing of it is left behind."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
 def run_train(args) -> int:
     """``nanofly train``. Exit status: 0 done; 1 the run failed (diverged, or a write failed:
     a checkpoint is kept where possible); 2 bad input (nothing is left behind); 128 + N
     stopped by signal N (a checkpoint is kept)."""
-    from nanofly.sim.presets import PresetError, dumps_toml, get_preset
+    try:
+        cfg, run_dir, resume = _resolve_run(args)
+        trainer, log_file = _start_run(args, cfg, run_dir, resume)
+    except _RunRefused as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return refused.status
+    policy_path = run_dir / "policy.pt"
+    progress = _TrainingProgress(trainer, enabled=not args.json)
+    progress.say_start(trainer, run_dir, resumed=resume is not None)
+    stopped_status = _train(trainer, run_dir, policy_path, log_file, progress)
+    if stopped_status is not None:  # interrupted, diverged or failed: what could be is kept
+        return stopped_status
+    try:
+        return _finish_run(args, trainer, run_dir, policy_path, run_dir / METRICS_NAME,
+                           progress.resumed_at_s)
+    except Exception as exc:  # noqa: BLE001 - the trained state is kept: --resume saves again
+        return _keep_checkpoint(trainer, run_dir, f"training finished but saving its results "
+                                                  f"failed: {_one_line(exc)}")
+
+
+def _resolve_run(args):
+    """The run's configuration, directory and (with --resume) checkpoint, from the options.
+    Writes nothing: raises _RunRefused on bad options, an unusable checkpoint, a bad preset or
+    a used --out directory."""
+    from nanofly.sim.presets import PresetError, get_preset
 
     try:
         cfg = load_train_config(args)
     except (ValueError, PresetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise _RunRefused(str(exc)) from None
     resume = None
     if args.resume:
         run_dir = Path(args.resume)
-        from .checkpoint_file import CheckpointFileError
-        from .td3 import config_of_checkpoint
-
-        try:
-            resume = read_resume_checkpoint(run_dir, trust_pickle=args.trust_checkpoint)
-            checkpoint_cfg = config_of_checkpoint(resume)
-        except CheckpointFileError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            print(f"error: {run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
-                  f"({_one_line(exc)})", file=sys.stderr)
-            return 2
-        try:
-            cfg = resume_config(args, checkpoint_cfg)
-        except (ValueError, PresetError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        resume, cfg = _read_resume(args, run_dir)
     elif args.trust_checkpoint:
-        print("error: --trust-checkpoint applies to --resume RUN_DIR only", file=sys.stderr)
-        return 2
+        raise _RunRefused("--trust-checkpoint applies to --resume RUN_DIR only")
     # the vehicle, before anything is written: a bad preset file leaves nothing behind
     try:
         get_preset(cfg.preset)
     except (PresetError, ValueError, OSError) as exc:
-        print(f"error: preset: {_one_line(exc) if isinstance(exc, OSError) else exc}",
-              file=sys.stderr)
-        return 2
+        raise _RunRefused(f"preset: {_one_line(exc) if isinstance(exc, OSError) else exc}"
+                          ) from None
     if resume is None:
         run_dir = _new_run_dir(args.out)
         try:
@@ -360,14 +373,42 @@ def run_train(args) -> int:
         except OSError as exc:
             refused = f"cannot read --out {run_dir}: {exc}"
         if refused:
-            print(f"error: {refused}", file=sys.stderr)
-            return 2
-    # what this run creates, removed again if it cannot start
+            raise _RunRefused(refused)
+    return cfg, run_dir, resume
+
+
+def _read_resume(args, run_dir: Path):
+    """The checkpoint ``--resume run_dir`` continues from and the configuration it continues
+    with. Raises _RunRefused on an unusable checkpoint or options that differ from the run's."""
+    from nanofly.sim.presets import PresetError
+
+    from .checkpoint_file import CheckpointFileError
+    from .td3 import config_of_checkpoint
+
+    try:
+        resume = read_resume_checkpoint(run_dir, trust_pickle=args.trust_checkpoint)
+        checkpoint_cfg = config_of_checkpoint(resume)
+    except CheckpointFileError as exc:
+        raise _RunRefused(str(exc)) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _RunRefused(f"{run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                          f"({_one_line(exc)})") from None
+    try:
+        return resume, resume_config(args, checkpoint_cfg)
+    except (ValueError, PresetError) as exc:
+        raise _RunRefused(str(exc)) from None
+
+
+
+def _start_run(args, cfg, run_dir: Path, resume):
+    """The run directory made, the trainer built (restored from ``resume``), config.toml
+    written and metrics.jsonl open for appending: (trainer, the metrics file). Raises
+    _RunRefused when the run cannot start, after removing the files and directories it made."""
     new_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     written: list[Path] = []
-
-    def abandon(message: str, status: int) -> int:
-        print(f"error: {message}", file=sys.stderr)
+    try:
+        return _create_run(args, cfg, run_dir, resume, written)
+    except _RunRefused:
         for path in written:
             path.unlink(missing_ok=True)
         for directory in new_dirs:  # deepest first; only ones this run made (and left empty)
@@ -375,15 +416,20 @@ def run_train(args) -> int:
                 directory.rmdir()
             except OSError:
                 break
-        return status
+        raise
+
+
+def _create_run(args, cfg, run_dir: Path, resume, written: list[Path]):
+    """``_start_run``'s work; each file it creates is appended to ``written`` first."""
+    from nanofly.sim.presets import PresetError, dumps_toml
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe_writable(run_dir)
     except OSError as exc:
-        return abandon(f"cannot write the run directory {run_dir}: {_one_line(exc)}", 2)
-    from .checkpoint_file import save_checkpoint
-    from .td3 import Diverged, Interrupted, Trainer, run_loop
+        raise _RunRefused(f"cannot write the run directory {run_dir}: {_one_line(exc)}"
+                          ) from None
+    from .td3 import Trainer
     from .td3_core import usable_cpus
 
     cpus = usable_cpus()
@@ -399,17 +445,17 @@ def run_train(args) -> int:
     try:
         trainer = Trainer(cfg)
     except MemoryError as exc:
-        return abandon(f"not enough memory for this configuration ({_one_line(exc)}); lower "
-                       f"total_env_steps (the replay buffer) or num_envs", 2)
+        raise _RunRefused(f"not enough memory for this configuration ({_one_line(exc)}); "
+                          f"lower total_env_steps (the replay buffer) or num_envs") from None
     except (ValueError, PresetError) as exc:
-        return abandon(f"cannot start training: {_one_line(exc)}", 2)
+        raise _RunRefused(f"cannot start training: {_one_line(exc)}") from None
     if resume is not None:
         try:
             trainer.restore(resume)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            return abandon(f"{run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
-                           f"({_one_line(exc)})", 2)
-    metrics_path = run_dir / "metrics.jsonl"
+            raise _RunRefused(f"{run_dir / CHECKPOINT_NAME}: not a usable nanofly checkpoint "
+                              f"({_one_line(exc)})") from None
+    metrics_path = run_dir / METRICS_NAME
     try:
         config_path = run_dir / "config.toml"
         if not config_path.exists():
@@ -417,57 +463,78 @@ def run_train(args) -> int:
         config_path.write_text(dumps_toml({"train": cfg.to_dict()}))
         if not metrics_path.exists():
             written.append(metrics_path)
-        log_file = open(metrics_path, "a")
+        return trainer, open(metrics_path, "a")
     except OSError as exc:
-        return abandon(f"cannot write the run directory {run_dir}: {_one_line(exc)}", 1)
+        raise _RunRefused(f"cannot write the run directory {run_dir}: {_one_line(exc)}",
+                          1) from None
 
-    def keep_checkpoint(message: str, resume_note: str | None = None) -> int:
-        """A failed run: save a checkpoint if possible, then say what happened in one line."""
-        try:
-            save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
-            kept = f"; saved {run_dir / CHECKPOINT_NAME}" + (
-                resume_note or f": continue with: nanofly train --resume {run_dir}")
-        except Exception as exc:  # noqa: BLE001 - reported, the original failure stands
-            kept = f"; no checkpoint either ({_one_line(exc)})"
-        print(f"error: {message}{kept}", file=sys.stderr)
-        return 1
 
-    bar = ProgressBar(cfg.total_env_steps + cfg.int8_aware_steps, enabled=not args.json)
-    resumed_at_s = trainer.state.wall_time_s  # training time before this process (resume)
-    announced: set[str] = set()
-    if resume is None:
-        bar.say(f"training: up to {cfg.total_env_steps:,} steps with {cfg.num_envs} simulators"
+class _TrainingProgress:
+    """What a person sees while the run trains (on stderr; nothing with --json): a start line,
+    a progress bar with the latest figures, a line when the run stops early and when int8-aware
+    fine-tuning starts, and a line when it trained its whole budget."""
+
+    def __init__(self, trainer, *, enabled: bool):
+        cfg = trainer.cfg
+        self.bar = ProgressBar(cfg.total_env_steps + cfg.int8_aware_steps, enabled=enabled)
+        self.resumed_at_s = trainer.state.wall_time_s  # training time before this process
+        self._announced: set[str] = set()
+
+    def say_start(self, trainer, run_dir: Path, *, resumed: bool) -> None:
+        """What the run will do: its step budget, or where a resumed run goes on from."""
+        cfg = trainer.cfg
+        if not resumed:
+            self.bar.say(
+                f"training: up to {cfg.total_env_steps:,} steps with {cfg.num_envs} simulators"
                 + (f" (stops early once the hover check reaches "
                    f"{100 * cfg.stop_at_selection_success:.0f} %)" if cfg.selection_interval
                    else "")
                 + (f", then {cfg.int8_aware_steps:,} steps of int8-aware fine-tuning"
                    if cfg.int8_aware_steps else ""))
-    else:
-        bar.say(f"resuming {run_dir} at {trainer.state.env_steps:,} steps "
-                f"({format_duration(resumed_at_s)} of training so far)")
+        else:
+            self.bar.say(f"resuming {run_dir} at {trainer.state.env_steps:,} steps "
+                         f"({format_duration(self.resumed_at_s)} of training so far)")
 
-    def announce_phases(trainer) -> None:
+    def announce_phases(self, trainer) -> None:
         """A line when the run stops early and when int8-aware fine-tuning starts."""
-        st = trainer.state
-        if st.stopped_early and "stopped" not in announced:
-            announced.add("stopped")
-            bar.say(_stopped_early_line(trainer))
-            bar.set_total(st.env_steps + cfg.int8_aware_steps)
-        if st.int8_aware_until >= 0 and "int8" not in announced:
-            announced.add("int8")
-            bar.set_total(st.int8_aware_until)
-            bar.say(f"int8-aware fine-tuning: {cfg.int8_aware_steps:,} steps with the actor's "
-                    f"weights on the int8 export grid (to step {st.int8_aware_until:,})")
+        cfg, st = trainer.cfg, trainer.state
+        if st.stopped_early and "stopped" not in self._announced:
+            self._announced.add("stopped")
+            self.bar.say(_stopped_early_line(trainer))
+            self.bar.set_total(st.env_steps + cfg.int8_aware_steps)
+        if st.int8_aware_until >= 0 and "int8" not in self._announced:
+            self._announced.add("int8")
+            self.bar.set_total(st.int8_aware_until)
+            self.bar.say(f"int8-aware fine-tuning: {cfg.int8_aware_steps:,} steps with the "
+                         f"actor's weights on the int8 export grid (to step "
+                         f"{st.int8_aware_until:,})")
 
-    def on_progress(trainer) -> None:
-        announce_phases(trainer)
+    def on_progress(self, trainer) -> None:
+        """The bar with the latest return, survival rate and hover check."""
+        self.announce_phases(trainer)
         m = trainer.metrics()
         fields = {"return": f"{m['mean_return']:.0f}" if m["mean_return"] is not None else "-",
                   "survived 5 s": f"{100 * m['survival_rate']:.0f}%" if m["survival_rate"] is not None else "-"}
         if m["selection"]:
             fields["hover success (check)"] = (f"{100 * m['selection']['success_rate']:.0f}% "
                                                f"(best {100 * m['selection']['best_success_rate']:.0f}%)")
-        bar.update(m["env_steps"], m["wall_time_s"] - resumed_at_s, fields)
+        self.bar.update(m["env_steps"], m["wall_time_s"] - self.resumed_at_s, fields)
+
+    def say_end(self, trainer) -> None:
+        """After the loop: how it ended (stopped early, or the whole budget trained)."""
+        cfg = trainer.cfg
+        self.announce_phases(trainer)
+        if not trainer.state.stopped_early:
+            self.bar.say(f"trained {trainer.state.env_steps:,} steps: the whole budget"
+                         + (f" ({cfg.total_env_steps:,} + {cfg.int8_aware_steps:,} int8-aware)"
+                            if cfg.int8_aware_steps else ""))
+
+
+def _train(trainer, run_dir: Path, policy_path: Path, log_file, progress) -> int | None:
+    """The training loop, appending its metrics to ``log_file`` (closed after). None when it
+    ran to its end; else the exit status of a run that was interrupted, diverged or failed,
+    after saving a checkpoint (and on divergence the best finite policy) where possible."""
+    from .td3 import Diverged, Interrupted, run_loop
 
     def close_log() -> None:  # after a failed write its buffer fails again: already reported
         try:
@@ -479,49 +546,61 @@ def run_train(args) -> int:
         log_file.write(json.dumps(_json_safe(metrics), allow_nan=False) + "\n")
         log_file.flush()
 
-    policy_path = run_dir / "policy.pt"
     try:
-        run_loop(trainer, on_progress=on_progress, progress_every=max(cfg.num_envs, 5000),
-                 on_log=on_log)
+        run_loop(trainer, on_progress=progress.on_progress,
+                 progress_every=max(trainer.cfg.num_envs, 5000), on_log=on_log)
     except Interrupted as stopped:
-        bar.close()
+        progress.bar.close()
         close_log()
-        try:
-            save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
-        except Exception as exc:  # noqa: BLE001
-            print(f"\nerror: {stopped} at {trainer.state.env_steps} steps, and the checkpoint "
-                  f"could not be saved ({_one_line(exc)})", file=sys.stderr)
-            return 128 + stopped.signal_number
-        print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
-              f"{run_dir / CHECKPOINT_NAME}; continue with: nanofly train --resume {run_dir}",
-              file=sys.stderr)
-        return 128 + stopped.signal_number  # the shell's convention: 130 for Ctrl-C
+        return _report_interrupted(stopped, trainer, run_dir)
     except Diverged as diverged:
-        bar.close()
+        progress.bar.close()
         close_log()
-        return _report_divergence(diverged, trainer, run_dir, policy_path, keep_checkpoint)
+        return _report_divergence(diverged, trainer, run_dir, policy_path)
     except Exception as exc:  # noqa: BLE001 - a checkpoint first, then one line
-        bar.close()
+        progress.bar.close()
         close_log()
-        return keep_checkpoint(f"training stopped at {trainer.state.env_steps} steps: "
-                               f"{_one_line(exc)}")
+        return _keep_checkpoint(trainer, run_dir, f"training stopped at "
+                                                  f"{trainer.state.env_steps} steps: "
+                                                  f"{_one_line(exc)}")
     finally:
-        bar.close()
+        progress.bar.close()
     close_log()
-    announce_phases(trainer)
-    if not trainer.state.stopped_early:
-        bar.say(f"trained {trainer.state.env_steps:,} steps: the whole budget"
-                + (f" ({cfg.total_env_steps:,} + {cfg.int8_aware_steps:,} int8-aware)"
-                   if cfg.int8_aware_steps else ""))
+    progress.say_end(trainer)
+    return None
+
+
+def _keep_checkpoint(trainer, run_dir: Path, message: str, resume_note: str | None = None) -> int:
+    """A failed run: save a checkpoint if possible, then say what happened in one line."""
+    from .checkpoint_file import save_checkpoint
+
     try:
-        return _finish_run(args, trainer, run_dir, policy_path, metrics_path, resumed_at_s)
-    except Exception as exc:  # noqa: BLE001 - the trained state is kept: --resume saves again
-        return keep_checkpoint(f"training finished but saving its results failed: "
-                               f"{_one_line(exc)}")
+        save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+        kept = f"; saved {run_dir / CHECKPOINT_NAME}" + (
+            resume_note or f": continue with: nanofly train --resume {run_dir}")
+    except Exception as exc:  # noqa: BLE001 - reported, the original failure stands
+        kept = f"; no checkpoint either ({_one_line(exc)})"
+    print(f"error: {message}{kept}", file=sys.stderr)
+    return 1
 
 
-def _report_divergence(diverged, trainer, run_dir: Path, policy_path: Path,
-                       keep_checkpoint) -> int:
+def _report_interrupted(stopped, trainer, run_dir: Path) -> int:
+    """A signal stopped the run: save a checkpoint, say how to continue; exit 128 + N."""
+    from .checkpoint_file import save_checkpoint
+
+    try:
+        save_checkpoint(run_dir / CHECKPOINT_NAME, trainer.checkpoint())
+    except Exception as exc:  # noqa: BLE001
+        print(f"\nerror: {stopped} at {trainer.state.env_steps} steps, and the checkpoint "
+              f"could not be saved ({_one_line(exc)})", file=sys.stderr)
+        return 128 + stopped.signal_number
+    print(f"\n{stopped} at {trainer.state.env_steps} steps: saved "
+          f"{run_dir / CHECKPOINT_NAME}; continue with: nanofly train --resume {run_dir}",
+          file=sys.stderr)
+    return 128 + stopped.signal_number  # the shell's convention: 130 for Ctrl-C
+
+
+def _report_divergence(diverged, trainer, run_dir: Path, policy_path: Path) -> int:
     """The run diverged: keep the best finite snapshot (if selection kept one) as the policy,
     and a checkpoint; one line says which."""
     from nanofly.policy.file import save_policy
@@ -544,9 +623,9 @@ def _report_divergence(diverged, trainer, run_dir: Path, policy_path: Path,
         kept = (f"no policy saved: no finite snapshot was kept (checkpoint selection starts at "
                 f"{trainer.cfg.selection_start} steps)" if trainer.cfg.selection_interval else
                 "no policy saved: checkpoint selection is off, so no finite snapshot was kept")
-    return keep_checkpoint(f"{diverged}; {kept}",
-                           " (the state at the divergence: resumed, it diverges again; a new "
-                           "run with a lower learning_rate may not)")
+    return _keep_checkpoint(trainer, run_dir, f"{diverged}; {kept}",
+                            " (the state at the divergence: resumed, it diverges again; a new "
+                            "run with a lower learning_rate may not)")
 
 
 def _stopped_early_line(trainer) -> str:
