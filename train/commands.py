@@ -642,78 +642,111 @@ def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: P
                 resumed_at_s: float = 0.0) -> int:
     """Save the policy, evaluate it, plot, write summary.json and report. Exit status 1 when
     the final evaluation misses its threshold (as ``nanofly eval``; everything is saved)."""
+    actor = trainer.policy_weights()
+    summary, time_to_policy_s = _save_trained_policy(trainer, actor, run_dir, policy_path)
+    hover = None
+    if args.eval_episodes > 0:
+        hover = _final_evaluation(args, trainer, actor, policy_path, summary)
+    if not args.no_plots:
+        from .plots import plot_hover_rollouts, plot_learning_curve
+
+        plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
+        if hover is not None:
+            plot_hover_rollouts(hover["_trajectories"], run_dir)
+    summary = _json_safe(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    passed = summary.get("eval", {}).get("hover", {}).get("passed", True)
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        _report_finished(summary, trainer, run_dir, policy_path, time_to_policy_s, resumed_at_s)
+    return 0 if passed else 1
+
+
+def _selected_snapshot(trainer) -> dict[str, Any] | None:
+    """The snapshot checkpoint selection kept (its step, hover success and check history), or
+    None when selection kept none."""
+    cfg, st = trainer.cfg, trainer.state
+    if st.best_selection_step < 0:
+        return None
+    return {"env_steps": st.best_selection_step, "success_rate": st.best_selection_score,
+            "episodes": cfg.selection_episodes, "seed": cfg.selection_seed,
+            "history": st.selection_history}
+
+
+def _save_trained_policy(trainer, actor, run_dir: Path, policy_path: Path):
+    """Save ``actor`` as the policy and remove the checkpoint (the run is complete): (the summary's
+    training figures, seconds from the command's start to the saved policy)."""
     from nanofly.policy.file import save_policy
 
     cfg, st = trainer.cfg, trainer.state
-    train_wall = st.wall_time_s
-    actor = trainer.policy_weights()
-    selection = ({"env_steps": st.best_selection_step, "success_rate": st.best_selection_score,
-                  "episodes": cfg.selection_episodes, "seed": cfg.selection_seed,
-                  "history": st.selection_history}
-                 if st.best_selection_step >= 0 else None)
+    selection = _selected_snapshot(trainer)
     save_policy(policy_path, actor, **trainer.policy_payload(),
-                metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
+                metrics={"train_wall_time_s": st.wall_time_s, "env_steps": st.env_steps,
                          "selected_snapshot": selection})
-    time_to_policy = time.perf_counter() - PROCESS_START
+    time_to_policy_s = time.perf_counter() - PROCESS_START
     saved_at = time.time()
     (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "policy": str(policy_path), "seed": cfg.seed,
-        "train_wall_time_s": round(train_wall, 3),
-        "cli_start_to_saved_policy_s": round(time_to_policy, 3),
+        "train_wall_time_s": round(st.wall_time_s, 3),
+        "cli_start_to_saved_policy_s": round(time_to_policy_s, 3),
         "policy_saved_at_unix": saved_at,
-        "env_steps": trainer.state.env_steps, "critic_updates": trainer.state.critic_updates,
-        "actor_updates": trainer.state.actor_updates,
+        "env_steps": st.env_steps, "critic_updates": st.critic_updates,
+        "actor_updates": st.actor_updates,
         "one_thread_updates": trainer.core.updates_without_helper,  # a busy machine: speed only
         "selected_snapshot": selection,
         "stopped_early": st.stopped_early,
         "int8_aware_steps": (st.env_steps - (st.int8_aware_until - cfg.int8_aware_steps)
                              if st.int8_aware_until >= 0 else 0),
     }
-    if args.eval_episodes > 0:
-        from .evaluate import TorchPolicy, hover_suite, policy_mdp, public
+    return summary, time_to_policy_s
 
-        policy = TorchPolicy(policy_path)
-        preset, mdp = policy_mdp(policy.payload)
-        t0 = time.perf_counter()
-        bar = ProgressBar(mdp.episode_steps, enabled=not args.json, line_every_s=10.0,
-                          label=f"final evaluation, hover suite, {args.eval_episodes} episodes")
-        result = hover_suite(policy, preset=preset, mdp=mdp, episodes=args.eval_episodes,
-                             record=8, progress=lambda done, total: bar.update(
-                                 done, time.perf_counter() - t0))
-        bar.close()
-        summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 3)
-        summary["eval"] = {"hover": public(result)}
-        # store the figures in the policy file too (self-describing)
-        save_policy(policy_path, actor, **trainer.policy_payload(),
-                    metrics={"train_wall_time_s": train_wall, "env_steps": st.env_steps,
-                             "selected_snapshot": selection, "hover": public(result)})
-        if not args.no_plots:
-            from .plots import plot_hover_rollouts, plot_learning_curve
 
-            plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
-            plot_hover_rollouts(result["_trajectories"], run_dir)
-    elif not args.no_plots:
-        from .plots import plot_learning_curve
+def _final_evaluation(args, trainer, actor, policy_path: Path, summary: dict[str, Any]):
+    """The hover suite on the saved policy (``--eval-episodes`` episodes, 8 recorded for the
+    plots): its figures go into ``summary`` and the policy file (saved again with ``actor``).
+    Returns the suite's result."""
+    from nanofly.policy.file import save_policy
 
-        plot_learning_curve(metrics_path, run_dir / "learning_curve.png")
-    summary = _json_safe(summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    passed = summary.get("eval", {}).get("hover", {}).get("passed", True)
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-        return 0 if passed else 1
+    from .evaluate import TorchPolicy, hover_suite, policy_mdp, public
+
+    policy = TorchPolicy(policy_path)
+    preset, mdp = policy_mdp(policy.payload)
+    t0 = time.perf_counter()
+    bar = ProgressBar(mdp.episode_steps, enabled=not args.json, line_every_s=10.0,
+                      label=f"final evaluation, hover suite, {args.eval_episodes} episodes")
+    result = hover_suite(policy, preset=preset, mdp=mdp, episodes=args.eval_episodes,
+                         record=8, progress=lambda done, total: bar.update(
+                             done, time.perf_counter() - t0))
+    bar.close()
+    summary["eval_wall_time_s"] = round(time.perf_counter() - t0, 3)
+    summary["eval"] = {"hover": public(result)}
+    # store the figures in the policy file too (self-describing)
+    st = trainer.state
+    save_policy(policy_path, actor, **trainer.policy_payload(),
+                metrics={"train_wall_time_s": st.wall_time_s, "env_steps": st.env_steps,
+                         "selected_snapshot": summary["selected_snapshot"],
+                         "hover": public(result)})
+    return result
+
+
+def _report_finished(summary: dict[str, Any], trainer, run_dir: Path, policy_path: Path,
+                     time_to_policy_s: float, resumed_at_s: float) -> None:
+    """The closing lines: where the policy is, how long training took, the hover suite."""
+    train_wall = trainer.state.wall_time_s
     if resumed_at_s > 0:
         took = (f"{format_duration(train_wall)} of training in all: "
                 f"{format_duration(resumed_at_s)} before the resume and "
                 f"{format_duration(train_wall - resumed_at_s)} in this run, "
-                f"{format_duration(time_to_policy)} since this command started")
+                f"{format_duration(time_to_policy_s)} since this command started")
     else:
         took = (f"{format_duration(train_wall)} of training, "
-                f"{format_duration(time_to_policy)} since the command started")
+                f"{format_duration(time_to_policy_s)} since the command started")
     print(f"saved {policy_path}: {took}")
     if "eval" in summary:
         h = summary["eval"]["hover"]
+        passed = h.get("passed", True)
         rmse = h["final_position_rmse_m"]
         print(f"hover suite [{'PASS' if passed else 'FAIL'}]: success {100 * h['success_rate']:.1f} % "
               f"(threshold {100 * h['thresholds']['min_success_rate']:.0f} %) over "
@@ -723,4 +756,3 @@ def _finish_run(args, trainer, run_dir: Path, policy_path: Path, metrics_path: P
             print(f"the policy misses the hover threshold: exit status 1 (the run directory "
                   f"{run_dir} and the policy are saved; train longer or check the settings)",
                   file=sys.stderr)
-    return 0 if passed else 1
