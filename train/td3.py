@@ -69,6 +69,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
     weight_decay: float = 1e-4  # L2 added to the gradient (torch.optim.Adam semantics)
     gamma: float = 0.99  # discount per 10 ms step
+    n_step_returns: int = 1  # rewards summed per critic target, within an episode (1: TD3's)
     target_noise_std: float = 0.2  # target policy smoothing noise, normalized action units
     target_noise_clip: float = 0.5  # its clip, normalized action units
     polyak: float = 0.995  # target = polyak * target + (1 - polyak) * online
@@ -118,9 +119,13 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("total_env_steps", "num_envs", "critic_update_interval",
                      "actor_update_interval", "batch_size", "curriculum_interval", "log_interval",
-                     "selection_episodes"):
+                     "selection_episodes", "n_step_returns"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_step_returns > 1 and self.int8_aware_steps > 0:
+            raise ValueError("TrainConfig.n_step_returns > 1 does not work with int8_aware_steps "
+                             "yet: set one of them to its default (n_step_returns = 1 or "
+                             "int8_aware_steps = 0)")
         if self.actor_update_interval % self.critic_update_interval:
             raise ValueError("TrainConfig.actor_update_interval must be a multiple of "
                              "critic_update_interval (the actor reuses a critic batch)")
@@ -274,8 +279,8 @@ class Trainer:
         core_kwargs = dict(actor_obs_dim=self.obs_dim, critic_obs_dim=self.critic_obs_dim,
                            action_dim=4, actor_hidden=cfg.actor_hidden,
                            critic_hidden=cfg.critic_hidden, lr=cfg.learning_rate,
-                           betas=cfg.adam_betas, weight_decay=cfg.weight_decay, gamma=cfg.gamma,
-                           polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
+                           betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
+                           gamma=cfg.gamma ** cfg.n_step_returns, polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
                            smoothing_clip=cfg.target_noise_clip, batch_size=cfg.batch_size,
                            seed=cfg.seed, threads=cfg.update_threads,
                            critic_layer_norm=cfg.critic_layer_norm,
@@ -289,6 +294,8 @@ class Trainer:
         capacity = cfg.replay_capacity or cfg.total_env_steps
         capacity = max(capacity, cfg.num_envs)
         self.buffer = ReplayBuffer(capacity, self.obs_dim, self.critic_obs_dim, 4)
+        # where an episode ended (terminated or truncated), per row: n-step sums stop there
+        self.row_done = np.zeros(capacity, bool) if cfg.n_step_returns > 1 else None
         # The privileged next observation is always kept: rewards are recomputed from it.
         self.reward_priv = (np.empty((capacity, self.env.privileged_dim), np.float32)
                             if not cfg.asymmetric_critic else None)
@@ -331,6 +338,8 @@ class Trainer:
             raise Diverged(self, "the actor's actions are not finite (its weights hold NaN "
                                  "or Inf)") from None
         done = info["_final_obs"]
+        if self.row_done is not None:
+            self.row_done[rows] = done
         priv = info["privileged_obs"]
         final_obs, final_priv = info["final_obs"], info["final_privileged_obs"]
         if asymmetric:
@@ -431,6 +440,9 @@ class Trainer:
         critic_targets = separate and at_step % cfg.critic_target_update_interval == 0
         actor = at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0
         int8_aware = self.state.int8_aware_until >= 0
+        if cfg.n_step_returns > 1:  # TrainConfig.validate refuses int8-aware steps with it
+            self._update_n_step(idx, noise, critic_targets, actor, separate)
+            return
         # the actor update runs in the same call unless int8-aware fine-tuning changes the
         # actor's weights around it (below)
         fused_actor = ("actor" if separate else "all") if actor and not int8_aware else None
@@ -457,6 +469,59 @@ class Trainer:
             if separate:
                 core.update_actor_target()
         if actor:
+            self.state.actor_updates += 1
+
+    def _n_step_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch of rows ``idx`` with n-step targets: reward = sum_k gamma^k r_(t+k) over
+        the m <= n steps of the same environment that are stored and in the same episode, the
+        next observations of step t+m-1, and ``terminated`` set so that the core's
+        gamma^n * (1 - terminated) is gamma^m (0 where the episode terminated)."""
+        cfg, buf = self.cfg, self.buffer
+        n, stride = cfg.n_step_returns, cfg.num_envs  # one env step = num_envs rows
+        batch = buf.get(idx)
+        rows = idx[:, None] + stride * np.arange(n)[None, :]
+        valid = rows < buf.size
+        if buf.size == buf.capacity or buf.ptr < buf.size:  # wrapped: rows past ptr are older
+            valid &= ~((idx[:, None] < buf.ptr) & (rows >= buf.ptr))
+        rows = np.where(valid, rows, idx[:, None])
+        done = self.row_done[rows]
+        # step k is summed if it is stored and no earlier step ended the episode
+        ended_before = np.concatenate([np.zeros((len(idx), 1), bool),
+                                       np.cumsum(done[:, :-1], axis=1) > 0], axis=1)
+        used = valid & ~ended_before
+        m = used.sum(axis=1)
+        discounts = (cfg.gamma ** np.arange(n)).astype(np.float32)
+        batch["reward"] = (buf.reward[rows] * used * discounts).sum(axis=1).astype(np.float32)
+        last = rows[np.arange(len(idx)), m - 1]
+        tail = buf.get(last)
+        bootstrap = (1.0 - tail["terminated"]) * cfg.gamma ** (m - n)  # gamma^m / gamma^n
+        batch["terminated"] = (1.0 - bootstrap).astype(np.float32)
+        batch["next_obs"], batch["next_critic_obs"] = tail["next_obs"], tail["next_critic_obs"]
+        return batch
+
+    def _update_n_step(self, idx, noise, critic_targets: bool, actor: bool, separate: bool):
+        """The update of ``_update`` with n-step targets, through the core's array calls (the
+        batch is built in NumPy, outside the fused ``update_sampled``)."""
+        from .td3_kernels import polyak_kernel
+
+        cfg, core = self.cfg, self.core
+        b = self._n_step_batch(idx)
+        self.last_critic_loss = core.critic_update(
+            b["critic_obs"], b["action"], b["reward"] * np.float32(cfg.reward_scale),
+            b["next_critic_obs"], b["next_obs"], b["terminated"], noise)
+        if not math.isfinite(self.last_critic_loss):
+            self.divergence = f"the critic loss is {self.last_critic_loss}"
+        if critic_targets:
+            c0, c1 = core.n_actor_params, core.n_actor_params + core.n_critic_params
+            polyak_kernel(core.params[c0:c1], core.targets[c0:c1], np.float32(core.polyak))
+        self.state.critic_updates += 1
+        if actor:
+            self.last_actor_loss = core.actor_update(b["obs"], b["critic_obs"],
+                                                     update_targets=not separate)
+            if not math.isfinite(self.last_actor_loss):
+                self.divergence = f"the actor loss is {self.last_actor_loss}"
+            if separate:
+                core.update_actor_target()
             self.state.actor_updates += 1
 
     # -- int8-aware fine-tuning (TrainConfig.int8_aware_steps) --------------------------------
@@ -573,6 +638,7 @@ class Trainer:
             "weights": dataclasses.asdict(self.weights), "core": self.core.state_dict(),
             "buffer": self.buffer.state_dict(),
             "reward_priv": None if self.reward_priv is None else self.reward_priv[:self.buffer.size].copy(),
+            "row_done": None if self.row_done is None else self.row_done[:self.buffer.size].copy(),
             "env": self.env.get_state(), "obs": self.obs.copy(), "priv": self.priv.copy(),
             "rng": self.rng.bit_generator.state,
             "episode_return": self._episode_return.copy(),
@@ -594,6 +660,8 @@ class Trainer:
         self.buffer.load_state_dict(ck["buffer"])
         if self.reward_priv is not None:
             self.reward_priv[:len(ck["reward_priv"])] = ck["reward_priv"]
+        if self.row_done is not None:
+            self.row_done[:len(ck["row_done"])] = ck["row_done"]
         self.env.set_state(ck["env"])
         self.env.reward_weights = self.weights
         # the env's current observation lives in its own storage; obs/priv must be its views
