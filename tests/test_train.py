@@ -379,7 +379,10 @@ def test_stop_signal_saves_checkpoint_and_resume_finishes(tmp_path, signal_name)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nanofly", "train", "--out", str(run), "--steps",
                              "400000", "--config", str(cfg), "--eval-episodes", "0", "--no-plots"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (`pytest &`, nohup) starts with SIGINT
+                            # ignored, and training keeps ignored signals ignored on purpose
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
