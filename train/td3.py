@@ -502,8 +502,6 @@ class Trainer:
     def _update_n_step(self, idx, noise, critic_targets: bool, actor: bool, separate: bool):
         """The update of ``_update`` with n-step targets, through the core's array calls (the
         batch is built in NumPy, outside the fused ``update_sampled``)."""
-        from .td3_kernels import polyak_kernel
-
         cfg, core = self.cfg, self.core
         b = self._n_step_batch(idx)
         self.last_critic_loss = core.critic_update(
@@ -512,8 +510,7 @@ class Trainer:
         if not math.isfinite(self.last_critic_loss):
             self.divergence = f"the critic loss is {self.last_critic_loss}"
         if critic_targets:
-            c0, c1 = core.n_actor_params, core.n_actor_params + core.n_critic_params
-            polyak_kernel(core.params[c0:c1], core.targets[c0:c1], np.float32(core.polyak))
+            core.update_critic_targets()
         self.state.critic_updates += 1
         if actor:
             self.last_actor_loss = core.actor_update(b["obs"], b["critic_obs"],

@@ -684,6 +684,11 @@ class TD3Core:
         """Polyak: target = polyak * target + (1 - polyak) * online, all three networks."""
         _k.polyak_kernel(self.params, self.targets, _F32(self.polyak))
 
+    def update_critic_targets(self) -> None:
+        """Polyak on the two target critics only."""
+        c0 = self.n_actor_params
+        _k.polyak_kernel(self.params[c0:], self.targets[c0:], _F32(self.polyak))
+
     def update_actor_target(self) -> None:
         """Polyak on the target actor only."""
         c0 = self.n_actor_params
