@@ -83,6 +83,29 @@ def host_reference(export_dir: str | os.PathLike, fmt: str, obs: np.ndarray) -> 
             close()
 
 
+def assert_upload_overhead(result: dict, clean_bound: float = 1.10) -> None:
+    """Bytes on the wire of an upload (``UploadResult.as_dict()``) within ``clean_bound`` per
+    model byte, plus what its lost requests cost.
+
+    On a clean link no chunk is lost and the allowance is zero. On a loaded host a reply can
+    miss its adaptive wait: that chunk (or control request) goes out again, and the halved
+    chunks after it need extra frames; each is allowed at its largest wire size and nothing
+    else is."""
+    from nanofly.firmware_bridge import protocol as P
+
+    chunking = result["chunking"]
+    largest = chunking["chunk_bytes_max"]
+    lost = result["retries"]            # chunks lost + control requests sent again
+    frame = P.wire_bytes(4 + largest) + P.wire_bytes(4)             # one CHUNK and its reply
+    framing = frame - largest                                        # per CHUNK beyond its data
+    extra_chunks = max(0, chunking["chunks_ok"] - -(-result["size_bytes"] // largest))
+    allowance = lost * frame + extra_chunks * framing
+    bound = clean_bound * result["size_bytes"] + allowance
+    assert result["bytes_on_wire"] <= bound, (
+        f"{result['bytes_on_wire']} bytes on the wire for {result['size_bytes']} model bytes, "
+        f"bound {bound:.0f} ({lost} lost requests, {extra_chunks} extra chunks): {chunking}")
+
+
 def payload_offset(blob: bytes) -> int:
     n_layers = blob[8]
     return (16 + 2 * (n_layers + 1) + 3) // 4 * 4
