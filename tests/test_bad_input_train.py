@@ -100,9 +100,6 @@ CASES = {
     "negative int8-aware steps": ({}, ["--int8-aware-steps", "-5"], ["int8_aware_steps"]),
     "zero n-step returns": ({"c.toml": "[train]\nn_step_returns = 0\n"},
                             ["--config", "{d}/c.toml"], ["n_step_returns", ">= 1"]),
-    "n-step returns with int8-aware steps": ({"c.toml": "[train]\nn_step_returns = 3\n"},
-                                             ["--config", "{d}/c.toml", "--int8-aware-steps",
-                                              "1000"], ["n_step_returns", "int8_aware_steps"]),
     "trust flag without resume": ({}, ["--trust-checkpoint"], ["--resume"]),
     # resuming
     "resume without checkpoint": ({"run/config.toml": ""}, ["--resume", "{d}/run"],

@@ -1,12 +1,14 @@
 """n-step critic targets (TrainConfig.n_step_returns): the batch the trainer builds equals a
 plain loop over the replay rows of the same environment, stopping at episode ends; the
-episode-end flags the sums need survive a checkpoint. (The refusal of n-step returns with
-int8-aware fine-tuning is a case of tests/test_bad_input_train.py.)"""
+update the trainer runs on it (gathered inside the kernel, TD3Core.update_sampled) is the
+array calls' on that batch, bit for bit; the episode-end flags the sums need survive a
+checkpoint; int8-aware fine-tuning runs with n-step targets."""
 import numpy as np
 import pytest
 
 from nanofly.train.checkpoint_file import load_checkpoint, save_checkpoint
-from nanofly.train.td3 import Trainer, TrainConfig
+from nanofly.train.td3 import Trainer, TrainConfig, train
+from nanofly.train.td3_core import TD3Core
 
 N_STEP_CONFIG = TrainConfig(n_step_returns=3, total_env_steps=20_000, critic_warmup_steps=10**9,
                             selection_interval=0, update_threads=1)
@@ -50,6 +52,66 @@ def test_n_step_batch_matches_a_loop(stepped_trainer):
     assert trainer.core.gamma == gamma ** n
 
 
+@pytest.mark.parametrize("threads, adaptive", [(1, False), (2, False), (2, True)])
+def test_fused_n_step_update_matches_array_calls_on_the_n_step_batch(stepped_trainer, threads,
+                                                                     adaptive):
+    """update_sampled with the trainer's n-step targets (each thread gathers its half, the
+    next observations from the last summed rows) gives the same bits as critic_update /
+    actor_update on Trainer._n_step_batch with the separate Polyak steps; the critic update
+    alone followed by actor_update_sampled too (int8-aware fine-tuning's path). With adaptive
+    threads the updates alternate between one thread and two."""
+    trainer = stepped_trainer
+    buf = trainer.buffer
+    config = {**trainer.core.config(), "threads": threads, "adaptive_threads": adaptive}
+    fused, plain = TD3Core(**config), TD3Core(**config)
+    if adaptive:
+        modes = iter([False, True] * 10)
+        fused._adaptive.pick = lambda: next(modes)
+    rng = np.random.default_rng(3)
+    scale = np.float32(0.5)
+    for step in range(6):
+        idx = rng.integers(0, buf.size, size=64 - step)  # odd sizes: unequal halves
+        noise = rng.standard_normal((idx.size, 4)).astype(np.float32)
+        critic_targets = step % 3 != 0
+        which = ("none", "actor", "all")[step % 3]
+        targets = trainer._n_step_targets(idx)
+        if step < 3:
+            fused.update_sampled(buf, idx, noise, reward_scale=scale,
+                                 critic_targets=critic_targets, actor_targets=which, **targets)
+        else:
+            fused.update_sampled(buf, idx, noise, reward_scale=scale,
+                                 critic_targets=critic_targets, **targets)
+            fused.actor_update_sampled(which)
+        b = trainer._n_step_batch(idx)
+        plain.critic_update(b["critic_obs"], b["action"], b["reward"] * scale,
+                            b["next_critic_obs"], b["next_obs"], b["terminated"], noise)
+        if critic_targets:
+            plain.update_critic_targets()
+        plain.actor_update(b["obs"], b["critic_obs"], update_targets=which == "all")
+        if which == "actor":
+            plain.update_actor_target()
+        for name in ("params", "targets", "adam_m", "adam_v"):
+            assert np.array_equal(getattr(fused, name), getattr(plain, name)), (step, name)
+    assert not np.array_equal(fused.params, TD3Core(**config).params)  # they did train
+    fused.close()
+    plain.close()
+
+
+def test_n_step_update_errors(stepped_trainer):
+    core, buf = stepped_trainer.core, stepped_trainer.buffer
+    idx = np.arange(4, dtype=np.int64)
+    noise = np.zeros((4, 4), np.float32)
+    targets = stepped_trainer._n_step_targets(idx)
+    with pytest.raises(ValueError, match="next_idx, reward and terminated together"):
+        core.update_sampled(buf, idx, noise, next_idx=targets["next_idx"])
+    with pytest.raises(ValueError, match="next_idx"):
+        core.update_sampled(buf, idx, noise, **{**targets, "next_idx": idx[:3]})
+    state = core.state_dict()
+    with pytest.raises(ValueError, match=r"\[0, 4800\)"):  # a next row not stored yet
+        core.update_sampled(buf, idx, noise, **{**targets, "next_idx": idx + buf.size})
+    assert np.array_equal(core.params, state["params"]) and core.critic_steps == 0
+
+
 def test_episode_end_flags_survive_a_checkpoint(stepped_trainer, tmp_path):
     trainer = stepped_trainer
     assert trainer.row_done[:trainer.buffer.size].any()
@@ -66,6 +128,16 @@ def test_n_step_one_is_todays_default():
     assert TrainConfig().n_step_returns == 1
 
 
-def test_n_step_with_int8_aware_steps_is_refused():
-    with pytest.raises(ValueError, match="n_step_returns.*int8_aware_steps"):
-        TrainConfig(n_step_returns=3, int8_aware_steps=1000).validate()
+def test_int8_aware_finetuning_with_n_step_returns_saves_an_actor_on_the_grid():
+    from nanofly.policy.int8_grid import snap_to_int8_grid
+
+    cfg = TrainConfig(n_step_returns=3, int8_aware_steps=800, total_env_steps=2400, num_envs=8,
+                      critic_warmup_steps=800, actor_warmup_steps=1200, batch_size=64,
+                      curriculum_interval=1000, selection_interval=0, seed=1)
+    tr = train(cfg)
+    st = tr.state
+    assert st.env_steps == 3200 and st.int8_aware_until == 3200
+    assert st.actor_updates == (3200 - 1200) // 20 + 1  # the fine-tuning's too
+    mult = np.asarray(st.int8_input_multiplier, np.float32)
+    weights = [lin.weight.detach().numpy() for lin in tr.policy_actor().linear_layers()]
+    assert all(np.array_equal(w, s) for w, s in zip(weights, snap_to_int8_grid(weights, mult)))

@@ -27,8 +27,12 @@ BATCH_FIELDS = ("obs", "critic_obs", "action", "reward", "next_obs", "next_criti
 
 
 @register_jitable
-def gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
-    """Copy rows ``idx`` of ``data`` into the batch arrays (``next_obs`` rebuilt).
+def gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term,
+                next_idx, n_step):
+    """Copy rows ``idx`` of ``data`` into the batch arrays (``next_obs`` rebuilt). With
+    ``n_step`` (an n-step batch) the next observations come from rows ``next_idx`` (the last
+    step summed) instead, and ``b_rew`` / ``b_term`` are left as they are (the caller's
+    summed rewards and bootstrap flags); without it ``next_idx`` is not read.
 
     Two passes, because the rows are random reads from a buffer of hundreds of MB: the first
     only loads one value of every cache line of every row, a tight loop whose independent
@@ -45,24 +49,33 @@ def gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs
         for k in range(0, width, 16):  # 16 float32 = one 64-byte line
             touched += row[k]
         touched += row[width - 1]
+        if n_step:
+            row = data[next_idx[j]]
+            for k in range(0, width, 16):
+                touched += row[k]
+            touched += row[width - 1]
     for j in range(idx.shape[0]):
         row = data[idx[j]]
         copy_into(b_obs[j], row[o_obs:o_obs + obs_dim])
         copy_into(b_cobs[j], row[o_cobs:o_cobs + b_cobs.shape[1]])
         copy_into(b_act[j], row[o_act:o_act + act_dim])
-        b_rew[j] = row[o_rew]
+        if n_step:
+            row = data[next_idx[j]]
+        else:
+            b_rew[j] = row[o_rew]
+            b_term[j] = row[o_term]
         copy_into(b_nobs[j, :STATE_PART], row[o_nst:o_nst + STATE_PART])
         if obs_dim > STATE_PART:  # history: newest action, then the older ones shifted
             copy_into(b_nobs[j, STATE_PART:STATE_PART + act_dim], row[o_act:o_act + act_dim])
             copy_into(b_nobs[j, STATE_PART + act_dim:], row[o_obs + STATE_PART:o_obs + obs_dim - act_dim])
         copy_into(b_ncobs[j], row[o_ncobs:o_ncobs + b_ncobs.shape[1]])
-        b_term[j] = row[o_term]
     return touched  # returned so the first pass is not optimized away
 
 
 @njit(cache=True)
 def _gather_kernel(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term):
-    return gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term)
+    return gather_rows(idx, data, offsets, b_obs, b_cobs, b_act, b_rew, b_nobs, b_ncobs, b_term,
+                       idx, False)
 
 
 @njit(cache=True)

@@ -122,10 +122,6 @@ class TrainConfig:
                      "selection_episodes", "n_step_returns"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_step_returns > 1 and self.int8_aware_steps > 0:
-            raise ValueError("TrainConfig.n_step_returns > 1 does not work with int8_aware_steps "
-                             "yet: set one of them to its default (n_step_returns = 1 or "
-                             "int8_aware_steps = 0)")
         if self.actor_update_interval % self.critic_update_interval:
             raise ValueError("TrainConfig.actor_update_interval must be a multiple of "
                              "critic_update_interval (the actor reuses a critic batch)")
@@ -440,15 +436,14 @@ class Trainer:
         critic_targets = separate and at_step % cfg.critic_target_update_interval == 0
         actor = at_step >= cfg.actor_warmup_steps and at_step % cfg.actor_update_interval == 0
         int8_aware = self.state.int8_aware_until >= 0
-        if cfg.n_step_returns > 1:  # TrainConfig.validate refuses int8-aware steps with it
-            self._update_n_step(idx, noise, critic_targets, actor, separate)
-            return
+        # n-step targets: the kernel gathers the next observations of the rows next_idx
+        n_step = self._n_step_targets(idx) if cfg.n_step_returns > 1 else {}
         # the actor update runs in the same call unless int8-aware fine-tuning changes the
         # actor's weights around it (below)
         fused_actor = ("actor" if separate else "all") if actor and not int8_aware else None
         self.last_critic_loss, actor_loss = core.update_sampled(
             self.buffer, idx, noise, reward_scale=cfg.reward_scale,
-            critic_targets=critic_targets, actor_targets=fused_actor)
+            critic_targets=critic_targets, actor_targets=fused_actor, **n_step)
         if not math.isfinite(self.last_critic_loss):
             self.divergence = f"the critic loss is {self.last_critic_loss}"
         if actor_loss is not None:
@@ -471,14 +466,14 @@ class Trainer:
         if actor:
             self.state.actor_updates += 1
 
-    def _n_step_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """The batch of rows ``idx`` with n-step targets: reward = sum_k gamma^k r_(t+k) over
-        the m <= n steps of the same environment that are stored and in the same episode, the
-        next observations of step t+m-1, and ``terminated`` set so that the core's
-        gamma^n * (1 - terminated) is gamma^m (0 where the episode terminated)."""
+    def _n_step_targets(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """For the rows ``idx``: the n-step reward sum_k gamma^k r_(t+k) over the m <= n steps
+        of the same environment that are stored and in the same episode, the row of step
+        t+m-1 (``next_idx``, whose next observations are bootstrapped), and ``terminated`` set
+        so that the core's gamma^n * (1 - terminated) is gamma^m (0 where the episode
+        terminated): ``TD3Core.update_sampled``'s n-step arguments."""
         cfg, buf = self.cfg, self.buffer
         n, stride = cfg.n_step_returns, cfg.num_envs  # one env step = num_envs rows
-        batch = buf.get(idx)
         rows = idx[:, None] + stride * np.arange(n)[None, :]
         valid = rows < buf.size
         if buf.size == buf.capacity or buf.ptr < buf.size:  # wrapped: rows past ptr are older
@@ -491,35 +486,23 @@ class Trainer:
         used = valid & ~ended_before
         m = used.sum(axis=1)
         discounts = (cfg.gamma ** np.arange(n)).astype(np.float32)
-        batch["reward"] = (buf.reward[rows] * used * discounts).sum(axis=1).astype(np.float32)
+        reward = (buf.reward[rows] * used * discounts).sum(axis=1).astype(np.float32)
         last = rows[np.arange(len(idx)), m - 1]
-        tail = buf.get(last)
-        bootstrap = (1.0 - tail["terminated"]) * cfg.gamma ** (m - n)  # gamma^m / gamma^n
-        batch["terminated"] = (1.0 - bootstrap).astype(np.float32)
+        bootstrap = (1.0 - buf.terminated[last]) * cfg.gamma ** (m - n)  # gamma^m / gamma^n
+        return {"next_idx": last, "reward": reward,
+                "terminated": (1.0 - bootstrap).astype(np.float32)}
+
+    def _n_step_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch of rows ``idx`` with n-step targets (``_n_step_targets``) as arrays: the
+        rows' observations and actions, the n-step reward and terminated value, and the next
+        observations of the last step summed. (Training does not build it: the update kernel
+        gathers the same numbers, ``TD3Core.update_sampled``.)"""
+        batch = self.buffer.get(idx)
+        targets = self._n_step_targets(idx)
+        tail = self.buffer.get(targets["next_idx"])
+        batch["reward"], batch["terminated"] = targets["reward"], targets["terminated"]
         batch["next_obs"], batch["next_critic_obs"] = tail["next_obs"], tail["next_critic_obs"]
         return batch
-
-    def _update_n_step(self, idx, noise, critic_targets: bool, actor: bool, separate: bool):
-        """The update of ``_update`` with n-step targets, through the core's array calls (the
-        batch is built in NumPy, outside the fused ``update_sampled``)."""
-        cfg, core = self.cfg, self.core
-        b = self._n_step_batch(idx)
-        self.last_critic_loss = core.critic_update(
-            b["critic_obs"], b["action"], b["reward"] * np.float32(cfg.reward_scale),
-            b["next_critic_obs"], b["next_obs"], b["terminated"], noise)
-        if not math.isfinite(self.last_critic_loss):
-            self.divergence = f"the critic loss is {self.last_critic_loss}"
-        if critic_targets:
-            core.update_critic_targets()
-        self.state.critic_updates += 1
-        if actor:
-            self.last_actor_loss = core.actor_update(b["obs"], b["critic_obs"],
-                                                     update_targets=not separate)
-            if not math.isfinite(self.last_actor_loss):
-                self.divergence = f"the actor loss is {self.last_actor_loss}"
-            if separate:
-                core.update_actor_target()
-            self.state.actor_updates += 1
 
     # -- int8-aware fine-tuning (TrainConfig.int8_aware_steps) --------------------------------
     def _snap_actor(self, flat: np.ndarray) -> np.ndarray:

@@ -82,7 +82,9 @@ thread its own half: no batch is built in Python), can take the target critics' 
 and with ``actor_targets`` ("none" | "actor" | "all") runs the actor update on the same batch
 in the same call; without ``actor_targets`` it is the critic half alone, and
 ``actor_update_sampled`` then runs the actor update on the same batch as a separate call (for
-code that changes the actor's weights in between).
+code that changes the actor's weights in between). For n-step targets it also takes, per
+row, the row whose next observations are bootstrapped (``next_idx``) and the summed reward
+and ``terminated`` value to use instead of the row's own.
 
 Acting: ``actor_forward(obs (N, Oa), out=None) -> (N, A)`` with the online actor (N any; the
 workspace grows once for a larger N); ``out`` lets the caller reuse an output array.
@@ -311,8 +313,9 @@ class TD3Core:
                                "critics": (self.n_actor_params, n), "all": (0, n)}
         self._solo_job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
         self._solo_counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
-        self._no_replay = (np.zeros((1, 1), dtype=_F32), np.zeros(7, dtype=np.int64),
-                           np.zeros(1, dtype=np.int64), 0)
+        no_rows = np.zeros(1, dtype=np.int64)
+        self._no_replay = (np.zeros((1, 1), dtype=_F32), np.zeros(7, dtype=np.int64), no_rows,
+                           no_rows, 0)
         self._ensure_update_workspace(self.batch_size)
         self._fwd_ws = np.zeros(0, dtype=_F32)
         self._fwd_rows = 0  # rows the forward workspace holds
@@ -482,29 +485,49 @@ class TD3Core:
 
     def update_sampled(self, replay: Any, idx: np.ndarray, noise: np.ndarray,
                        reward_scale: float = 1.0, critic_targets: bool = False,
-                       actor_targets: str | None = None) -> tuple[float, float | None]:
+                       actor_targets: str | None = None, *, next_idx: np.ndarray | None = None,
+                       reward: np.ndarray | None = None,
+                       terminated: np.ndarray | None = None) -> tuple[float, float | None]:
         """``critic_update`` on the rows ``idx`` of a ``ReplayBuffer`` (gathered by the threads
         that use them: no batch arrays are built), rewards times ``reward_scale``; with
         ``critic_targets`` then the Polyak step of the two target critics; and with
         ``actor_targets`` ("none", "actor" or "all": which targets take a Polyak step after
         it) an ``actor_update`` on the same batch, in the same call. Returns (critic loss,
         actor loss or None). Same numbers as the array calls on ``replay.get(idx)``; rows
-        outside the stored ones raise ValueError and change nothing."""
+        outside the stored ones raise ValueError and change nothing.
+
+        An n-step batch: ``next_idx`` (B,) int64, ``reward`` (B,) and ``terminated`` (B,)
+        float32, all three or none: the next observations are those of the rows
+        ``next_idx`` (the last step summed), and ``reward`` (before ``reward_scale``) and
+        ``terminated`` replace the rows' own. Same numbers as the array calls on
+        ``replay.get(idx)`` with these rewards, terminated values and
+        ``replay.get(next_idx)``'s next observations."""
         if (type(idx) is not np.ndarray or idx.dtype != np.int64 or idx.ndim != 1
                 or not idx.flags.c_contiguous or not 1 <= idx.shape[0]):
             raise ValueError("idx: expected a non-empty C-contiguous int64 array of row indices")
         b = idx.shape[0]
         noise = self._check("noise", noise, b, self.action_dim)
+        outcomes = None
+        if next_idx is not None or reward is not None or terminated is not None:
+            if next_idx is None or reward is None or terminated is None:
+                raise ValueError("an n-step batch needs next_idx, reward and terminated together")
+            if (type(next_idx) is not np.ndarray or next_idx.dtype != np.int64
+                    or next_idx.shape != idx.shape or not next_idx.flags.c_contiguous):
+                raise ValueError(f"next_idx: expected a C-contiguous int64 array of {b} row "
+                                 "indices (as idx)")
+            outcomes = (self._check("reward", reward, b, None),
+                        self._check("terminated", terminated, b, None))
         self._grow(b)
         self._sampled_batch = None
         phases = _k.CRITIC_JOB | (_k.ACTOR_JOB if actor_targets is not None else 0)
         inputs = list(self._batch)
         inputs[_k.BATCH_NOISE] = noise
         ok = self._run_update(phases, tuple(inputs), b, None,
-                              (replay.data, replay.offsets, idx, replay.size),
+                              (replay.data, replay.offsets, idx,
+                               idx if next_idx is None else next_idx, replay.size),
                               _F32(reward_scale),
                               critic_polyak="critics" if critic_targets else "none",
-                              actor_polyak=actor_targets or "none")
+                              actor_polyak=actor_targets or "none", outcomes=outcomes)
         if not ok:
             raise ValueError(f"idx: row indices must be in [0, {replay.size}) (the rows stored)")
         self._sampled_batch = b
@@ -554,7 +577,8 @@ class TD3Core:
 
     def _run_update(self, phases: int, inputs: tuple, b: int, mailbox_inputs, replay,
                     reward_scale: np.float32, critic_polyak: str = "none",
-                    actor_polyak: str = "none", helper: bool | None = None) -> bool:
+                    actor_polyak: str = "none", helper: bool | None = None,
+                    outcomes: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
         """One job of ``update_kernel`` (``phases``: critic and/or actor update) on a batch of
         ``b`` rows as two halves, the first ``(b + 1) // 2`` rows of ``inputs`` (the kernel's
         eight batch arrays) and the rest: with two threads this thread computes the first and
@@ -562,7 +586,9 @@ class TD3Core:
 
         ``mailbox_inputs``: what to copy into the helper's mailbox first ({slot: array}; None:
         nothing, it gathers or has its rows);
-        ``replay``: (data, offsets, idx, rows stored) to gather from, or None; ``helper``:
+        ``replay``: (data, offsets, idx, next_idx, rows stored) to gather from, or None;
+        ``outcomes``: with ``replay``, an n-step batch's (reward, terminated), copied into the
+        batch arrays (the rows' next observations then come from ``next_idx``); ``helper``:
         whether the helper thread computes the second half (None: threads=2, or what
         AdaptiveThreads picks). False (and nothing changed) when the replay rows were out of
         range."""
@@ -576,7 +602,7 @@ class TD3Core:
             actor_ranges = (0, c0, *self._polyak_range(actor_polyak))
             self._adam_hp(self._hp_actor, self.actor_lr, self.actor_steps + 1)
         gather = replay is not None
-        data, offsets, idx, stored = replay if gather else self._no_replay
+        data, offsets, idx, next_idx, stored = replay if gather else self._no_replay
         inv_batch = _F32(1.0 / b)
         rows = ((b + 1) // 2, b - (b + 1) // 2)  # the halves
         adaptive = self._adaptive
@@ -584,6 +610,10 @@ class TD3Core:
             helper = self.threads == 2 if adaptive is None else adaptive.pick()
         if gather:
             self._sampled_helper = helper
+        if outcomes is not None:  # this thread's rows of them; the helper's below
+            mine = b if not helper else rows[0]
+            for slot, values in zip((_k.BATCH_REWARD, _k.BATCH_TERMINATED), outcomes):
+                inputs[slot][:mine] = values[:mine]
         if not helper:
             job, counters, worker = self._solo_job, self._solo_counters, None
         else:
@@ -591,7 +621,11 @@ class TD3Core:
             job, counters = worker.job, worker.counters
             if gather:
                 worker.fill(_k.BATCH_NOISE, inputs[_k.BATCH_NOISE][rows[0]:])  # its noise rows
-                worker.fill_index(idx[rows[0]:])
+                worker.fill_index(idx[rows[0]:],
+                                  None if outcomes is None else next_idx[rows[0]:])
+                if outcomes is not None:
+                    worker.fill(_k.BATCH_REWARD, outcomes[0][rows[0]:])
+                    worker.fill(_k.BATCH_TERMINATED, outcomes[1][rows[0]:])
             for slot, array in (mailbox_inputs or {}).items():
                 worker.fill(slot, array[rows[0]:])
             worker.scalars[_k.SCALAR_INV_BATCH] = inv_batch
@@ -599,7 +633,9 @@ class TD3Core:
         scalars = self._scalars
         scalars[_k.SCALAR_INV_BATCH] = inv_batch
         scalars[_k.SCALAR_REWARD_SCALE] = reward_scale
-        job[:] = _k.pack_job(phases, helper_rows=rows[1], caller_rows=rows[0], gather=gather,
+        gather_mode = (_k.GATHER_NONE if not gather
+                       else _k.GATHER_ROWS if outcomes is None else _k.GATHER_N_STEP)
+        job[:] = _k.pack_job(phases, helper_rows=rows[1], caller_rows=rows[0], gather=gather_mode,
                              stored_rows=stored, critic_ranges=critic_ranges,
                              actor_ranges=actor_ranges, solo=worker is None)
         started = time.perf_counter()
@@ -610,7 +646,8 @@ class TD3Core:
             ok = _k.update_kernel(0, counters, job, 0, self.params, self.targets, self._grads2,
                                   self.adam_m, self.adam_v, self.dims, self.offs,
                                   self._hp_critic, self._hp_actor, self._ws2, self._stats2,
-                                  self._actor_stats2, *inputs, scalars, idx, data, offsets)
+                                  self._actor_stats2, *inputs, scalars, idx, next_idx, data,
+                                  offsets)
         except BaseException:
             if worker is not None:  # the helper must not finish a half-done update
                 counters[_k.COUNTER_CANCELLED] = counters[_k.COUNTER_POSTED]
@@ -636,6 +673,7 @@ class TD3Core:
                 data, offsets = self._no_replay[:2]
             rows = self.batch_size - (self.batch_size + 1) // 2  # the second half's rows
             mailbox = [*self._batch_arrays(rows), np.zeros(_k.NUM_SCALARS, dtype=_F32),
+                       np.zeros(rows, dtype=np.int64),
                        np.zeros(rows, dtype=np.int64)]  # td3_kernels.MAILBOX_SLOTS
             buffers = (self.params, self.targets, self._grads2, self.adam_m, self.adam_v,
                        self.dims, self.offs, self._hp_critic, self._hp_actor, self._ws2,
@@ -885,8 +923,9 @@ class _HalfWorker:
 
     def __init__(self, buffers: tuple, mailbox: list[np.ndarray], data: np.ndarray):
         """``buffers``: ``update_kernel``'s arguments after ``idle_turns``; ``mailbox``: the
-        ten of them from obs_c to idx (the td3_kernels.MAILBOX_SLOTS: the eight batch arrays,
-        the scalars and the replay row indices); ``data``: the replay data it gathers from."""
+        eleven of them from obs_c to next_idx (the td3_kernels.MAILBOX_SLOTS: the eight batch
+        arrays, the scalars, the replay row indices and the rows of the next observations);
+        ``data``: the replay data it gathers from."""
         self.counters = np.zeros(_k.COUNTER_FIELDS, dtype=np.int64)
         self.job = np.zeros(_k.JOB_FIELDS, dtype=np.int64)
         self.data = data
@@ -894,6 +933,7 @@ class _HalfWorker:
         self._mailbox = mailbox
         self.scalars = mailbox[_k.MAILBOX_SCALARS]
         self._index = mailbox[_k.MAILBOX_INDEX]
+        self._next_index = mailbox[_k.MAILBOX_NEXT_INDEX]
         self._wake = threading.Event()
         self._sleeping = False  # read and written with the GIL held (see _loop)
         self._error: BaseException | None = None
@@ -926,8 +966,12 @@ class _HalfWorker:
         """Copy the helper's rows of one input into mailbox array ``slot``."""
         self._mailbox[slot][:rows.shape[0]] = rows
 
-    def fill_index(self, idx: np.ndarray) -> None:
+    def fill_index(self, idx: np.ndarray, next_idx: np.ndarray | None = None) -> None:
+        """The helper's replay rows, and those of their next observations where they differ
+        (an n-step batch)."""
         self._index[:idx.shape[0]] = idx
+        if next_idx is not None:
+            self._next_index[:next_idx.shape[0]] = next_idx
 
     def wake(self) -> None:
         """Call after posting a job (``counters[COUNTER_POSTED] += 1``)."""

@@ -99,10 +99,11 @@ ASTAT_LOSS, ASTAT_SUM_Q1, NUM_ASTATS = range(3)
 # scalars (float32): [1 / B of the whole batch, reward scale]
 SCALAR_INV_BATCH, SCALAR_REWARD_SCALE, NUM_SCALARS = range(3)
 # The batch arrays of an update, in update_kernel's argument order (obs_c ... obs_a); the
-# helper thread's mailbox holds the same eight, then the scalars and the replay row indices
+# helper thread's mailbox holds the same eight, then the scalars, the replay row indices and
+# the rows of the next observations (an n-step batch's)
 (BATCH_CRITIC_OBS, BATCH_ACTION, BATCH_REWARD, BATCH_NEXT_CRITIC_OBS, BATCH_NEXT_ACTOR_OBS,
  BATCH_TERMINATED, BATCH_NOISE, BATCH_ACTOR_OBS, MAILBOX_SCALARS, MAILBOX_INDEX,
- MAILBOX_SLOTS) = range(11)
+ MAILBOX_NEXT_INDEX, MAILBOX_SLOTS) = range(12)
 NUM_BATCH_ARRAYS = MAILBOX_SCALARS
 
 # ---------------------------------------------------------------------------------------------
@@ -804,7 +805,7 @@ def actor_gradient(params, grads, dims, offs, obs_a, obs_c, ws, stats, inv_batch
 (JOB_PHASES,  # CRITIC_JOB | ACTOR_JOB (the actor update after the critic's); STOP_JOB: stop
  JOB_HELPER_ROWS,  # rows of the second half (the helper's)
  JOB_CALLER_ROWS,  # rows of the first half (the caller's)
- JOB_GATHER,  # 1: gather the rows from the replay data first
+ JOB_GATHER,  # GATHER_: whether and how the rows are gathered from the replay data first
  JOB_STORED_ROWS,  # replay rows stored (gathered indices must be below)
  ) = range(5)
 # then two ranges of parameter indices, each [Adam lo, Adam hi, Polyak lo, Polyak hi): the
@@ -819,6 +820,11 @@ JOB_FIELDS = 14
 CRITIC_JOB = 1
 ACTOR_JOB = 2
 STOP_JOB = 0
+# job[JOB_GATHER]: the batch arrays as they are (GATHER_NONE); the rows ``idx`` whole
+# (GATHER_ROWS); or an n-step batch (GATHER_N_STEP): observations and actions from the rows
+# ``idx``, the next observations from the rows ``next_idx``, the reward and terminated values
+# already in the batch arrays (the caller's)
+GATHER_NONE, GATHER_ROWS, GATHER_N_STEP = range(3)
 # counters (int64), shared by the two threads. Progress = 4 * job number + stage (0 critic
 # gradient ready, 1 critic step done, 2 actor gradient ready); CANCELLED and BAD_ROWS hold
 # job numbers.
@@ -922,15 +928,16 @@ def _rows_valid(idx, rows, stored):
 @njit(**_JIT)
 def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam_m, adam_v, dims,
                   offs, hp_critic, hp_actor, ws2, stats_critic, stats_actor, obs_c, action,
-                  reward, next_obs_c, next_obs_a, terminated, noise, obs_a, scalars, idx, data,
-                  data_offsets):
+                  reward, next_obs_c, next_obs_a, terminated, noise, obs_a, scalars, idx,
+                  next_idx, data, data_offsets):
     """One update, or the helper thread's loop of them (``TD3Core``, ``_HalfWorker``).
 
     ``role`` 0 (the caller): run the job just posted: a critic update, an actor update, or a
     critic then an actor update on the same batch (job[JOB_PHASES]), on the first
     job[JOB_CALLER_ROWS] rows of the batch arrays ``obs_c`` ... ``obs_a``, gathered first from
-    the replay ``data`` at ``idx`` when job[JOB_GATHER] (rows outside [0,
-    job[JOB_STORED_ROWS]): nothing changes, returns False), with ``scalars`` (SCALAR_ fields).
+    the replay ``data`` at ``idx`` (and ``next_idx``) as job[JOB_GATHER] says (GATHER_; rows
+    outside [0, job[JOB_STORED_ROWS]): nothing changes, returns False), with ``scalars``
+    (SCALAR_ fields).
     ``grads2`` has a row per half. With a helper (job[JOB_SOLO] 0) it meets the helper when
     both halves' gradients are ready and takes the lower share of the Adam and Polyak
     ranges; solo (job[JOB_SOLO] 1) it computes both halves and both shares in turn. Fills
@@ -978,14 +985,16 @@ def update_kernel(role, counters, job, idle_turns, params, targets, grads2, adam
         if solo:
             rows += job[JOB_HELPER_ROWS]
         ok = True
-        if job[JOB_GATHER] != 0:  # gather this thread's rows
-            if not _rows_valid(idx, rows, job[JOB_STORED_ROWS]):
+        if job[JOB_GATHER] != GATHER_NONE:  # gather this thread's rows
+            n_step = job[JOB_GATHER] == GATHER_N_STEP
+            if not (_rows_valid(idx, rows, job[JOB_STORED_ROWS]) and (
+                    not n_step or _rows_valid(next_idx, rows, job[JOB_STORED_ROWS]))):
                 store_release(counters, COUNTER_BAD_ROWS, number)
                 ok = False
             else:
                 gather_rows(idx[:rows], data, data_offsets, obs_a[:rows], obs_c[:rows],
                             action[:rows], reward[:rows], next_obs_a[:rows],
-                            next_obs_c[:rows], terminated[:rows])
+                            next_obs_c[:rows], terminated[:rows], next_idx[:rows], n_step)
                 if scalars[SCALAR_REWARD_SCALE] != _ONE:
                     for i in range(rows):
                         reward[i] = reward[i] * scalars[SCALAR_REWARD_SCALE]
