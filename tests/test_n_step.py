@@ -52,6 +52,27 @@ def test_n_step_batch_matches_a_loop(stepped_trainer):
     assert trainer.core.gamma == gamma ** n
 
 
+def test_n_step_targets_match_the_n_step_batch(stepped_trainer):
+    """What the fused update takes (Trainer._n_step_targets, a kernel) is _n_step_batch's
+    rewards and terminated values, bit for bit, and the rows whose next observations it
+    holds; on every stored row, in a buffer that has not wrapped and in one that has."""
+    small = Trainer(TrainConfig(**{**N_STEP_CONFIG.__dict__, "replay_capacity": 1000}))
+    for _ in range(70):  # 1120 rows in 1000: wrapped, ptr inside the buffer
+        small.step()
+    assert 0 < small.buffer.ptr < small.buffer.size  # rows past ptr are older
+    for trainer in (stepped_trainer, small):
+        buf = trainer.buffer
+        idx = np.arange(buf.size, dtype=np.int64)
+        targets, batch = trainer._n_step_targets(idx), trainer._n_step_batch(idx)
+        assert np.array_equal(targets["reward"], batch["reward"])
+        assert np.array_equal(targets["terminated"], batch["terminated"])
+        tail = buf.get(targets["next_idx"])
+        for name in ("next_obs", "next_critic_obs"):
+            assert np.array_equal(tail[name], batch[name])
+        assert (targets["next_idx"] != idx).mean() > 0.5  # mostly later rows
+        assert (targets["terminated"] > 0).any() and (targets["terminated"] < 1).any()
+
+
 @pytest.mark.parametrize("threads, adaptive", [(1, False), (2, False), (2, True)])
 def test_fused_n_step_update_matches_array_calls_on_the_n_step_batch(stepped_trainer, threads,
                                                                      adaptive):

@@ -110,6 +110,42 @@ def _store_outcomes(data, offsets, first, action, reward, terminated, next_obs, 
         copy_into(row[o_ncobs:o_ncobs + cobs_dim], nxt_c)
 
 
+@njit(cache=True)
+def n_step_terms(idx, n, stride, size, ptr, wrapped, row_done, data, offsets, discounts,
+                 bootstrap_powers, terms, next_idx, terminated):
+    """The per-row parts of n-step targets for the rows ``idx`` (the trainer's
+    ``Trainer._n_step_batch`` states them in NumPy; these are the same numbers, without
+    building the batch): step k of row i is row i + k * ``stride`` (the same environment),
+    summed if it is stored (below ``size``; when ``wrapped``, not past ``ptr`` from below it)
+    and no earlier step ended the episode (``row_done``). Writes ``terms[j, k]`` =
+    reward * used * ``discounts[k]`` (float32, in NumPy's order; their row sums are the
+    n-step rewards), ``next_idx[j]`` = the last summed row (m steps), and ``terminated[j]`` =
+    1 - (1 - that row's terminated) * ``bootstrap_powers[m]`` (gamma^(m - n), computed by
+    the caller), rounded to float32 as NumPy does."""
+    o_rew, o_term = offsets[3], offsets[6]
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for j in range(idx.shape[0]):
+        i = idx[j]
+        ended = False
+        m = 0
+        last = i
+        for k in range(n):
+            row = i + stride * k
+            valid = row < size and not (wrapped and i < ptr and row >= ptr)
+            if not valid:
+                row = i
+            used = valid and not ended
+            terms[j, k] = data[row, o_rew] * (one if used else zero) * discounts[k]
+            if used:
+                m += 1
+                last = row
+            ended = ended or row_done[row]
+        next_idx[j] = last
+        bootstrap = np.float64(one - data[last, o_term]) * bootstrap_powers[m]
+        terminated[j] = np.float32(1.0 - bootstrap)
+
+
 class ReplayBuffer:
     """Fixed-capacity FIFO buffer (oldest rows are overwritten when full).
 

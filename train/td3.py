@@ -31,7 +31,7 @@ from nanofly.policy.observation import (ACTION_DIM, ACTION_MAPPING, DEFAULT_HIST
 from nanofly.sim.env import MDPConfig, RewardWeights, VecEnv, recompute_rewards
 
 from .compile_cache import start_if_cold
-from .replay import ReplayBuffer
+from .replay import ReplayBuffer, n_step_terms
 
 
 # The int8 grid of int8-aware fine-tuning is chosen on the last this many training observations,
@@ -292,6 +292,11 @@ class Trainer:
         self.buffer = ReplayBuffer(capacity, self.obs_dim, self.critic_obs_dim, 4)
         # where an episode ended (terminated or truncated), per row: n-step sums stop there
         self.row_done = np.zeros(capacity, bool) if cfg.n_step_returns > 1 else None
+        # the n-step factors, computed as _n_step_batch computes them: gamma^k per step
+        # summed, and gamma^(m - n) per number m of steps summed (index m)
+        self._n_step_discounts = (cfg.gamma ** np.arange(cfg.n_step_returns)).astype(np.float32)
+        self._n_step_bootstrap_powers = cfg.gamma ** (np.arange(cfg.n_step_returns + 1)
+                                                      - cfg.n_step_returns)
         # The privileged next observation is always kept: rewards are recomputed from it.
         self.reward_priv = (np.empty((capacity, self.env.privileged_dim), np.float32)
                             if not cfg.asymmetric_critic else None)
@@ -467,13 +472,31 @@ class Trainer:
             self.state.actor_updates += 1
 
     def _n_step_targets(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """For the rows ``idx``: the n-step reward sum_k gamma^k r_(t+k) over the m <= n steps
-        of the same environment that are stored and in the same episode, the row of step
-        t+m-1 (``next_idx``, whose next observations are bootstrapped), and ``terminated`` set
-        so that the core's gamma^n * (1 - terminated) is gamma^m (0 where the episode
-        terminated): ``TD3Core.update_sampled``'s n-step arguments."""
+        """``TD3Core.update_sampled``'s n-step arguments for the rows ``idx``: the row whose
+        next observations are bootstrapped (``next_idx``), the n-step reward and the
+        ``terminated`` value; the same numbers as ``_n_step_batch`` (tested), without
+        building the batch (replay.n_step_terms)."""
+        cfg, buf = self.cfg, self.buffer
+        n, b = cfg.n_step_returns, idx.shape[0]
+        terms = np.empty((b, n), np.float32)
+        next_idx = np.empty(b, np.int64)
+        terminated = np.empty(b, np.float32)
+        wrapped = buf.size == buf.capacity or buf.ptr < buf.size
+        n_step_terms(idx, n, cfg.num_envs, buf.size, buf.ptr, wrapped, self.row_done, buf.data,
+                     buf.offsets, self._n_step_discounts, self._n_step_bootstrap_powers, terms,
+                     next_idx, terminated)
+        return {"next_idx": next_idx, "reward": terms.sum(axis=1), "terminated": terminated}
+
+    def _n_step_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch of rows ``idx`` with n-step targets: reward = sum_k gamma^k r_(t+k) over
+        the m <= n steps of the same environment that are stored and in the same episode, the
+        next observations of step t+m-1, and ``terminated`` set so that the core's
+        gamma^n * (1 - terminated) is gamma^m (0 where the episode terminated). (What
+        training computes, stated in NumPy: it gathers the same numbers inside the update,
+        ``_n_step_targets``.)"""
         cfg, buf = self.cfg, self.buffer
         n, stride = cfg.n_step_returns, cfg.num_envs  # one env step = num_envs rows
+        batch = buf.get(idx)
         rows = idx[:, None] + stride * np.arange(n)[None, :]
         valid = rows < buf.size
         if buf.size == buf.capacity or buf.ptr < buf.size:  # wrapped: rows past ptr are older
@@ -486,21 +509,11 @@ class Trainer:
         used = valid & ~ended_before
         m = used.sum(axis=1)
         discounts = (cfg.gamma ** np.arange(n)).astype(np.float32)
-        reward = (buf.reward[rows] * used * discounts).sum(axis=1).astype(np.float32)
+        batch["reward"] = (buf.reward[rows] * used * discounts).sum(axis=1).astype(np.float32)
         last = rows[np.arange(len(idx)), m - 1]
-        bootstrap = (1.0 - buf.terminated[last]) * cfg.gamma ** (m - n)  # gamma^m / gamma^n
-        return {"next_idx": last, "reward": reward,
-                "terminated": (1.0 - bootstrap).astype(np.float32)}
-
-    def _n_step_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """The batch of rows ``idx`` with n-step targets (``_n_step_targets``) as arrays: the
-        rows' observations and actions, the n-step reward and terminated value, and the next
-        observations of the last step summed. (Training does not build it: the update kernel
-        gathers the same numbers, ``TD3Core.update_sampled``.)"""
-        batch = self.buffer.get(idx)
-        targets = self._n_step_targets(idx)
-        tail = self.buffer.get(targets["next_idx"])
-        batch["reward"], batch["terminated"] = targets["reward"], targets["terminated"]
+        tail = buf.get(last)
+        bootstrap = (1.0 - tail["terminated"]) * cfg.gamma ** (m - n)  # gamma^m / gamma^n
+        batch["terminated"] = (1.0 - bootstrap).astype(np.float32)
         batch["next_obs"], batch["next_critic_obs"] = tail["next_obs"], tail["next_critic_obs"]
         return batch
 
