@@ -121,10 +121,19 @@ def n_step_terms(idx, n, stride, size, ptr, wrapped, row_done, data, offsets, di
     reward * used * ``discounts[k]`` (float32, in NumPy's order; their row sums are the
     n-step rewards), ``next_idx[j]`` = the last summed row (m steps), and ``terminated[j]`` =
     1 - (1 - that row's terminated) * ``bootstrap_powers[m]`` (gamma^(m - n), computed by
-    the caller), rounded to float32 as NumPy does."""
+    the caller), rounded to float32 as NumPy does. ``idx`` must be stored rows (not checked)."""
     o_rew, o_term = offsets[3], offsets[6]
     one = np.float32(1.0)
     zero = np.float32(0.0)
+    # first only load the rewards and terminated flags (random rows: misses the CPU
+    # overlaps, as in gather_rows), then the loop below, whose branches would otherwise wait
+    # for each miss in turn
+    touched = zero
+    for j in range(idx.shape[0]):
+        for k in range(n):
+            row = idx[j] + stride * k
+            if row < size:
+                touched += data[row, o_rew] + data[row, o_term]
     for j in range(idx.shape[0]):
         i = idx[j]
         ended = False
@@ -144,6 +153,7 @@ def n_step_terms(idx, n, stride, size, ptr, wrapped, row_done, data, offsets, di
         next_idx[j] = last
         bootstrap = np.float64(one - data[last, o_term]) * bootstrap_powers[m]
         terminated[j] = np.float32(1.0 - bootstrap)
+    return touched  # returned so the first pass is not optimized away
 
 
 class ReplayBuffer:
