@@ -145,10 +145,6 @@ def test_episode_end_flags_survive_a_checkpoint(stepped_trainer, tmp_path):
         assert np.array_equal(restored._n_step_batch(idx)[name], values), name
 
 
-def test_n_step_one_is_todays_default():
-    assert TrainConfig().n_step_returns == 1
-
-
 def test_int8_aware_finetuning_with_n_step_returns_saves_an_actor_on_the_grid():
     from nanofly.policy.int8_grid import snap_to_int8_grid
 

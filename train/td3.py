@@ -69,7 +69,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
     weight_decay: float = 1e-4  # L2 added to the gradient (torch.optim.Adam semantics)
     gamma: float = 0.99  # discount per 10 ms step
-    n_step_returns: int = 1  # rewards summed per critic target, within an episode (1: TD3's)
+    n_step_returns: int = 3  # rewards summed per critic target, within an episode (1: TD3's)
     target_noise_std: float = 0.2  # target policy smoothing noise, normalized action units
     target_noise_clip: float = 0.5  # its clip, normalized action units
     polyak: float = 0.995  # target = polyak * target + (1 - polyak) * online
@@ -97,12 +97,12 @@ class TrainConfig:
     init_actor_at_hover: bool = True  # actor output bias atanh(hover action) at the start
     save_target_actor: bool = True  # save the target (Polyak-averaged) actor, not the online one
     selection_interval: int = 20_000  # env steps between checkpoint selection checks (0: off)
-    selection_start: int = 300_000  # env step of the first check
+    selection_start: int = 160_000  # env step of the first check
     selection_episodes: int = 1000  # hover-suite episodes per check
     selection_seed: int = 2024  # their seed (not the evaluation suite's)
     selection_prescreen_episodes: int = 200  # score on these first when they succeed below ...
     selection_prescreen_success: float = 0.9  # ... this rate (the same episodes; 0 episodes: off)
-    stop_at_selection_success: float = 0.97  # stop once a full check scores this (>= 1: never)
+    stop_at_selection_success: float = 0.96  # stop once a full check scores this (>= 1: never)
     int8_aware_steps: int = 0  # extra env steps of training on the int8 export grid (0: off)
     log_interval: int = 10_000  # env steps between metrics.jsonl lines
     update_threads: int = 2  # threads per network update (1 or 2; the same bits either way)
