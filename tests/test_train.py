@@ -171,6 +171,9 @@ def test_checkpoint_selection_keeps_best_snapshot_and_stops_early(tmp_path):
     again = Trainer(cfg)
     again.restore(load_checkpoint(save_checkpoint(tmp_path / "checkpoint.npz", tr.checkpoint())))
     assert np.array_equal(again.best_actor_params, tr.best_actor_params)
+    # the checks' time is counted, as part of the training's
+    assert 0 < tr.state.selection_wall_time_s < tr.state.wall_time_s
+    assert again.state.selection_wall_time_s == tr.state.selection_wall_time_s
     # a reachable stop threshold ends the run at the first check that meets it
     stop = train(dataclasses.replace(cfg, stop_at_selection_success=0.0))
     assert stop.state.stopped_early and stop.state.env_steps == 2000

@@ -690,6 +690,7 @@ def _save_trained_policy(trainer, actor, run_dir: Path, policy_path: Path):
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "policy": str(policy_path), "seed": cfg.seed,
         "train_wall_time_s": round(st.wall_time_s, 3),
+        "selection_wall_time_s": round(st.selection_wall_time_s, 3),  # part of train_wall_time_s
         "cli_start_to_saved_policy_s": round(time_to_policy_s, 3),
         "policy_saved_at_unix": saved_at,
         "env_steps": st.env_steps, "critic_updates": st.critic_updates,

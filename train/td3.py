@@ -254,6 +254,7 @@ class TrainState:
     # [step, success, termination, episodes scored]
     selection_history: list = field(default_factory=list)
     stopped_early: bool = False  # a selection check reached stop_at_selection_success
+    selection_wall_time_s: float = 0.0  # the part of wall_time_s spent in selection checks
     int8_aware_until: int = -1  # env step where int8-aware fine-tuning ends (-1: not started)
     int8_input_multiplier: list | None = None  # its grid's input multipliers
 
@@ -383,6 +384,7 @@ class Trainer:
         from .evaluate import evaluation_mdp, hover_suite
 
         cfg, st, core = self.cfg, self.state, self.core
+        started = time.perf_counter()
         candidate = self._deployed_params()
         if not np.isfinite(candidate).all():  # only finite snapshots are ever kept
             raise Diverged(self, "the actor's weights hold NaN or Inf")
@@ -406,6 +408,7 @@ class Trainer:
         score = float(result["success_rate"])
         st.selection_history.append([st.env_steps, score, float(result["termination_rate"]),
                                      episodes])
+        st.selection_wall_time_s += time.perf_counter() - started
         if score > st.best_selection_score:
             st.best_selection_score, st.best_selection_step = score, st.env_steps
             self.best_actor_params = candidate.copy()
