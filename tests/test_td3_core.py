@@ -770,16 +770,17 @@ def test_reference_reward_is_the_simulators():
     assert (fast == 0).any() and (fast > 0).any()  # clipped at 0, and not everywhere
 
 
-def test_reference_trainer_follows_the_trainer():
+@pytest.mark.parametrize("n_step_returns", [1, 3])
+def test_reference_trainer_follows_the_trainer(n_step_returns):
     """ReferenceTrainer (plain torch, plain arrays) and Trainer (numba core) from the same
-    weights and seed make the same random draws and the same updates, with the curriculum:
-    after 2 400 env steps their actors still agree to 1e-4."""
+    weights and seed make the same random draws and the same updates, with the curriculum and
+    with one-step or n-step targets: after 2 400 env steps their actors still agree to 1e-4."""
     from nanofly.train.td3 import TrainConfig, Trainer
     from nanofly.train.td3_reference import ReferenceTrainer
 
     cfg = TrainConfig(total_env_steps=2400, critic_warmup_steps=800, actor_warmup_steps=1200,
                       curriculum_interval=800, selection_interval=0, update_threads=1,
-                      adapt_update_threads=False)
+                      adapt_update_threads=False, n_step_returns=n_step_returns)
     fast = Trainer(cfg)
     ref = ReferenceTrainer(cfg, networks=(fast.core.to_actor(), *fast.core.to_critics()))
     for _ in range(cfg.total_env_steps // cfg.num_envs):

@@ -14,6 +14,10 @@ it is made fast.
   min(Q1', Q2')(s', a')`` with the target actor's action ``a'`` smoothed by clipped Gaussian
   noise; the actor follows Q1's gradient, less often than the critics; target networks
   Polyak-average the online ones.
+- **n-step returns** (``n_step_returns`` n): ``r`` is the discounted sum of up to n rewards
+  of the same environment within its episode, ``r_t + gamma r_(t+1) + ... + gamma^(m-1)
+  r_(t+m-1)``, and the bootstrap is from the state after the last of them, with ``gamma^m``
+  (``ReferenceTrainer.batch``).
 - **Reward curriculum** ("Learning to Fly in Seconds"): the reward weighs squared position,
   orientation, velocity and action errors (``reward``); every ``curriculum_interval`` steps
   the position, velocity and action weights grow (``nanofly.train.td3.curriculum_step``) and
@@ -110,8 +114,12 @@ class ReferenceTD3:
             next_q = torch.min(self.critic1_target(next_input),
                                self.critic2_target(next_input)).view(-1)
             # a termination ends the return; a time-limit truncation (stored as not
-            # terminated) bootstraps from the next state
-            return batch["reward"] + self.gamma * (1.0 - batch["terminated"]) * next_q
+            # terminated) bootstraps from the next state. An n-step batch brings its own
+            # discount: gamma^m for m summed rewards, 0 where the last of them terminated.
+            discount = batch.get("discount")
+            if discount is None:
+                discount = self.gamma * (1.0 - batch["terminated"])
+            return batch["reward"] + discount * next_q
 
     def critic_update(self, batch: dict[str, torch.Tensor], noise: torch.Tensor) -> float:
         """One Adam step of both critics towards ``td_target`` (mean squared errors, summed)."""
@@ -196,6 +204,8 @@ class ReferenceTrainer:
                       next_privileged_obs=self.env.privileged_dim)
         self.replay = {k: np.zeros((capacity, w) if w else capacity, np.float32)
                        for k, w in widths.items()}
+        # where an episode ended (terminated or truncated), per row: n-step sums stop there
+        self.episode_end = np.zeros(capacity, bool)
         self.stored, self.next_row, self.env_steps = 0, 0, 0
         self.next_update, self.next_curriculum = cfg.critic_warmup_steps, cfg.curriculum_interval
         self.obs, info = self.env.reset()
@@ -224,11 +234,12 @@ class ReferenceTrainer:
                            ("next_critic_obs", next_priv if cfg.asymmetric_critic else next_obs),
                            ("next_privileged_obs", next_priv)):
             self.replay[key][rows] = value
+        self.episode_end[rows] = info["_final_obs"]
         self.env_steps += n
         while self.env_steps >= self.next_update:
             idx = self.rng.integers(0, self.stored, size=cfg.batch_size)
             noise = self.rng.standard_normal((cfg.batch_size, 4), dtype=np.float32)
-            batch = {k: torch.from_numpy(v[idx]) for k, v in self.replay.items()}
+            batch = self.batch(idx)
             batch["reward"] = batch["reward"] * cfg.reward_scale
             self.td3.update(batch, torch.from_numpy(noise), self.next_update, cfg)
             self.next_update += cfg.critic_update_interval
@@ -241,6 +252,36 @@ class ReferenceTrainer:
                 *(torch.from_numpy(self.replay[k][stored]) for k in (
                     "next_privileged_obs", "action", "terminated")),
                 self.weights, self.env.hover_action).numpy()
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """The replay rows ``idx`` as a batch. With ``n_step_returns`` n > 1 each row's reward
+        is the discounted sum over the m <= n steps of its environment (``num_envs`` rows
+        apart) that are stored and in the same episode, its next observations are those of
+        the last step summed, and ``discount`` is gamma^m, 0 if that step terminated."""
+        cfg = self.cfg
+        batch = {k: torch.from_numpy(v[idx]) for k, v in self.replay.items()}
+        if cfg.n_step_returns == 1:
+            return batch
+        wrapped = self.next_row < self.stored  # rows from next_row on are older ones
+        rewards, discounts, last_rows = [], [], []
+        for first in idx:
+            total, last = 0.0, first
+            for k in range(cfg.n_step_returns):
+                row = first + k * cfg.num_envs
+                if row >= self.stored or (wrapped and first < self.next_row <= row):
+                    break  # not stored yet, or older than the first step
+                total += cfg.gamma ** k * float(self.replay["reward"][row])
+                last, m = row, k + 1
+                if self.episode_end[row]:
+                    break
+            rewards.append(total)
+            discounts.append(0.0 if self.replay["terminated"][last] else cfg.gamma ** m)
+            last_rows.append(last)
+        for key in ("next_obs", "next_critic_obs", "terminated"):
+            batch[key] = torch.from_numpy(self.replay[key][last_rows])
+        batch["reward"] = torch.tensor(rewards, dtype=torch.float32)
+        batch["discount"] = torch.tensor(discounts, dtype=torch.float32)
+        return batch
 
     def _rows(self, n: int) -> slice:
         """The next ``n`` replay rows (back to row 0 when the buffer is full)."""
