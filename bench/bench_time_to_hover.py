@@ -56,6 +56,7 @@ def run_seeds(seeds: list[int], out: Path, cold: bool, extra: list[str],
             continue
         rows.append({"seed": r["seed"], **arm, "process_start_to_policy_s": r["time_to_policy_s"],
                      "process_wall_time_s": r["train_process_wall_s"],
+                     "selection_wall_time_s": r["selection_wall_time_s"],
                      "train_wall_time_s": r["train_wall_time_s"], "env_steps": r["env_steps"],
                      "selected_env_steps": r["selected_env_steps"],
                      "hover_success_rate": r["hover_success"],
@@ -78,6 +79,10 @@ def summarize(runs: list[dict]) -> dict:
             "worst_process_start_to_policy_s": max(times),
             "median_process_wall_time_s": statistics.median(r["process_wall_time_s"] for r in ok),
             "median_train_wall_time_s": statistics.median(r["train_wall_time_s"] for r in ok),
+            # the selection checks' share of the time to the saved policy
+            "median_selection_share": (statistics.median(
+                r["selection_wall_time_s"] / r["process_start_to_policy_s"] for r in ok)
+                if all(r["selection_wall_time_s"] is not None for r in ok) else None),
             "seeds_passing": sum(r["passed"] for r in ok),
             "min_hover_success_rate": min(r["hover_success_rate"] for r in ok)}
 

@@ -435,6 +435,7 @@ def _train_trial(plan: TrialPlan, root: Path, figure8_episodes: int, plots: bool
                train_process_wall_s=process_wall_s,
                env_steps=summary["env_steps"], hover_success=hover.get("success_rate"),
                train_wall_time_s=summary["train_wall_time_s"],
+               selection_wall_time_s=summary.get("selection_wall_time_s"),
                hover_final_position_rmse_m=hover.get("final_position_rmse_m"),
                hover_termination_rate=hover.get("termination_rate"),
                hover_mean_steps_before_termination=hover.get("mean_steps_before_termination"),
