@@ -102,7 +102,7 @@ class TrainConfig:
     selection_seed: int = 2024  # their seed (not the evaluation suite's)
     selection_prescreen_episodes: int = 200  # score on these first when they succeed below ...
     selection_prescreen_success: float = 0.9  # ... this rate (the same episodes; 0 episodes: off)
-    stop_at_selection_success: float = 0.96  # stop once a full check scores this (>= 1: never)
+    stop_at_selection_success: float = 0.97  # stop once a full check scores this (>= 1: never)
     int8_aware_steps: int = 0  # extra env steps of training on the int8 export grid (0: off)
     log_interval: int = 10_000  # env steps between metrics.jsonl lines
     update_threads: int = 2  # threads per network update (1 or 2; the same bits either way)
