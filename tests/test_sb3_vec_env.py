@@ -108,7 +108,9 @@ def load_example():
     return module
 
 
-def test_sb3_ppo_example_trains_saves_and_evaluates_with_a_tiny_budget(tmp_path, capsys):
+def test_sb3_ppo_example_trains_saves_and_evaluates_with_a_tiny_budget(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-log"))  # else SB3 logs into /tmp
     example = load_example()
     out = tmp_path / "ppo"
     assert example.main(["--total-timesteps", "256", "--num-envs", "4", "--n-steps", "64",
