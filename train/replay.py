@@ -187,6 +187,12 @@ class ReplayBuffer:
             setattr(self, name, view[:, 0] if name in ("reward", "terminated") else view)
         self._batch_widths = {**widths, "next_obs": obs_dim}
 
+    @property
+    def wrapped(self) -> bool:
+        """Whether writing has gone around: the stored rows from ``ptr`` on are then older than
+        those below it (an environment's next step is not after its row there)."""
+        return self.size == self.capacity or self.ptr < self.size
+
     def rows(self, n: int) -> slice:
         """Reserve the next ``n`` rows (n <= capacity) and return their slice; callers fill
         every field of them. Wraps around by restarting at row 0."""

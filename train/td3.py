@@ -277,7 +277,10 @@ class Trainer:
                            action_dim=4, actor_hidden=cfg.actor_hidden,
                            critic_hidden=cfg.critic_hidden, lr=cfg.learning_rate,
                            betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
-                           gamma=cfg.gamma ** cfg.n_step_returns, polyak=cfg.polyak, smoothing_std=cfg.target_noise_std,
+                           # the core bootstraps with gamma^n; shorter sums correct it through
+                           # their terminated value (_n_step_batch)
+                           gamma=cfg.gamma ** cfg.n_step_returns, polyak=cfg.polyak,
+                           smoothing_std=cfg.target_noise_std,
                            smoothing_clip=cfg.target_noise_clip, batch_size=cfg.batch_size,
                            seed=cfg.seed, threads=cfg.update_threads,
                            critic_layer_norm=cfg.critic_layer_norm,
@@ -484,8 +487,7 @@ class Trainer:
         terms = np.empty((b, n), np.float32)
         next_idx = np.empty(b, np.int64)
         terminated = np.empty(b, np.float32)
-        wrapped = buf.size == buf.capacity or buf.ptr < buf.size
-        n_step_terms(idx, n, cfg.num_envs, buf.size, buf.ptr, wrapped, self.row_done, buf.data,
+        n_step_terms(idx, n, cfg.num_envs, buf.size, buf.ptr, buf.wrapped, self.row_done, buf.data,
                      buf.offsets, self._n_step_discounts, self._n_step_bootstrap_powers, terms,
                      next_idx, terminated)
         return {"next_idx": next_idx, "reward": terms.sum(axis=1), "terminated": terminated}
@@ -502,7 +504,7 @@ class Trainer:
         batch = buf.get(idx)
         rows = idx[:, None] + stride * np.arange(n)[None, :]
         valid = rows < buf.size
-        if buf.size == buf.capacity or buf.ptr < buf.size:  # wrapped: rows past ptr are older
+        if buf.wrapped:  # rows past ptr are older
             valid &= ~((idx[:, None] < buf.ptr) & (rows >= buf.ptr))
         rows = np.where(valid, rows, idx[:, None])
         done = self.row_done[rows]
