@@ -109,16 +109,16 @@ def main(argv=None) -> int:
     # warm the cache: past the first critic (15 k) and actor (30 k) updates, then a short hover
     # suite (the selection checks' kernels), so the first "warm" seed compiles nothing; once
     # per side (their updates may take other compiled paths)
-    baseline_config = None
+    warm_ups = {"candidate": extra}
     if baseline:
-        baseline_config = out_root / "baseline.toml"
+        from nanofly.sim.presets import dumps_toml
+
         out_root.mkdir(parents=True, exist_ok=True)
-        baseline_config.write_text("[train]\n" + "".join(f"{k} = {json.dumps(v)}\n"
-                                                           for k, v in baseline))
-        options_from_train_args(["--config", str(baseline_config)])  # a bad key fails here
-    for side, side_args in (("candidate", extra),
-                            *((("baseline", ["--config", str(baseline_config)]),)
-                              if baseline else ())):
+        baseline_config = out_root / "baseline.toml"
+        baseline_config.write_text(dumps_toml({"train": dict(baseline)}))
+        warm_ups["baseline"] = ["--config", str(baseline_config)]
+        options_from_train_args(warm_ups["baseline"])  # a bad key fails here
+    for side, side_args in warm_ups.items():
         subprocess.run([sys.executable, "-m", "nanofly", "train", "--seed", str(seeds[0]),
                         "--out", str(out_root / f"warm-up-{side}"), "--json", "--no-plots",
                         *side_args, "--steps", "40000", "--eval-episodes", "20"],
